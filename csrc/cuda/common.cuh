@@ -1,0 +1,148 @@
+// Device helpers shared by the gated-norm kernels: dtype traits, 16-byte vector
+// loads with a scalar fallback, activations, segmented reductions.
+// No torch headers: only the CUDA toolkit.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "gatednorm.h"
+
+namespace gn {
+
+// Accumulation type: fp32, except fp64 problems (fp64 gradcheck must be exact).
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T v) { return static_cast<acc_t<T>>(v); }
+template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Elements per 16-byte vector.
+template <typename T> __host__ __device__ constexpr int vec_size() { return 16 / (int)sizeof(T); }
+
+// Loads VEC elements starting at column c of row p (columns >= limit read as 0)
+// into v[0..VEC); v points into a register array indexed with constants only.
+// `aligned` promises p+c is 16-byte aligned and c+VEC <= limit whenever c < limit.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
+                                         acc_t<T>* v) {
+  if (aligned) {
+    if (c < limit) {
+      union { uint4 u; T e[VEC]; } pack;
+      pack.u = __ldg(reinterpret_cast<const uint4*>(p + c));
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] = to_acc<T>(pack.e[i]);
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[i] = 0;
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) v[i] = (c + i < limit) ? to_acc<T>(p[c + i]) : acc_t<T>(0);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
+                                          const acc_t<T>* v) {
+  if (aligned) {
+    if (c < limit) {
+      union { uint4 u; T e[VEC]; } pack;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) pack.e[i] = from_acc<T>(v[i]);
+      *reinterpret_cast<uint4*>(p + c) = pack.u;
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i)
+    if (c + i < limit) p[c + i] = from_acc<T>(v[i]);
+}
+
+// weight / bias / dw / db: their dtype is a run-time property (it may differ from
+// x's); they are read once per thread (register path) or from L1, so a uniform
+// switch costs nothing that matters.
+template <typename A>
+__device__ __forceinline__ A load_param(const void* p, gn_dtype t, int64_t i) {
+  switch (t) {
+    case GN_FLOAT16: return (A)__half2float(static_cast<const __half*>(p)[i]);
+    case GN_BFLOAT16: return (A)__bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case GN_FLOAT64: return (A)static_cast<const double*>(p)[i];
+    default: return (A)static_cast<const float*>(p)[i];
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ void store_param(void* p, gn_dtype t, int64_t i, A v) {
+  switch (t) {
+    case GN_FLOAT16: static_cast<__half*>(p)[i] = __float2half_rn((float)v); break;
+    case GN_BFLOAT16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn((float)v); break;
+    case GN_FLOAT64: static_cast<double*>(p)[i] = (double)v; break;
+    default: static_cast<float*>(p)[i] = (float)v; break;
+  }
+}
+
+__device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
+__device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
+__device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
+
+// act(z) and act'(z) for silu (z*s) and sigmoid (s), s = sigmoid(z).
+template <typename A>
+__device__ __forceinline__ A act_fwd(A z, gn_act act) {
+  A s = sigmoid(z);
+  return act == GN_ACT_SIGMOID ? s : z * s;
+}
+template <typename A>
+__device__ __forceinline__ void act_fwd_bwd(A z, gn_act act, A& a, A& da) {
+  A s = sigmoid(z);
+  if (act == GN_ACT_SIGMOID) {
+    a = s;
+    da = s * (A(1) - s);
+  } else {
+    a = z * s;
+    da = s * (A(1) + z * (A(1) - s));
+  }
+}
+
+// Sums NVAL values over a team of `tpg` consecutive threads (a power of two).
+// Teams of <= 32 threads reduce with shuffles inside their warp; larger teams
+// (whole warps) go through shared memory `red` (>= NVAL * blockDim/32 slots).
+// Every thread of the block must call it (it may hit __syncthreads); all team
+// members get the same, order-fixed result.
+template <int NVAL, typename A>
+__device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, A* red) {
+  const int width = tpg < 32 ? tpg : 32;
+  for (int off = width >> 1; off > 0; off >>= 1) {
+#pragma unroll
+    for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+  }
+  if (tpg <= 32) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < NVAL; ++k) red[k * 32 + warp] = v[k];
+  }
+  __syncthreads();
+  const int wpt = tpg >> 5;                 // warps per team
+  const int first = (warp / wpt) * wpt;     // first warp of this thread's team
+#pragma unroll
+  for (int k = 0; k < NVAL; ++k) {
+    A s = 0;
+    for (int w = 0; w < wpt; ++w) s += red[k * 32 + first + w];
+    v[k] = s;
+  }
+  __syncthreads();  // `red` is reused by the next call
+}
+
+}  // namespace gn

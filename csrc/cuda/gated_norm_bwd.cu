@@ -1,0 +1,364 @@
+// Gated RMSNorm / LayerNorm backward (math: DESIGN section 2).
+// One fused kernel computes dx, dz (and optionally the forward output again) from
+// the saved statistics, and writes one fp32 dw/db partial per row block; a tiny
+// second kernel sums the partials in a fixed order, so dw/db are bitwise
+// deterministic (no float atomics).
+#include "common.cuh"
+#include "plan.h"
+
+namespace gn {
+namespace {
+
+template <typename T>
+struct BwdRow {
+  const T* x;
+  const T* z;
+  const T* dy;
+  T* dx;
+  T* dz;
+  T* out;
+};
+
+template <typename T>
+__device__ __forceinline__ BwdRow<T> bwd_row(const gn_bwd_args& a, int64_t r, int64_t col0) {
+  BwdRow<T> p;
+  p.x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
+  p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
+  p.dy = static_cast<const T*>(a.dy) + r * a.dy_stride + col0;
+  p.dx = static_cast<T*>(a.dx) + r * a.dx_stride + col0;
+  p.dz = a.z ? static_cast<T*>(a.dz) + r * a.dz_stride + col0 : nullptr;
+  p.out = a.out ? static_cast<T*>(a.out) + r * a.out_stride + col0 : nullptr;
+  return p;
+}
+
+// The per-element part shared by both paths. In: x, z (raw), dy, w, b, the
+// statistics. Out: dy0 (gradient w.r.t. the affine output before the gate),
+// vhat, act(z), act'(z), and y (the forward output, for recompute) / dz for a
+// gate after the norm.
+template <typename A>
+struct Elem {
+  A vhat, dy0, az, daz, y, dz_after;
+};
+
+template <typename A>
+__device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, A x, A z, A dy, A w, A b, A mean,
+                                             A rstd) {
+  Elem<A> e;
+  e.az = A(1);
+  e.daz = A(0);
+  if (gate) act_fwd_bwd(z, c.act, e.az, e.daz);
+  const bool before = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
+  const A v = before ? x * e.az : x;
+  e.vhat = (v - mean) * rstd;
+  const A y0 = e.vhat * w + b;
+  e.y = after ? y0 * e.az : y0;
+  e.dz_after = after ? dy * y0 * e.daz : A(0);
+  e.dy0 = after ? dy * e.az : dy;
+  return e;
+}
+
+// dx and dz of one element once the group sums c1 = mean(vhat*w*dy0) and
+// c2 = mean(w*dy0) (LayerNorm only) are known.
+template <typename A>
+__device__ __forceinline__ void input_grads(const gn_config& c, bool gate, const Elem<A>& e, A x, A w, A c1, A c2,
+                                            A rstd, A& dx, A& dz) {
+  const A dv = (w * e.dy0 - e.vhat * c1 - c2) * rstd;
+  if (gate && !c.norm_before_gate) {
+    dx = dv * e.az;
+    dz = dv * x * e.daz;
+  } else {
+    dx = dv;
+    dz = e.dz_after;
+  }
+}
+
+template <typename A>
+__device__ __forceinline__ void load_stats(const gn_bwd_args& a, int64_t g, int64_t r, A& mean, A& rstd) {
+  const int64_t i = g * a.cfg.rows + r;
+  mean = a.cfg.is_rms_norm ? A(0) : static_cast<const A*>(a.mean)[i];
+  rstd = static_cast<const A*>(a.rstd)[i];
+}
+
+// Sums a block's per-thread dw (or db) over its row teams and writes the block's
+// partial for its columns. Arrays are passed by reference so they stay in registers.
+template <typename A, int K, int VEC>
+__device__ __forceinline__ void fold_partial(A (&acc)[K], A* part, A* ws, const Layout& L, int rl, int lt,
+                                             int64_t G) {
+  if (L.rpi > 1) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) part[threadIdx.x * K + k] = acc[k];
+    __syncthreads();
+    if (rl == 0) {
+      for (int q = 1; q < L.rpi; ++q)
+#pragma unroll
+        for (int k = 0; k < K; ++k) acc[k] += part[(threadIdx.x + q * L.gpb * L.tpg) * K + k];
+    }
+    __syncthreads();
+  }
+  if (rl != 0) return;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t col = (int64_t)((k / VEC) * L.tpg + lt) * VEC + k % VEC;
+    if (col < G) ws[col] = acc[k];
+  }
+}
+
+template <typename T, int NV>
+__global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
+    bwd_regs(const gn_bwd_args a, const Layout L) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC;
+  __shared__ A red[2 * 32];
+  __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
+  const gn_config& c = a.cfg;
+  const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
+  const int rl = team / L.gpb;
+  const bool team_ok = rl < L.rpi;
+  const int64_t G = c.group_size, M = c.rows, N = c.cols;
+  const int64_t g = (int64_t)blockIdx.x * L.gpb + team % L.gpb;
+  const int64_t col0 = g * G;
+  const bool gate = a.z != nullptr;
+  const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
+
+  // Bias is needed only for y0 (gate after the norm, or recompute): it is read
+  // from L1 when needed rather than held, to stay within 128 registers.
+  A w[K], dw[K], db[K];
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const int64_t col = (int64_t)(j * L.tpg + lt) * VEC + i;
+      const bool in = team_ok && col < G;
+      w[j * VEC + i] = in ? (a.weight ? load_param<A>(a.weight, c.param_dtype, col0 + col) : A(1)) : A(0);
+      dw[j * VEC + i] = 0;
+      db[j * VEC + i] = 0;
+    }
+  auto bias_at = [&](int k) -> A {
+    const int64_t col = (int64_t)((k / VEC) * L.tpg + lt) * VEC + k % VEC;
+    return want_b && team_ok && col < G ? load_param<A>(a.bias, c.param_dtype, col0 + col) : A(0);
+  };
+
+  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
+    const int64_t r = rb + rl;
+    const bool ok = team_ok && r < M;
+    const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
+    const int64_t lim = ok ? G : 0;
+    A x[K], z[K], dy[K];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      load_vec<T, VEC>(p.x, cj, lim, L.aligned, &x[j * VEC]);
+      load_vec<T, VEC>(p.dy, cj, lim, L.aligned, &dy[j * VEC]);
+      if (gate) load_vec<T, VEC>(p.z, cj, lim, L.aligned, &z[j * VEC]);
+    }
+    A mean = 0, rstd = 0;
+    if (ok) load_stats<A>(a, g, r, mean, rstd);
+    // Padding and idle teams have dy = 0 and w = 0: every sum below gets 0 from them.
+    A s[2] = {0, 0};
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], w[k], bias_at(k), mean, rstd);
+      s[0] += e.vhat * w[k] * e.dy0;
+      s[1] += w[k] * e.dy0;
+      dw[k] += e.dy0 * e.vhat;
+      db[k] += e.dy0;
+    }
+    team_sum<2>(s, L.tpg, red);
+    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
+    // Recomputing the per-element terms is cheaper than keeping them in registers.
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], w[k], bias_at(k), mean, rstd);
+      A dxk, dzk;
+      input_grads<A>(c, gate, e, x[k], w[k], c1, c2, rstd, dxk, dzk);
+      x[k] = dxk;  // reuse registers: x -> dx, z -> dz, dy -> y
+      z[k] = dzk;
+      dy[k] = e.y;
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      store_vec<T, VEC>(p.dx, cj, lim, L.aligned, &x[j * VEC]);
+      if (gate) store_vec<T, VEC>(p.dz, cj, lim, L.aligned, &z[j * VEC]);
+      if (p.out) store_vec<T, VEC>(p.out, cj, lim, L.aligned, &dy[j * VEC]);
+    }
+  }
+
+  // Teams of different rows in this block own the same columns: fold them into
+  // row 0's team in a fixed order, then write this row block's partial.
+  A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
+  if (a.dw) fold_partial<A, K, VEC>(dw, part, ws_dw, L, rl, lt, G);
+  if (a.db) fold_partial<A, K, VEC>(db, part, ws_dw + (int64_t)gridDim.y * N, L, rl, lt, G);
+}
+
+// Loop path: a block per (row, group), two passes over the group (sums, then
+// gradients); x, z, dy staged in shared memory when they fit. The block owns its
+// columns of its workspace row, so dw/db accumulate there without atomics.
+template <typename T>
+__global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, const Layout L) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  extern __shared__ __align__(16) unsigned char stage_raw[];
+  __shared__ A red[2 * 32];
+  const gn_config& c = a.cfg;
+  const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
+  const bool gate = a.z != nullptr, st = L.staged, al = L.aligned;
+  const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
+  // Thread-private staging: each thread re-reads only what it wrote.
+  T* sx = reinterpret_cast<T*>(stage_raw);
+  T* sdy = sx + G;
+  T* sz = sdy + G;
+  A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
+  A* ws_db = ws_dw + (int64_t)gridDim.y * N;
+  const int64_t step = (int64_t)blockDim.x * VEC;
+
+  for (int64_t r = blockIdx.y; r < M; r += gridDim.y) {
+    const bool first = r == (int64_t)blockIdx.y;
+    const BwdRow<T> p = bwd_row<T>(a, r, col0);
+    A mean, rstd;
+    load_stats<A>(a, g, r, mean, rstd);
+    A s[2] = {0, 0};
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A x[VEC], z[VEC], dy[VEC];
+      load_vec<T, VEC>(p.x, cj, G, al, x);
+      load_vec<T, VEC>(p.dy, cj, G, al, dy);
+      if (gate) load_vec<T, VEC>(p.z, cj, G, al, z);
+      if (st) {
+        store_vec<T, VEC>(sx, cj, G, al, x);
+        store_vec<T, VEC>(sdy, cj, G, al, dy);
+        if (gate) store_vec<T, VEC>(sz, cj, G, al, z);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int64_t col = col0 + cj + i;
+        const bool in = cj + i < G;
+        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
+        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
+        const Elem<A> e = elem_grad<A>(c, gate, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        s[0] += e.vhat * wi * e.dy0;
+        s[1] += wi * e.dy0;
+      }
+    }
+    team_sum<2>(s, blockDim.x, red);
+    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
+    const T* xs = st ? sx : p.x;
+    const T* dys = st ? sdy : p.dy;
+    const T* zs = st ? sz : p.z;
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A x[VEC], z[VEC], dy[VEC], dx[VEC], dz[VEC], y[VEC];
+      load_vec<T, VEC>(xs, cj, G, al, x);
+      load_vec<T, VEC>(dys, cj, G, al, dy);
+      if (gate) load_vec<T, VEC>(zs, cj, G, al, z);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int64_t col = col0 + cj + i;
+        const bool in = cj + i < G;
+        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
+        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
+        const Elem<A> e = elem_grad<A>(c, gate, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        input_grads<A>(c, gate, e, x[i], wi, c1, c2, rstd, dx[i], dz[i]);
+        y[i] = e.y;
+        if (in && a.dw) ws_dw[cj + i] = (first ? A(0) : ws_dw[cj + i]) + e.dy0 * e.vhat;
+        if (in && a.db) ws_db[cj + i] = (first ? A(0) : ws_db[cj + i]) + e.dy0;
+      }
+      store_vec<T, VEC>(p.dx, cj, G, al, dx);
+      if (gate) store_vec<T, VEC>(p.dz, cj, G, al, dz);
+      if (p.out) store_vec<T, VEC>(p.out, cj, G, al, y);
+    }
+  }
+}
+
+// dw[col] = sum over partials p (in order) of ws[p][col]; same for db.
+template <typename A>
+__global__ void reduce_partials(const A* __restrict__ ws, int64_t nparts, int64_t n, void* dw, void* db,
+                                gn_dtype param_dtype) {
+  const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= n) return;
+  for (int which = 0; which < 2; ++which) {
+    void* dst = which ? db : dw;
+    if (!dst) continue;
+    const A* src = ws + (int64_t)which * nparts * n + col;
+    A s = 0;
+    for (int64_t q = 0; q < nparts; ++q) s += src[q * n];
+    store_param<A>(dst, param_dtype, col, s);
+  }
+}
+
+template <typename T, int NV>
+void launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
+  bwd_regs<T, NV><<<p.grid, p.threads, 0, s>>>(a, p.layout);
+}
+
+template <typename T>
+gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
+  using A = acc_t<T>;
+  if (p.regs) {
+    constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();
+    switch (p.nv) {
+      case 1: launch_regs<T, 1>(a, p, s); break;
+      case 2: launch_regs<T, (MAX_NV >= 2 ? 2 : 1)>(a, p, s); break;
+      case 4: launch_regs<T, (MAX_NV >= 4 ? 4 : 1)>(a, p, s); break;
+      default: return GN_ERR_INVALID;
+    }
+  } else {
+    if (p.smem > 48 * 1024) {
+      cudaError_t e = cudaFuncSetAttribute(bwd_loop<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
+      if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(bwd_loop)");
+    }
+    bwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+  }
+  if (a.dw || a.db) {
+    const int64_t n = a.cfg.cols;
+    reduce_partials<A><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(static_cast<const A*>(a.workspace), p.grid.y,
+                                                                     n, a.dw, a.db, a.cfg.param_dtype);
+  }
+  return GN_OK;
+}
+
+gn_status plan_bwd(const gn_config& c, const gn_bwd_args* a, Plan* p) {
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
+  bool aligned = false;
+  if (a) {
+    const void* ptrs[6] = {a->x, a->z, a->dy, a->dx, a->dz, a->out};
+    const int64_t strides[6] = {a->x_stride, a->z_stride, a->dy_stride, a->dx_stride, a->dz_stride, a->out_stride};
+    aligned = rows_aligned(c, ptrs, strides, 6);
+  }
+  *p = make_plan(c, true, a && a->z ? 3 : 2, aligned, dev);
+  return GN_OK;
+}
+
+}  // namespace
+}  // namespace gn
+
+extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
+  gn::Plan p;
+  if (c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || gn::plan_bwd(*c, nullptr, &p) != GN_OK) return 16;
+  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
+  return 2 * (size_t)p.grid.y * (size_t)c->cols * acc;
+}
+
+extern "C" gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream) {
+  using namespace gn;
+  const gn_config& c = a->cfg;
+  if (c.rows < 0 || c.cols <= 0 || c.group_size <= 0 || c.cols % c.group_size || !(c.eps >= 0) || !a->x ||
+      !a->dy || !a->dx || !a->rstd || (!c.is_rms_norm && !a->mean) || (a->z && !a->dz) ||
+      ((a->dw || a->db) && !a->workspace))
+    return GN_ERR_INVALID;
+  if (c.rows == 0) return GN_OK;
+  Plan p;
+  gn_status st = plan_bwd(c, a, &p);
+  if (st != GN_OK) return st;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (c.dtype) {
+    case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;
+    case GN_FLOAT16: st = launch_typed<__half>(*a, p, s); break;
+    case GN_BFLOAT16: st = launch_typed<__nv_bfloat16>(*a, p, s); break;
+    case GN_FLOAT64: st = launch_typed<double>(*a, p, s); break;
+    default: return GN_ERR_INVALID;
+  }
+  if (st != GN_OK) return st;
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? GN_OK : cuda_fail(e, "gated_norm backward launch");
+}

@@ -1,0 +1,247 @@
+// Gated RMSNorm / LayerNorm forward (math: DESIGN section 2).
+// One launch. Each input element is read once from global memory; statistics
+// use two passes over data held in registers (or shared memory) so LayerNorm's
+// variance is mean((v - mu)^2), never E[v^2] - mu^2.
+#include "common.cuh"
+#include "plan.h"
+
+namespace gn {
+namespace {
+
+// Per-row pointers of this block's rows.
+template <typename T>
+struct FwdRow {
+  const T* x;
+  const T* z;
+  T* out;
+};
+
+template <typename T>
+__device__ __forceinline__ FwdRow<T> fwd_row(const gn_fwd_args& a, int64_t r, int64_t col0) {
+  FwdRow<T> p;
+  p.x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
+  p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
+  p.out = static_cast<T*>(a.out) + r * a.out_stride + col0;
+  return p;
+}
+
+template <typename A>
+__device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int64_t r, A mean, A rstd) {
+  const int64_t i = g * a.cfg.rows + r;
+  if (a.mean) static_cast<A*>(a.mean)[i] = mean;
+  if (a.rstd) static_cast<A*>(a.rstd)[i] = rstd;
+}
+
+// Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
+// its group for j < NV, the same for every row it visits.
+template <typename T, int NV>
+__global__ void __launch_bounds__(FWD_MAX_TEAM > FWD_BLOCK ? FWD_MAX_TEAM : FWD_BLOCK)
+    fwd_regs(const gn_fwd_args a, const Layout L) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC;
+  __shared__ A red[2 * 32];
+  const gn_config& c = a.cfg;
+  const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
+  const int rl = team / L.gpb;
+  const bool team_ok = rl < L.rpi;
+  const int64_t G = c.group_size, M = c.rows;
+  const int64_t g = (int64_t)blockIdx.x * L.gpb + team % L.gpb;
+  const int64_t col0 = g * G;
+  const bool gate = a.z != nullptr, gate_after = gate && c.norm_before_gate;
+
+  A w[K], b[K];
+#pragma unroll
+  for (int j = 0; j < NV; ++j)
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const int64_t col = (int64_t)(j * L.tpg + lt) * VEC + i;
+      const bool in = team_ok && col < G;
+      w[j * VEC + i] = in ? (a.weight ? load_param<A>(a.weight, c.param_dtype, col0 + col) : A(1)) : A(0);
+      b[j * VEC + i] = in && a.bias ? load_param<A>(a.bias, c.param_dtype, col0 + col) : A(0);
+    }
+
+  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
+    const int64_t r = rb + rl;
+    const bool ok = team_ok && r < M;
+    const FwdRow<T> p = fwd_row<T>(a, ok ? r : 0, col0);
+    const int64_t lim = ok ? G : 0;  // idle teams read nothing but still reduce
+    A v[K], az[K];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      load_vec<T, VEC>(p.x, cj, lim, L.aligned, &v[j * VEC]);
+      if (gate) load_vec<T, VEC>(p.z, cj, lim, L.aligned, &az[j * VEC]);
+    }
+    if (gate) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        az[k] = act_fwd(az[k], c.act);
+        if (!c.norm_before_gate) v[k] *= az[k];
+      }
+    }
+    A mean = 0;
+    if (!c.is_rms_norm) {
+      A s[1] = {0};
+#pragma unroll
+      for (int k = 0; k < K; ++k) s[0] += v[k];
+      team_sum<1>(s, L.tpg, red);
+      mean = s[0] / (A)G;
+#pragma unroll
+      for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+          if ((int64_t)(j * L.tpg + lt) * VEC + i < lim) v[j * VEC + i] -= mean;  // padding stays 0
+    }
+    A ss[1] = {0};
+#pragma unroll
+    for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
+    team_sum<1>(ss, L.tpg, red);
+    const A rstd = rsqrt_acc(ss[0] / (A)G + (A)c.eps);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      v[k] = v[k] * rstd * w[k] + b[k];
+      if (gate_after) v[k] *= az[k];
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+      store_vec<T, VEC>(p.out, (int64_t)(j * L.tpg + lt) * VEC, lim, L.aligned,
+                        &v[j * VEC]);
+    if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
+  }
+}
+
+// Loop path: a block per (row, group); the group is walked in chunks of
+// LOOP_BLOCK * VEC elements. x and z are staged in shared memory when they fit
+// (plan.smem > 0), else re-read from global memory (L2) in the later passes.
+template <typename T>
+__global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, const Layout L) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  extern __shared__ __align__(16) unsigned char stage_raw[];
+  __shared__ A red[2 * 32];
+  const gn_config& c = a.cfg;
+  const int64_t G = c.group_size, M = c.rows, g = blockIdx.x, col0 = g * G;
+  const bool gate = a.z != nullptr, use_stage = L.staged;
+  // Staging is thread-private (each thread re-reads only what it wrote), so it
+  // needs no barrier.
+  T* sx = reinterpret_cast<T*>(stage_raw);
+  T* sz = sx + G;
+  const bool al = L.aligned;
+  const int64_t step = (int64_t)blockDim.x * VEC;
+
+  for (int64_t r = blockIdx.y; r < M; r += gridDim.y) {
+    const FwdRow<T> p = fwd_row<T>(a, r, col0);
+    // pass 1: v = x (* act(z)); sum for the mean (LayerNorm) or sum of squares (RMS)
+    A s[1] = {0};
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A v[VEC], zz[VEC];
+      load_vec<T, VEC>(p.x, cj, G, al, v);
+      if (use_stage) store_vec<T, VEC>(sx, cj, G, al, v);
+      if (gate) {
+        load_vec<T, VEC>(p.z, cj, G, al, zz);
+        if (use_stage) store_vec<T, VEC>(sz, cj, G, al, zz);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        A vi = (gate && !c.norm_before_gate) ? v[i] * act_fwd(zz[i], c.act) : v[i];
+        s[0] += c.is_rms_norm ? vi * vi : vi;
+      }
+    }
+    team_sum<1>(s, blockDim.x, red);
+    const T* xs = use_stage ? sx : p.x;
+    const T* zs = use_stage ? sz : p.z;
+    A mean = 0, var = s[0] / (A)G;
+    if (!c.is_rms_norm) {  // pass 2 (LayerNorm): mean((v - mu)^2)
+      mean = var;
+      A q[1] = {0};
+      for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+        A v[VEC], zz[VEC];
+        load_vec<T, VEC>(xs, cj, G, al, v);
+        if (gate && !c.norm_before_gate) load_vec<T, VEC>(zs, cj, G, al, zz);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          if (cj + i >= G) continue;
+          A d = ((gate && !c.norm_before_gate) ? v[i] * act_fwd(zz[i], c.act) : v[i]) - mean;
+          q[0] += d * d;
+        }
+      }
+      team_sum<1>(q, blockDim.x, red);
+      var = q[0] / (A)G;
+    }
+    const A rstd = rsqrt_acc(var + (A)c.eps);
+    // last pass: normalise, affine, gate, store
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A v[VEC], zz[VEC];
+      load_vec<T, VEC>(xs, cj, G, al, v);
+      if (gate) load_vec<T, VEC>(zs, cj, G, al, zz);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int64_t col = col0 + cj + i;
+        const bool in = cj + i < G;
+        const A az = gate ? act_fwd(zz[i], c.act) : A(1);
+        A vi = (gate && !c.norm_before_gate) ? v[i] * az : v[i];
+        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(1);
+        const A bi = in && a.bias ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
+        vi = (vi - mean) * rstd * wi + bi;
+        v[i] = (gate && c.norm_before_gate) ? vi * az : vi;
+      }
+      store_vec<T, VEC>(p.out, cj, G, al, v);
+    }
+    if (threadIdx.x == 0) store_stats<A>(a, g, r, mean, rstd);
+  }
+}
+
+template <typename T, int NV>
+gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  fwd_regs<T, NV><<<p.grid, p.threads, 0, s>>>(a, p.layout);
+  return GN_OK;
+}
+
+template <typename T>
+gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  if (p.regs) {
+    constexpr int VEC = vec_size<T>(), MAX_NV = FWD_MAX_ELEMS / VEC;
+    switch (p.nv) {
+      case 1: return launch_regs<T, 1>(a, p, s);
+      case 2: return launch_regs<T, 2>(a, p, s);
+      case 4: return launch_regs<T, (MAX_NV >= 4 ? 4 : 1)>(a, p, s);
+      case 8: return launch_regs<T, (MAX_NV >= 8 ? 8 : 1)>(a, p, s);
+      default: return GN_ERR_INVALID;
+    }
+  }
+  if (p.smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(fwd_loop<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(fwd_loop)");
+  }
+  fwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+  return GN_OK;
+}
+
+}  // namespace
+}  // namespace gn
+
+extern "C" gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream) {
+  using namespace gn;
+  const gn_config& c = a->cfg;
+  if (c.rows < 0 || c.cols <= 0 || c.group_size <= 0 || c.cols % c.group_size || !(c.eps >= 0) || !a->x ||
+      !a->out || (a->mean && c.is_rms_norm))
+    return GN_ERR_INVALID;
+  if (c.rows == 0) return GN_OK;
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
+  const void* ptrs[3] = {a->x, a->z, a->out};
+  const int64_t strides[3] = {a->x_stride, a->z_stride, a->out_stride};
+  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (c.dtype) {
+    case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;
+    case GN_FLOAT16: st = launch_typed<__half>(*a, p, s); break;
+    case GN_BFLOAT16: st = launch_typed<__nv_bfloat16>(*a, p, s); break;
+    case GN_FLOAT64: st = launch_typed<double>(*a, p, s); break;
+    default: return GN_ERR_INVALID;
+  }
+  if (st != GN_OK) return st;
+  cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? GN_OK : cuda_fail(e, "gated_norm forward launch");
+}

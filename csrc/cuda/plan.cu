@@ -1,0 +1,107 @@
+// Launch planning and error reporting for the CUDA kernels (host code only).
+#include <stdio.h>
+
+#include "plan.h"
+
+namespace gn {
+
+static thread_local char g_error[256];
+
+gn_status cuda_fail(cudaError_t e, const char* what) {
+  snprintf(g_error, sizeof g_error, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+  return GN_ERR_CUDA;
+}
+
+}  // namespace gn
+
+extern "C" const char* gn_cuda_error_string(void) { return gn::g_error; }
+
+namespace gn {
+
+gn_status device_info(DeviceInfo* out) {
+  constexpr int MAX_DEVICES = 64;
+  static DeviceInfo cache[MAX_DEVICES];  // zero = not queried yet; benign race: same values
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return cuda_fail(e, "cudaGetDevice");
+  if (dev < MAX_DEVICES && cache[dev].sms > 0) {
+    *out = cache[dev];
+    return GN_OK;
+  }
+  DeviceInfo d{};
+  e = cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&d.max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) return cuda_fail(e, "cudaDeviceGetAttribute");
+  if (dev < MAX_DEVICES) cache[dev] = d;
+  *out = d;
+  return GN_OK;
+}
+
+static int next_pow2(int64_t v) {
+  int p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n) {
+  const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
+  if (cfg.group_size % vec) return false;
+  for (int i = 0; i < n; ++i) {
+    if (!ptrs[i]) continue;
+    if ((uintptr_t)ptrs[i] % 16 || strides[i] % vec) return false;
+  }
+  return true;
+}
+
+// Resident blocks per SM we aim for with a persistent grid (more would only queue).
+static int blocks_per_sm(int threads) { return threads >= 1024 ? 2 : 2048 / threads; }
+
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev) {
+  Plan p{};
+  const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
+  const int64_t G = cfg.group_size, ngroups = cfg.cols / G, M = cfg.rows;
+  const int64_t nvec = (G + vec - 1) / vec;
+  const int max_nv = (int)((backward ? BWD_MAX_ELEMS : FWD_MAX_ELEMS) / vec);
+  const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
+  const int block = backward ? BWD_BLOCK : FWD_BLOCK;
+
+  // Fewest vectors per thread that keep the team within a warp; else the most.
+  int nv = 1;
+  const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
+  while (nv < nv_cap && nvec > 32 * (int64_t)nv) nv <<= 1;
+  const int tpg = next_pow2((nvec + nv - 1) / nv);
+  p.layout.aligned = aligned;
+  if (tpg <= max_team) {
+    p.regs = true;
+    p.nv = nv;
+    p.layout.tpg = tpg;
+    p.threads = tpg > block ? tpg : block;
+    const int teams = p.threads / tpg;
+    int gpb = (int)(ngroups < teams ? ngroups : teams);
+    while (ngroups % gpb) --gpb;  // a divisor, so every block owns whole groups
+    p.layout.gpb = gpb;
+    p.layout.rpi = teams / gpb;
+    const int64_t gy = ngroups / gpb;
+    const int64_t want = (M + p.layout.rpi - 1) / p.layout.rpi;
+    int64_t cap = (int64_t)dev.sms * blocks_per_sm(p.threads) / gy;
+    if (cap < 1) cap = 1;
+    p.grid = dim3((unsigned)gy, (unsigned)(want < cap ? want : cap), 1);
+    return p;
+  }
+  p.regs = false;
+  p.threads = LOOP_BLOCK;
+  p.layout.tpg = LOOP_BLOCK;
+  p.layout.gpb = 1;
+  p.layout.rpi = 1;
+  const size_t stage = (size_t)G * gn_dtype_size(cfg.dtype) * narrays;
+  p.smem = stage <= (size_t)dev.max_smem_optin - 1024 ? stage : 0;
+  p.layout.staged = p.smem > 0;  // else the later passes re-read global memory (L2)
+  // The grid must not depend on narrays or alignment: the backward workspace
+  // (one dw/db partial per row block) is sized from the config alone.
+  int64_t cap = (int64_t)dev.sms * 2 / ngroups;
+  if (cap < 1) cap = 1;
+  p.grid = dim3((unsigned)ngroups, (unsigned)(M < cap ? M : cap), 1);
+  return p;
+}
+
+}  // namespace gn

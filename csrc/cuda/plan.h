@@ -1,0 +1,60 @@
+// Host-side launch planning shared by the forward and backward launchers.
+//
+// Two kernel shapes:
+//  - register path (group_size up to ~8K elements): a team of `tpg` threads holds
+//    one (row, group) in registers, NV 16-byte vectors per thread. A block holds
+//    `gpb` groups x `rpi` rows of teams and keeps the SAME columns for its whole
+//    life (grid.x picks the groups, grid.y walks rows persistently), so weight and
+//    bias stay in registers and the backward accumulates dw/db in registers.
+//    (grid.x picks the groups because ngroups can exceed grid.y's 65535 limit.)
+//  - loop path (larger groups): one block per (row, group), looping over the
+//    group in block-wide chunks, staged in shared memory when it fits.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "gatednorm.h"
+
+namespace gn {
+
+struct Layout {
+  int tpg;      // threads per (row, group) team, a power of two
+  int gpb;      // groups per block (divides ngroups)
+  int rpi;      // rows per block iteration
+  int aligned;  // every row/group start is 16-byte aligned: vector loads
+  int staged;   // loop path: rows are staged in shared memory (else re-read)
+};
+
+struct Plan {
+  bool regs;      // register path, else loop path
+  int nv;         // 16-byte vectors per thread (register path)
+  int threads;    // block size
+  Layout layout;
+  dim3 grid;      // x: blocks of groups (ngroups / gpb), y: row blocks (persistent)
+  size_t smem;    // dynamic shared memory (loop path staging)
+};
+
+struct DeviceInfo {
+  int sms;
+  int max_smem_optin;
+};
+
+// Queried once per device (cached); -1 device means the current one.
+gn_status device_info(DeviceInfo* out);
+
+// Elements each thread may hold per tensor in the register path (register budget:
+// the forward holds x, z, weight, bias; the backward x, z, dy, weight, bias, dw, db).
+constexpr int FWD_MAX_ELEMS = 32, FWD_MAX_TEAM = 256, FWD_BLOCK = 256;
+constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
+constexpr int LOOP_BLOCK = 512;
+
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev);
+
+// True when every pointer is 16-byte aligned and every row stride keeps it so.
+bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n);
+
+// Per-thread error text for GN_ERR_CUDA.
+gn_status cuda_fail(cudaError_t e, const char* what);
+
+}  // namespace gn

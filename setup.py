@@ -1,0 +1,71 @@
+"""Builds torch_ops/_C: the C99 CPU kernels always, the CUDA kernels when nvcc and a
+CUDA build of torch are present.
+
+Environment:
+  GATEDNORM_CPU_ONLY=1     build without CUDA even when it is available
+  TORCH_CUDA_ARCH_LIST     CUDA targets (default "8.0;9.0+PTX")
+  MAX_JOBS                 parallel compile jobs (default 2)
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+# torch guesses CUDA_HOME from nvcc's directory, which is wrong when nvcc sits
+# outside the toolkit (/usr/local/bin/nvcc here, libraries in /usr/local/cuda).
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda():
+    if os.environ.get("GATEDNORM_CPU_ONLY", "0") not in ("", "0"):
+        return False
+    return torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def extension():
+    cuda = want_cuda()
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    os.environ.setdefault("MAX_JOBS", "2")
+    # Stable ABI: one binary for every torch >= 2.10; the module has no Python
+    # functions, so it is limited-API too (py_limited_api defines Py_LIMITED_API).
+    defines = ["-DTORCH_TARGET_VERSION=0x020a000000000000"]
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"] + defines
+    srcs = ["csrc/shim.cpp"] + sources("csrc/cpu/*.c")
+    kwargs = dict(
+        name="torch_ops._C",
+        sources=srcs,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+        py_limited_api=True,
+    )
+    if not cuda:
+        return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+    kwargs["sources"] = srcs + sources("csrc/cuda/*.cu")
+    nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+    return CUDAExtension(
+        extra_compile_args={"cxx": cxx + ["-DGN_WITH_CUDA", "-DUSE_CUDA"], "nvcc": nvcc},
+        **kwargs,
+    )
+
+
+setup(
+    name="gatednorm",
+    version="0.1.0",
+    description="Gated RMSNorm/LayerNorm and fused add+RMSNorm as PyTorch custom ops (C and CUDA C kernels)",
+    packages=["torch_ops", "torch_ops.integrations"],
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    python_requires=">=3.9",
+)

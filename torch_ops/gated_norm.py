@@ -1,0 +1,195 @@
+"""Gated RMSNorm / LayerNorm: the eager reference, the fake kernels and autograd of
+`torch.ops.gatednorm.gated_norm_*`, and the drop-in functional API of FLA,
+mamba_ssm, sglang and vLLM.
+
+The math (per row and group of `group_size` columns, computed in fp32, fp64 for fp64):
+    v   = x * act(z)          if z is given and not norm_before_gate, else x
+    y0  = (v - mean(v)) * rstd * weight + bias        (mean = 0 for RMSNorm)
+    out = y0 * act(z)         if z is given and norm_before_gate, else y0
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (registers torch.ops.gatednorm)
+
+_ops = torch.ops.gatednorm
+ACTIVATIONS = ("silu", "swish", "sigmoid")
+
+
+# ---------------------------------------------------------------- reference
+
+def _act(z: Tensor, activation: str) -> Tensor:
+    if activation in ("silu", "swish"):
+        return z * torch.sigmoid(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def gated_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True,
+                   is_rms_norm=False, activation="swish", upcast=True):
+    """Eager PyTorch reference. With upcast, computes in fp32 (fp64 stays fp64)."""
+    dtype = x.dtype
+    if upcast:
+        acc = torch.promote_types(x.dtype, torch.float32)
+        x = x.to(acc)
+        z = z.to(acc) if z is not None else None
+        weight = weight.to(acc) if weight is not None else None
+        bias = bias.to(acc) if bias is not None else None
+    n = x.shape[-1]
+    g = n if group_size is None else group_size
+    if z is not None and not norm_before_gate:
+        x = x * _act(z, activation)
+    xg = x.unflatten(-1, (n // g, g))
+    if not is_rms_norm:
+        xg = xg - xg.mean(dim=-1, keepdim=True)
+    y = (xg * torch.rsqrt(xg.square().mean(dim=-1, keepdim=True) + eps)).flatten(-2)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    if z is not None and norm_before_gate:
+        y = y * _act(z, activation)
+    return y.to(dtype)
+
+
+def rms_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, upcast=True):
+    """mamba_ssm's `rms_norm_ref` (silu gate)."""
+    return gated_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate, True, "silu", upcast)
+
+
+def layer_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, upcast=True,
+                   is_rms_norm=False, activation="swish"):
+    """LayerNorm (or RMS) reference with either gate order."""
+    return gated_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, upcast)
+
+
+# ---------------------------------------------------------------- fake kernels
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _stats_like(x, group_size, is_rms_norm):
+    n = x.shape[-1]
+    nstat = (x.numel() // n) * (n // (n if group_size is None else group_size))
+    rstd = x.new_empty((nstat,), dtype=_stat_dtype(x))
+    mean = x.new_empty((0 if is_rms_norm else nstat,), dtype=_stat_dtype(x))
+    return mean, rstd
+
+
+@torch.library.register_fake("gatednorm::gated_norm_fwd")
+def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
+    mean, rstd = _stats_like(x, group_size, is_rms_norm)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), mean, rstd
+
+
+@torch.library.register_fake("gatednorm::gated_norm_fwd_out")
+def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out):
+    return _stats_like(x, group_size, is_rms_norm)
+
+
+def _new(t: Optional[Tensor], like: Tensor, cond: bool = True):
+    if t is None or not cond:
+        return None
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("gatednorm::gated_norm_bwd")
+def _(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation,
+      recompute_output):
+    dw = None if weight is None else weight.new_empty(weight.shape)
+    db = None if bias is None else bias.new_empty(bias.shape)
+    return _new(x, x), dw, db, _new(z, x), _new(x, x, recompute_output)
+
+
+@torch.library.register_fake("gatednorm::gated_norm_bwd_out")
+def _(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, dx, dz,
+      out):
+    dw = None if weight is None else weight.new_empty(weight.shape)
+    db = None if bias is None else bias.new_empty(bias.shape)
+    return dw, db
+
+
+# ---------------------------------------------------------------- autograd
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, z, mean, rstd)
+    ctx.config = (eps, group_size, norm_before_gate, is_rms_norm, activation)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dout, _dmean, _drstd):
+    x, weight, bias, z, mean, rstd = ctx.saved_tensors
+    dx, dw, db, dz, _ = _ops.gated_norm_bwd(dout, x, weight, bias, z, mean, rstd, *ctx.config, False)
+    need = ctx.needs_input_grad
+    return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
+            dz if need[3] else None, None, None, None, None, None)
+
+
+torch.library.register_autograd("gatednorm::gated_norm_fwd", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- functional API
+
+def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
+                 activation="swish"):
+    """FLA / mamba_ssm `layernorm_fn`; differentiable."""
+    return _ops.gated_norm_fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
+
+
+def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, activation="swish"):
+    """FLA / mamba_ssm `rmsnorm_fn`; differentiable."""
+    return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, True, activation)
+
+
+def rms_norm_gated(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
+                   activation="swish"):
+    """sglang / vLLM `rms_norm_gated` (they call it with keywords; note: LayerNorm by default)."""
+    return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+
+
+class LayerNormFn:
+    """Drop-in for the Triton `LayerNormFn` autograd.Function: `LayerNormFn.apply(...)`."""
+
+    @staticmethod
+    def apply(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
+              activation="swish"):
+        return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+
+
+def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm_before_gate=True,
+                   is_rms_norm=False, activation="swish"):
+    """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
+    args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    if out is None:
+        out, mean, rstd = _ops.gated_norm_fwd(*args)
+    else:
+        mean, rstd = _ops.gated_norm_fwd_out(*args, out)
+    return out, (None if is_rms_norm else mean), rstd
+
+
+def layer_norm_bwd(dy, x, weight, bias, eps, mean, rstd, z=None, group_size=None, norm_before_gate=True,
+                   is_rms_norm=False, recompute_output=False, dz=None, out=None, activation="swish"):
+    """The Triton `_layer_norm_bwd` -> (dx, dw, db, dz) or (dx, dw, db, dz, out) with recompute_output.
+    `dz` / `out` given: written in place (row-strided views are fine)."""
+    if mean is None:
+        mean = rstd.new_empty((0,))
+    config = (eps, group_size, norm_before_gate, is_rms_norm, activation)
+    if dz is None and out is None:
+        dx, dw, db, dz, out = _ops.gated_norm_bwd(dy, x, weight, bias, z, mean, rstd, *config, recompute_output)
+    else:
+        if z is not None and dz is None:
+            dz = torch.empty_like(x, memory_format=torch.contiguous_format)
+        if recompute_output and out is None:
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+        dw, db = _ops.gated_norm_bwd_out(dy, x, weight, bias, z, mean, rstd, *config, dx, dz,
+                                         out if recompute_output else None)
+    return (dx, dw, db, dz, out) if recompute_output else (dx, dw, db, dz)
