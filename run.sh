@@ -2,7 +2,8 @@
 # The two commands of gatednorm; each sets up what the machine lacks first.
 #   bash run.sh demo   self-check against the reference, a tiny training run,
 #                      a benchmark table on whatever device is present
-#   bash run.sh test   the test suite (extra arguments go to pytest)
+#   bash run.sh test   the test suite without the slow cases; with arguments,
+#                      they go to pytest instead (e.g. `bash run.sh test -m ""` for all)
 #
 # Setup: uses a Python that already has torch (the GPU machines: offline, torch
 # preinstalled — never reinstalled), else makes .venv/ and installs torch there;
@@ -56,6 +57,7 @@ case "$cmd" in
     pick_python
     install_test_deps
     build
+    [ $# -eq 0 ] && set -- -m "not slow"
     exec "$PY" -m pytest -q "$@" tests
     ;;
   *)

@@ -99,6 +99,7 @@ std::string device_str(const Tensor& t) {
 std::optional<int64_t> row_stride(const Tensor& t) {
   const int64_t d = t.dim();
   const int64_t n = t.size(d - 1);
+  if (t.numel() == 0) return n;  // nothing is addressed
   if (n > 1 && t.stride(d - 1) != 1) return std::nullopt;
   std::optional<int64_t> s;  // stride of the innermost leading dim of size > 1
   int64_t span = 0;          // elements one step of the previous dim must cover
@@ -321,9 +322,11 @@ struct BwdOutputs {
   int64_t dz_stride;
   OptTensor out;
   int64_t out_stride;
+  OptTensor dw;  // [N] in the parameter dtype; None: not computed
+  OptTensor db;
 };
 
-std::tuple<OptTensor, OptTensor> backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& weight,
+void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& weight,
                                                const OptTensor& bias, const OptTensor& z_in, const Tensor& mean,
                                                const Tensor& rstd, double eps, std::optional<int64_t> group_size,
                                                bool norm_before_gate, bool is_rms_norm,
@@ -340,14 +343,12 @@ std::tuple<OptTensor, OptTensor> backward_into(const Tensor& dy_in, const Tensor
                " must be a contiguous [ngroups * M] = [", nstat, "] tensor (as returned by the forward), got ",
                shape_str(*t));
   }
-  OptTensor dw, db;
-  if (weight) dw = torch::stable::new_empty(*weight, {p.cfg.cols});
-  if (bias) db = torch::stable::new_empty(*bias, {p.cfg.cols});
+  OptTensor dw = o.dw, db = o.db;
   if (p.cfg.rows == 0) {
     // An empty batch still owes zero gradients for the parameters.
     if (dw) torch::stable::zero_(*dw);
     if (db) torch::stable::zero_(*db);
-    return {dw, db};
+    return;
   }
   Rows x = input_rows(x_in), dy = input_rows(dy_in);
   std::optional<Rows> z;
@@ -376,7 +377,6 @@ std::tuple<OptTensor, OptTensor> backward_into(const Tensor& dy_in, const Tensor
   a.out_stride = o.out_stride;
   a.workspace = ws.mutable_data_ptr();
   run_bwd(x_in, a);
-  return {dw, db};
 }
 
 std::tuple<Tensor, OptTensor, OptTensor, OptTensor, OptTensor> gated_norm_bwd(
@@ -385,25 +385,37 @@ std::tuple<Tensor, OptTensor, OptTensor, OptTensor, OptTensor> gated_norm_bwd(
     bool recompute_output) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   const int64_t n = x.size(x.dim() - 1);
-  BwdOutputs o{torch::stable::new_empty(x, x.sizes()), n, std::nullopt, n, std::nullopt, n};
+  BwdOutputs o{torch::stable::new_empty(x, x.sizes()), n, std::nullopt, n, std::nullopt, n, std::nullopt,
+               std::nullopt};
   if (z) o.dz = torch::stable::new_empty(x, x.sizes());
   if (recompute_output) o.out = torch::stable::new_empty(x, x.sizes());
-  auto [dw, db] = backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm,
-                                activation, o);
-  return {o.dx, dw, db, o.dz, o.out};
+  if (weight) o.dw = torch::stable::new_empty(*weight, {n});
+  if (bias) o.db = torch::stable::new_empty(*bias, {n});
+  backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, o);
+  return {o.dx, o.dw, o.db, o.dz, o.out};
 }
 
-std::tuple<OptTensor, OptTensor> gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias,
-                                                    OptTensor z, Tensor mean, Tensor rstd, double eps,
-                                                    std::optional<int64_t> group_size, bool norm_before_gate,
-                                                    bool is_rms_norm, std::string activation, Tensor dx,
-                                                    OptTensor dz, OptTensor out) {
+// A parameter gradient written in place: [N], contiguous, the parameter's dtype.
+void check_param_grad(const Tensor& x, const OptTensor& param, const Tensor& grad, const char* name,
+                      const char* param_name, int64_t n) {
+  GN_REQUIRE(param, name, " was given but ", param_name, " is None");
+  GN_REQUIRE(same_device(x, grad), name, " is on ", device_str(grad), " but x is on ", device_str(x));
+  GN_REQUIRE(grad.scalar_type() == param->scalar_type(), name, " must have ", param_name, "'s dtype ",
+             dtype_name(param->scalar_type()), ", got ", dtype_name(grad.scalar_type()));
+  GN_REQUIRE(grad.dim() == 1 && grad.size(0) == n && grad.is_contiguous(), name,
+             " must be a contiguous tensor of shape [", n, "], got ", shape_str(grad));
+}
+
+void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean,
+                        Tensor rstd, double eps, std::optional<int64_t> group_size, bool norm_before_gate,
+                        bool is_rms_norm, std::string activation, Tensor dx, OptTensor dz, OptTensor out,
+                        OptTensor dw, OptTensor db) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   const int64_t n = x.size(x.dim() - 1);
   const int64_t m = x.numel() / (n ? n : 1);
   GN_REQUIRE(z.has_value() == dz.has_value(), "dz must be given exactly when z is given");
   check_like_x(x, dx, "dx");
-  BwdOutputs o{dx, output_rows(dx, "dx", m, n), dz, 0, out, 0};
+  BwdOutputs o{dx, output_rows(dx, "dx", m, n), dz, 0, out, 0, dw, db};
   if (dz) {
     check_like_x(x, *dz, "dz");
     o.dz_stride = output_rows(*dz, "dz", m, n);
@@ -412,8 +424,9 @@ std::tuple<OptTensor, OptTensor> gated_norm_bwd_out(Tensor dy, Tensor x, OptTens
     check_like_x(x, *out, "out");
     o.out_stride = output_rows(*out, "out", m, n);
   }
-  return backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm,
-                       activation, o);
+  if (dw) check_param_grad(x, weight, *dw, "dw", "weight", n);
+  if (db) check_param_grad(x, bias, *db, "db", "bias", n);
+  backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, o);
 }
 
 }  // namespace
@@ -432,7 +445,7 @@ STABLE_TORCH_LIBRARY(gatednorm, m) {
   m.def(
       "gated_norm_bwd_out(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor? z, Tensor mean, Tensor rstd, "
       "float eps, int? group_size, bool norm_before_gate, bool is_rms_norm, str activation, Tensor(a!) dx, "
-      "Tensor(b!)? dz, Tensor(c!)? out) -> (Tensor? dw, Tensor? db)");
+      "Tensor(b!)? dz, Tensor(c!)? out, Tensor(d!)? dw=None, Tensor(e!)? db=None) -> ()");
 }
 
 // One implementation serves both devices: it reads the device off x.

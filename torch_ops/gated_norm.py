@@ -109,10 +109,8 @@ def _(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_
 
 @torch.library.register_fake("gatednorm::gated_norm_bwd_out")
 def _(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, dx, dz,
-      out):
-    dw = None if weight is None else weight.new_empty(weight.shape)
-    db = None if bias is None else bias.new_empty(bias.shape)
-    return dw, db
+      out, dw=None, db=None):
+    return None
 
 
 # ---------------------------------------------------------------- autograd
@@ -190,6 +188,8 @@ def layer_norm_bwd(dy, x, weight, bias, eps, mean, rstd, z=None, group_size=None
         if recompute_output and out is None:
             out = torch.empty_like(x, memory_format=torch.contiguous_format)
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        dw, db = _ops.gated_norm_bwd_out(dy, x, weight, bias, z, mean, rstd, *config, dx, dz,
-                                         out if recompute_output else None)
+        dw = None if weight is None else torch.empty_like(weight, memory_format=torch.contiguous_format)
+        db = None if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format)
+        _ops.gated_norm_bwd_out(dy, x, weight, bias, z, mean, rstd, *config, dx, dz,
+                                out if recompute_output else None, dw, db)
     return (dx, dw, db, dz, out) if recompute_output else (dx, dw, db, dz)
