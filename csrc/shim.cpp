@@ -1,27 +1,30 @@
 // The only C++ of gatednorm: op schemas, argument checks, tensor -> C descriptor.
 //
-// Built against the LibTorch stable ABI (TORCH_TARGET_VERSION = 2.10), so one
-// binary loads in every torch >= 2.10. Fake kernels and autograd live in Python
-// (torch_ops/gated_norm.py); kernels live in csrc/cpu and csrc/cuda and never
-// see a torch header.
+// Classic TORCH_LIBRARY registration, not the LibTorch stable ABI: with torch
+// 2.11 (the GPU machines) any exception thrown by a stable-ABI kernel crashes
+// the process (segfault in the dispatcher), so a bad argument could not become
+// a Python error. docs/design.md records the experiment. Fake kernels and
+// autograd live in Python (torch_ops/gated_norm.py); kernels live in csrc/cpu
+// and csrc/cuda and never see a torch header.
 #include <Python.h>
 
-#include <torch/csrc/stable/accelerator.h>
-#include <torch/csrc/stable/library.h>
-#include <torch/csrc/stable/ops.h>
-#include <torch/csrc/stable/tensor.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+#ifdef GN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <cmath>
 #include <optional>
 #include <sstream>
-#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "gatednorm.h"
 
-// `import torch_ops._C` loads this library, which runs the registrations below.
 // `built_with_cuda` tells Python whether the CUDA kernels are in this build.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -40,8 +43,8 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 namespace {
 
-using torch::headeronly::ScalarType;
-using torch::stable::Tensor;
+using at::ScalarType;
+using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 // Every error is a RuntimeError whose message starts with "gatednorm:" and names
@@ -49,9 +52,8 @@ using OptTensor = std::optional<Tensor>;
 template <typename... Args>
 [[noreturn]] void fail(const Args&... args) {
   std::ostringstream s;
-  s << "gatednorm: ";
   ((s << args), ...);
-  throw std::runtime_error(s.str());
+  TORCH_CHECK(false, "gatednorm: ", s.str());
 }
 #define GN_REQUIRE(cond, ...) \
   do {                        \
@@ -86,13 +88,9 @@ std::string shape_str(const Tensor& t) {
   return s.str();
 }
 
-bool same_device(const Tensor& a, const Tensor& b) {
-  return a.is_cuda() == b.is_cuda() && (!a.is_cuda() || a.get_device_index() == b.get_device_index());
-}
+bool same_device(const Tensor& a, const Tensor& b) { return a.device() == b.device(); }
 
-std::string device_str(const Tensor& t) {
-  return t.is_cuda() ? "cuda:" + std::to_string(t.get_device_index()) : std::string(t.is_cpu() ? "cpu" : "another device");
-}
+std::string device_str(const Tensor& t) { return t.device().str(); }
 
 // Row stride (elements) of t seen as [M, N], or nullopt when the leading dims do
 // not collapse into one stride or the last dim is not unit-stride.
@@ -123,7 +121,7 @@ struct Rows {
 };
 Rows input_rows(const Tensor& t) {
   if (auto s = row_stride(t)) return {t, *s};
-  Tensor c = torch::stable::contiguous(t);
+  Tensor c = t.contiguous();
   return {c, c.size(c.dim() - 1)};
 }
 
@@ -143,7 +141,7 @@ struct Problem {
   ScalarType stat_type = ScalarType::Float;
 };
 
-gn_act parse_activation(const std::string& a) {
+gn_act parse_activation(c10::string_view a) {
   if (a == "silu" || a == "swish") return GN_ACT_SILU;
   if (a == "sigmoid") return GN_ACT_SIGMOID;
   fail("activation must be 'silu', 'swish' or 'sigmoid', got '", a, "'");
@@ -167,7 +165,7 @@ void check_param(const Tensor& x, const Tensor& p, const char* name, int64_t n) 
 
 Problem make_problem(const Tensor& x, const OptTensor& weight, const OptTensor& bias, const OptTensor& z,
                      double eps, std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm,
-                     const std::string& activation) {
+                     c10::string_view activation) {
   GN_REQUIRE(x.is_cpu() || x.is_cuda(), "x must be on a CPU or CUDA device, got ", device_str(x));
   auto dt = to_gn_dtype(x.scalar_type());
   GN_REQUIRE(dt, "x must be float16, bfloat16, float32 or float64, got ", dtype_name(x.scalar_type()));
@@ -216,11 +214,10 @@ void check_status(gn_status s, bool cuda) {
 
 #ifdef GN_WITH_CUDA
 struct CudaContext {
-  torch::stable::accelerator::DeviceGuard guard;
-  void* stream = nullptr;
-  explicit CudaContext(const Tensor& x) : guard(x.get_device_index()) {
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(x.get_device_index(), &stream));
-  }
+  c10::DeviceGuard guard;
+  void* stream;
+  explicit CudaContext(const Tensor& x)
+      : guard(x.device()), stream(c10::cuda::getCurrentCUDAStream(x.device().index()).stream()) {}
 };
 #endif
 
@@ -243,7 +240,7 @@ void run_fwd(const Tensor& x, const gn_fwd_args& a) {
 size_t bwd_workspace_bytes(const Tensor& x, const gn_config& cfg) {
   if (x.is_cpu()) return gn_cpu_bwd_workspace_bytes(&cfg);
 #ifdef GN_WITH_CUDA
-  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  c10::DeviceGuard guard(x.device());
   return gn_cuda_bwd_workspace_bytes(&cfg);
 #else
   no_cuda();
@@ -265,12 +262,12 @@ void run_bwd(const Tensor& x, const gn_bwd_args& a) {
 
 std::tuple<Tensor, Tensor> forward_into(const Tensor& x_in, const OptTensor& weight, const OptTensor& bias,
                                         const OptTensor& z_in, double eps, std::optional<int64_t> group_size,
-                                        bool norm_before_gate, bool is_rms_norm, const std::string& activation,
+                                        bool norm_before_gate, bool is_rms_norm, c10::string_view activation,
                                         const Tensor& out, int64_t out_stride) {
   Problem p = make_problem(x_in, weight, bias, z_in, eps, group_size, norm_before_gate, is_rms_norm, activation);
   const int64_t nstat = p.ngroups * p.cfg.rows;
-  Tensor mean = torch::stable::new_empty(x_in, {is_rms_norm ? 0 : nstat}, p.stat_type);
-  Tensor rstd = torch::stable::new_empty(x_in, {nstat}, p.stat_type);
+  Tensor mean = at::empty({is_rms_norm ? 0 : nstat}, x_in.options().dtype(p.stat_type));
+  Tensor rstd = at::empty({nstat}, x_in.options().dtype(p.stat_type));
   if (p.cfg.rows == 0) return {mean, rstd};
 
   Rows x = input_rows(x_in);
@@ -284,19 +281,19 @@ std::tuple<Tensor, Tensor> forward_into(const Tensor& x_in, const OptTensor& wei
   a.z_stride = z ? z->stride : 0;
   a.weight = ptr_or_null(weight);
   a.bias = ptr_or_null(bias);
-  a.out = out.mutable_data_ptr();
+  a.out = out.data_ptr();
   a.out_stride = out_stride;
-  a.mean = is_rms_norm ? nullptr : mean.mutable_data_ptr();
-  a.rstd = rstd.mutable_data_ptr();
+  a.mean = is_rms_norm ? nullptr : mean.data_ptr();
+  a.rstd = rstd.data_ptr();
   run_fwd(x_in, a);
   return {mean, rstd};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gated_norm_fwd(Tensor x, OptTensor weight, OptTensor bias, OptTensor z,
                                                   double eps, std::optional<int64_t> group_size,
-                                                  bool norm_before_gate, bool is_rms_norm, std::string activation) {
+                                                  bool norm_before_gate, bool is_rms_norm, c10::string_view activation) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
-  Tensor out = torch::stable::new_empty(x, x.sizes());
+  Tensor out = at::empty(x.sizes(), x.options());
   const int64_t n = x.size(x.dim() - 1);
   auto [mean, rstd] = forward_into(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm,
                                    activation, out, n);
@@ -305,7 +302,7 @@ std::tuple<Tensor, Tensor, Tensor> gated_norm_fwd(Tensor x, OptTensor weight, Op
 
 std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
                                               std::optional<int64_t> group_size, bool norm_before_gate,
-                                              bool is_rms_norm, std::string activation, Tensor out) {
+                                              bool is_rms_norm, c10::string_view activation, Tensor out) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   check_like_x(x, out, "out");
   const int64_t n = x.size(x.dim() - 1);
@@ -330,7 +327,7 @@ void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& wei
                                                const OptTensor& bias, const OptTensor& z_in, const Tensor& mean,
                                                const Tensor& rstd, double eps, std::optional<int64_t> group_size,
                                                bool norm_before_gate, bool is_rms_norm,
-                                               const std::string& activation, const BwdOutputs& o) {
+                                               c10::string_view activation, const BwdOutputs& o) {
   Problem p = make_problem(x_in, weight, bias, z_in, eps, group_size, norm_before_gate, is_rms_norm, activation);
   check_like_x(x_in, dy_in, "dy");
   const int64_t nstat = p.ngroups * p.cfg.rows;
@@ -346,14 +343,14 @@ void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& wei
   OptTensor dw = o.dw, db = o.db;
   if (p.cfg.rows == 0) {
     // An empty batch still owes zero gradients for the parameters.
-    if (dw) torch::stable::zero_(*dw);
-    if (db) torch::stable::zero_(*db);
+    if (dw) dw->zero_();
+    if (db) db->zero_();
     return;
   }
   Rows x = input_rows(x_in), dy = input_rows(dy_in);
   std::optional<Rows> z;
   if (z_in) z = input_rows(*z_in);
-  Tensor ws = torch::stable::new_empty(x_in, {(int64_t)bwd_workspace_bytes(x_in, p.cfg)}, ScalarType::Byte);
+  Tensor ws = at::empty({(int64_t)bwd_workspace_bytes(x_in, p.cfg)}, x_in.options().dtype(ScalarType::Byte));
 
   gn_bwd_args a{};
   a.cfg = p.cfg;
@@ -367,30 +364,30 @@ void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& wei
   a.dy_stride = dy.stride;
   a.mean = is_rms_norm ? nullptr : mean.const_data_ptr();
   a.rstd = rstd.const_data_ptr();
-  a.dx = o.dx.mutable_data_ptr();
+  a.dx = o.dx.data_ptr();
   a.dx_stride = o.dx_stride;
-  a.dz = o.dz ? o.dz->mutable_data_ptr() : nullptr;
+  a.dz = o.dz ? o.dz->data_ptr() : nullptr;
   a.dz_stride = o.dz_stride;
-  a.dw = dw ? dw->mutable_data_ptr() : nullptr;
-  a.db = db ? db->mutable_data_ptr() : nullptr;
-  a.out = o.out ? o.out->mutable_data_ptr() : nullptr;
+  a.dw = dw ? dw->data_ptr() : nullptr;
+  a.db = db ? db->data_ptr() : nullptr;
+  a.out = o.out ? o.out->data_ptr() : nullptr;
   a.out_stride = o.out_stride;
-  a.workspace = ws.mutable_data_ptr();
+  a.workspace = ws.data_ptr();
   run_bwd(x_in, a);
 }
 
 std::tuple<Tensor, OptTensor, OptTensor, OptTensor, OptTensor> gated_norm_bwd(
     Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean, Tensor rstd, double eps,
-    std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm, std::string activation,
+    std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm, c10::string_view activation,
     bool recompute_output) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   const int64_t n = x.size(x.dim() - 1);
-  BwdOutputs o{torch::stable::new_empty(x, x.sizes()), n, std::nullopt, n, std::nullopt, n, std::nullopt,
+  BwdOutputs o{at::empty(x.sizes(), x.options()), n, std::nullopt, n, std::nullopt, n, std::nullopt,
                std::nullopt};
-  if (z) o.dz = torch::stable::new_empty(x, x.sizes());
-  if (recompute_output) o.out = torch::stable::new_empty(x, x.sizes());
-  if (weight) o.dw = torch::stable::new_empty(*weight, {n});
-  if (bias) o.db = torch::stable::new_empty(*bias, {n});
+  if (z) o.dz = at::empty(x.sizes(), x.options());
+  if (recompute_output) o.out = at::empty(x.sizes(), x.options());
+  if (weight) o.dw = at::empty({n}, weight->options());
+  if (bias) o.db = at::empty({n}, bias->options());
   backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, o);
   return {o.dx, o.dw, o.db, o.dz, o.out};
 }
@@ -408,7 +405,7 @@ void check_param_grad(const Tensor& x, const OptTensor& param, const Tensor& gra
 
 void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean,
                         Tensor rstd, double eps, std::optional<int64_t> group_size, bool norm_before_gate,
-                        bool is_rms_norm, std::string activation, Tensor dx, OptTensor dz, OptTensor out,
+                        bool is_rms_norm, c10::string_view activation, Tensor dx, OptTensor dz, OptTensor out,
                         OptTensor dw, OptTensor db) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   const int64_t n = x.size(x.dim() - 1);
@@ -431,7 +428,7 @@ void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, O
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY(gatednorm, m) {
+TORCH_LIBRARY(gatednorm, m) {
   m.def(
       "gated_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? z, float eps, int? group_size, "
       "bool norm_before_gate, bool is_rms_norm, str activation) -> (Tensor out, Tensor mean, Tensor rstd)");
@@ -449,16 +446,16 @@ STABLE_TORCH_LIBRARY(gatednorm, m) {
 }
 
 // One implementation serves both devices: it reads the device off x.
-STABLE_TORCH_LIBRARY_IMPL(gatednorm, CPU, m) {
-  m.impl("gated_norm_fwd", TORCH_BOX(&gated_norm_fwd));
-  m.impl("gated_norm_fwd_out", TORCH_BOX(&gated_norm_fwd_out));
-  m.impl("gated_norm_bwd", TORCH_BOX(&gated_norm_bwd));
-  m.impl("gated_norm_bwd_out", TORCH_BOX(&gated_norm_bwd_out));
+TORCH_LIBRARY_IMPL(gatednorm, CPU, m) {
+  m.impl("gated_norm_fwd", &gated_norm_fwd);
+  m.impl("gated_norm_fwd_out", &gated_norm_fwd_out);
+  m.impl("gated_norm_bwd", &gated_norm_bwd);
+  m.impl("gated_norm_bwd_out", &gated_norm_bwd_out);
 }
 
-STABLE_TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) {
-  m.impl("gated_norm_fwd", TORCH_BOX(&gated_norm_fwd));
-  m.impl("gated_norm_fwd_out", TORCH_BOX(&gated_norm_fwd_out));
-  m.impl("gated_norm_bwd", TORCH_BOX(&gated_norm_bwd));
-  m.impl("gated_norm_bwd_out", TORCH_BOX(&gated_norm_bwd_out));
+TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) {
+  m.impl("gated_norm_fwd", &gated_norm_fwd);
+  m.impl("gated_norm_fwd_out", &gated_norm_fwd_out);
+  m.impl("gated_norm_bwd", &gated_norm_bwd);
+  m.impl("gated_norm_bwd_out", &gated_norm_bwd_out);
 }

@@ -33,13 +33,16 @@ template <typename T> __host__ __device__ constexpr int vec_size() { return 16 /
 // Loads VEC elements starting at column c of row p (columns >= limit read as 0)
 // into v[0..VEC); v points into a register array indexed with constants only.
 // `aligned` promises p+c is 16-byte aligned and c+VEC <= limit whenever c < limit.
-template <typename T, int VEC>
+// GLOBAL: p is global memory, read through the non-coherent cache (ld.global.nc);
+// otherwise p may be shared memory (generic load).
+template <typename T, int VEC, bool GLOBAL = true>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
                                          acc_t<T>* v) {
   if (aligned) {
     if (c < limit) {
       union { uint4 u; T e[VEC]; } pack;
-      pack.u = __ldg(reinterpret_cast<const uint4*>(p + c));
+      const uint4* q = reinterpret_cast<const uint4*>(p + c);
+      pack.u = GLOBAL ? __ldg(q) : *q;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) v[i] = to_acc<T>(pack.e[i]);
     } else {

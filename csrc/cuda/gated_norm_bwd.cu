@@ -246,9 +246,9 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
     const T* zs = st ? sz : p.z;
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
       A x[VEC], z[VEC], dy[VEC], dx[VEC], dz[VEC], y[VEC];
-      load_vec<T, VEC>(xs, cj, G, al, x);
-      load_vec<T, VEC>(dys, cj, G, al, dy);
-      if (gate) load_vec<T, VEC>(zs, cj, G, al, z);
+      load_vec<T, VEC, false>(xs, cj, G, al, x);
+      load_vec<T, VEC, false>(dys, cj, G, al, dy);
+      if (gate) load_vec<T, VEC, false>(zs, cj, G, al, z);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int64_t col = col0 + cj + i;

@@ -156,8 +156,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
       A q[1] = {0};
       for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
         A v[VEC], zz[VEC];
-        load_vec<T, VEC>(xs, cj, G, al, v);
-        if (gate && !c.norm_before_gate) load_vec<T, VEC>(zs, cj, G, al, zz);
+        load_vec<T, VEC, false>(xs, cj, G, al, v);
+        if (gate && !c.norm_before_gate) load_vec<T, VEC, false>(zs, cj, G, al, zz);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           if (cj + i >= G) continue;
@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
     // last pass: normalise, affine, gate, store
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
       A v[VEC], zz[VEC];
-      load_vec<T, VEC>(xs, cj, G, al, v);
-      if (gate) load_vec<T, VEC>(zs, cj, G, al, zz);
+      load_vec<T, VEC, false>(xs, cj, G, al, v);
+      if (gate) load_vec<T, VEC, false>(zs, cj, G, al, zz);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int64_t col = col0 + cj + i;

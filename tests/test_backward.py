@@ -1,0 +1,254 @@
+"""Backward: gradcheck in fp64, autograd through the ops vs autograd through the fp64
+reference, recompute_output, the *_out variant on row-strided views, determinism of
+dw/db and empty batches."""
+import pytest
+import torch
+
+import torch_ops
+from conftest import (assert_close, assert_normwise, bwd_scales, f64, free_nan_block, grad_tol, make_inputs, ops,
+                      poison, reduce_tol, tol)
+
+# (group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias) on M=3, N=8
+GRADCHECK_CASES = [
+    (None, True, False, "silu", True, True, True),
+    (None, False, False, "silu", True, True, True),
+    (4, True, True, "sigmoid", True, True, False),
+    (4, False, True, "silu", True, True, False),
+    (2, False, False, "sigmoid", True, False, True),
+    (4, True, False, "swish", True, False, False),
+    (None, True, True, "silu", False, True, False),
+    (2, True, False, "silu", False, True, True),
+    (None, False, True, "sigmoid", True, False, False),
+]
+
+
+def gc_id(c):
+    g, nbg, rms, act, z, w, b = c
+    return f"g{g}-{'nbg' if nbg else 'gbn'}-{'rms' if rms else 'ln'}-{act}{'-z' if z else ''}{'-w' if w else ''}" \
+           f"{'-b' if b else ''}"
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=gc_id)
+def test_gradcheck_fp64(case, device):
+    g, nbg, rms, act, z, w, b = case
+    x, wt, bt, zt = make_inputs((3, 8), torch.float64, device, z=z, weight=w, bias=b)
+    inputs = tuple(None if t is None else t.requires_grad_() for t in (x, wt, bt, zt))
+
+    def f(x, w, b, z):
+        return ops.gated_norm_fwd(x, w, b, z, 1e-5, g, nbg, rms, act)[0]
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_gradcheck_fp64_3d_strided(device):
+    """gradcheck of layernorm_fn on a 3-D row-strided x (slice of a fused projection)."""
+    proj = torch.randn(2, 3, 16, dtype=torch.float64, device=device, requires_grad=True)
+    _, w, b, _ = make_inputs((1, 8), torch.float64, device, z=False)
+    w.requires_grad_()
+
+    def f(proj, w):
+        x, z = proj.split(8, dim=-1)
+        return torch_ops.layernorm_fn(x, w, None, z=z, eps=1e-5, group_size=4, norm_before_gate=False)
+
+    assert torch.autograd.gradcheck(f, (proj, w), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z=True, w=True, b=True, param_dtype=None,
+                       fn="op"):
+    """Autograd through the op (or layernorm_fn) vs autograd through the fp64 reference on the
+    same rounded inputs and the same rounded dy."""
+    x, wt, bt, zt = make_inputs(shape, dtype, device, z=z, weight=w, bias=b, param_dtype=param_dtype)
+    leaves = [None if t is None else t.clone().requires_grad_() for t in (x, wt, bt, zt)]
+    leaves64 = [None if t is None else f64(t).cpu().requires_grad_() for t in (x, wt, bt, zt)]
+    if fn == "op":
+        out = ops.gated_norm_fwd(*leaves, 1e-6, g, nbg, rms, act)[0]
+    else:
+        out = torch_ops.layernorm_fn(*leaves[:3], z=leaves[3], eps=1e-6, group_size=g, norm_before_gate=nbg,
+                                     is_rms_norm=rms, activation=act)
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    out.backward(dy)
+    ref = torch_ops.gated_norm_ref(*leaves64[:3], z=leaves64[3], eps=1e-6, group_size=g, norm_before_gate=nbg,
+                                   is_rms_norm=rms, activation=act)
+    ref.backward(f64(dy).cpu())
+    n = g or shape[-1]
+    m = x.numel() // shape[-1]
+    scales = dict(zip(("dx", "dz"), bwd_scales(x, wt, zt, dy, g, nbg, rms, act)))
+    for name, t, t64 in zip(("dx", "dw", "db", "dz"), leaves, leaves64):
+        if t is None:
+            continue
+        assert t.grad is not None and t.grad.dtype == t.dtype and t.grad.shape == t.shape, name
+        if name in ("dx", "dz"):
+            assert_close(t.grad, t64.grad, grad_tol(dtype, n), name, scale=scales[name])
+        else:
+            assert_normwise(t.grad, t64.grad, reduce_tol(dtype, m, n, t.dtype), name)
+
+
+BWD_CASES = [
+    ((64, 256), None, True, False, "swish", True, True, True),
+    ((64, 256), 64, False, False, "silu", True, True, True),
+    ((64, 256), 64, False, True, "sigmoid", True, True, False),
+    ((33, 1000), None, True, True, "silu", True, True, False),
+    ((33, 1000), 250, True, False, "sigmoid", True, False, True),
+    ((33, 1000), None, False, True, "swish", False, True, False),
+    ((4, 3, 160), 32, False, False, "swish", True, True, True),
+    ((5, 1), None, True, True, "silu", True, True, False),
+    ((3, 5120), 1024, False, True, "silu", True, True, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("case", BWD_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-" + gc_id(c[1:]))
+def test_grads_match_reference(case, dtype, device):
+    shape, g, nbg, rms, act, z, w, b = case
+    grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                             (torch.float32, torch.bfloat16)],
+                         ids=["bf16-w32", "fp16-w32", "fp32-wbf16"])
+def test_grads_mixed_param_dtype(x_dtype, p_dtype, device):
+    """dw/db come back in the parameter dtype, dx/dz in x's dtype."""
+    grads_vs_reference((48, 128), x_dtype, device, 32, False, False, "swish", param_dtype=p_dtype, fn="layernorm_fn")
+
+
+@pytest.mark.slow
+def test_grads_huge_row(device):
+    grads_vs_reference((2, 1 << 20), torch.float32, device, None, False, True, "swish", b=False)
+
+
+def _fwd(shape, dtype, device, g, nbg, rms, act="swish", x=None, z=None):
+    _, w, b, zz = make_inputs(shape, dtype, device)
+    if x is None:
+        x = make_inputs(shape, dtype, device, z=False)[0]
+        z = zz
+    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, rms, act)
+    return x, w, b, z, out, mean, rstd
+
+
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_recompute_output(rms, nbg, dtype, device):
+    """gated_norm_bwd(recompute_output=True) returns the forward output (from the saved stats);
+    with recompute_output=False the fifth result is None."""
+    x, w, b, z, out, mean, rstd = _fwd((20, 192), dtype, device, 64, nbg, rms)
+    dy = torch.randn_like(out)
+    cfg = (1e-6, 64, nbg, rms, "swish")
+    dx, dw, db, dz, out2 = ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, *cfg, True)
+    assert_close(out2, out, tol(dtype, 64), "recomputed out vs forward out")
+    dx1, dw1, db1, dz1, none = ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, *cfg, False)
+    assert none is None
+    for a, c, name in ((dx, dx1, "dx"), (dz, dz1, "dz")):
+        assert_close(a, c, grad_tol(dtype, 64), f"{name}: recompute_output changed the gradients")
+    for a, c, name in ((dw, dw1, "dw"), (db, db1, "db")):
+        assert_normwise(a, c, reduce_tol(dtype, 20, 64, a.dtype), f"{name}: recompute_output changed it")
+
+
+def test_bwd_optional_results_are_none(device):
+    """dw/db None when weight/bias are None, dz None when z is None."""
+    x, _, _, _ = make_inputs((6, 32), torch.float32, device)
+    out, mean, rstd = ops.gated_norm_fwd(x, None, None, None, 1e-6, None, True, True, "swish")
+    dx, dw, db, dz, o = ops.gated_norm_bwd(torch.randn_like(x), x, None, None, None, mean, rstd, 1e-6, None, True,
+                                          True, "swish", False)
+    assert dw is None and db is None and dz is None and o is None and dx.shape == x.shape
+
+
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bwd_out_strided_views(nbg, dtype, device):
+    """gated_norm_bwd_out reading x, z, dy and writing dx, dz, out as column slices of fused
+    [M, kN] buffers (row stride != N); the other columns of the poisoned buffers stay NaN.
+    Results equal those of gated_norm_bwd on contiguous copies."""
+    m, n, g = 29, 128, 32
+    proj = torch.randn(m, 3 * n, dtype=torch.float64).to(dtype).to(device)
+    x, z, _ = proj.split(n, dim=-1)
+    _, w, b, _ = make_inputs((m, n), dtype, device, z=False)
+    _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, False, "swish")
+    dy = torch.randn(m, 2 * n, dtype=torch.float64).to(dtype).to(device)[:, n:]
+    cfg = (1e-6, g, nbg, False, "swish")
+    ex, edw, edb, edz, eout = ops.gated_norm_bwd(dy.contiguous(), x.contiguous(), w, b, z.contiguous(),
+                                                 mean, rstd, *cfg, True)
+    grads_buf = poison(torch.empty(m, 4 * n, dtype=dtype, device=device))
+    dx, dz, out = grads_buf[:, :n], grads_buf[:, 2 * n:3 * n], grads_buf[:, 3 * n:]
+    dw, db = poison(torch.empty_like(w)), poison(torch.empty_like(b))
+    assert ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *cfg, dx, dz, out, dw, db) is None
+    t = grad_tol(dtype, g)
+    assert_close(dx, ex, t, "dx")
+    assert_close(dz, edz, t, "dz")
+    assert_close(out, eout, tol(dtype, g), "out")
+    assert_normwise(dw, edw, reduce_tol(dtype, m, g, w.dtype), "dw")
+    assert_normwise(db, edb, reduce_tol(dtype, m, g, b.dtype), "db")
+    assert torch.isnan(grads_buf[:, n:2 * n]).all(), "wrote outside the dx/dz/out views"
+    # without out, dw, db: only dx and dz are written; dw alone (no db)
+    grads_buf = poison(torch.empty(m, 2 * n, dtype=dtype, device=device))
+    ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *cfg, grads_buf[:, :n], grads_buf[:, n:], None)
+    assert_close(grads_buf[:, :n], ex, t, "dx (no out)")
+    assert_close(grads_buf[:, n:], edz, t, "dz (no out)")
+    dw2 = poison(torch.empty_like(w))
+    ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *cfg, grads_buf[:, :n], grads_buf[:, n:], None, dw=dw2)
+    assert_normwise(dw2, edw, reduce_tol(dtype, m, g, w.dtype), "dw (without db)")
+
+
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_layer_norm_bwd_writes_given_views(rms, device):
+    """layer_norm_bwd(dz=..., out=...) writes into the given row-strided views and returns them."""
+    m, n = 17, 64
+    x, w, b, z, out, mean, rstd = _fwd((m, n), torch.float32, device, None, False, rms)
+    dy = torch.randn(m, n, device=device)
+    buf = poison(torch.empty(m, 3 * n, device=device))
+    dz_view, out_view = buf[:, :n], buf[:, 2 * n:]
+    dx, dw, db, dz, o = torch_ops.layer_norm_bwd(dy, x, w, b, 1e-6, None if rms else mean, rstd, z=z,
+                                                 norm_before_gate=False, is_rms_norm=rms, recompute_output=True,
+                                                 dz=dz_view, out=out_view)
+    assert dz.data_ptr() == dz_view.data_ptr() and o.data_ptr() == out_view.data_ptr()
+    e = ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, False, rms, "swish", True)
+    assert_close(dx, e[0], grad_tol(torch.float32, n), "dx")
+    assert_close(dz_view, e[3], grad_tol(torch.float32, n), "dz")
+    assert_close(out_view, out, tol(torch.float32, n), "out")
+    assert torch.isnan(buf[:, n:2 * n]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_dw_db_deterministic(dtype, rms, device):
+    """Same inputs -> bitwise the same dw/db on every run (fixed reduction order, no atomics);
+    M = 3000 rows spans several row chunks / blocks."""
+    m, n = 3000, 256
+    x, w, b, z = make_inputs((m, n), dtype, device, param_dtype=torch.float32)
+    _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, False, rms, "swish")
+    dy = torch.randn(m, n, dtype=torch.float64).to(dtype).to(device)
+    runs = [ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, False, rms, "swish", False) for _ in range(3)]
+    for r in runs[1:]:
+        assert torch.equal(r[1], runs[0][1]), "dw differs between runs"
+        assert torch.equal(r[2], runs[0][2]), "db differs between runs"
+        assert torch.equal(r[0], runs[0][0]) and torch.equal(r[3], runs[0][3]), "dx/dz differ between runs"
+    # and they are right (not deterministic garbage)
+    w64 = f64(w).cpu().requires_grad_()
+    ref = torch_ops.gated_norm_ref(f64(x).cpu(), w64, f64(b).cpu(), f64(z).cpu(), 1e-6, None, False, rms)
+    ref.backward(f64(dy).cpu())
+    assert_normwise(runs[0][1], w64.grad, reduce_tol(dtype, m, n, torch.float32), "dw")
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 64)], ids=["0x64", "2x0x64"])
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_empty_batch_backward(shape, rms, device):
+    """M = 0: empty dx/dz and zero (not uninitialised) dw/db, directly and through autograd."""
+    x, w, b, z = make_inputs(shape, torch.float32, device)
+    _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, 16, True, rms, "swish")
+    free_nan_block(device)
+    dx, dw, db, dz, out = ops.gated_norm_bwd(torch.empty(shape, device=device), x, w, b, z, mean, rstd, 1e-6, 16,
+                                             True, rms, "swish", True)
+    assert dx.shape == shape and dz.shape == shape and out.shape == shape
+    assert torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
+    dx = torch.empty(shape, device=device)
+    dw, db = poison(torch.empty_like(w)), poison(torch.empty_like(b))
+    ops.gated_norm_bwd_out(torch.empty(shape, device=device), x, w, b, z, mean, rstd, 1e-6, 16, True, rms,
+                           "swish", dx, torch.empty(shape, device=device), None, dw, db)
+    assert torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
+    w.requires_grad_()
+    b.requires_grad_()
+    x.requires_grad_()
+    free_nan_block(device)
+    torch_ops.layernorm_fn(x, w, b, z=z, group_size=16, is_rms_norm=rms).sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    assert x.grad.shape == shape

@@ -1,0 +1,217 @@
+"""Forward of torch.ops.gatednorm.gated_norm_fwd / gated_norm_fwd_out vs the fp64 reference:
+dtypes, sizes, groups, gate order, LN/RMS, activations, optional z/weight/bias, mixed
+parameter dtypes, ranks, strided rows, copied layouts, M = 0 and the statistics."""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import assert_close, make_inputs, ops, poison, ref64, stats64, tol
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+DT_IDS = ["fp32", "fp16", "bf16", "fp64"]
+
+
+def run_fwd(x, w, b, z, eps=1e-6, group_size=None, nbg=True, rms=False, act="swish"):
+    return ops.gated_norm_fwd(x, w, b, z, eps, group_size, nbg, rms, act)
+
+
+def check_fwd(shape, dtype, device, group_size=None, nbg=True, rms=False, act="swish", z=True, w=True, b=True,
+              param_dtype=None, eps=1e-6):
+    x, wt, bt, zt = make_inputs(shape, dtype, device, z=z, weight=w, bias=b, param_dtype=param_dtype)
+    out, mean, rstd = run_fwd(x, wt, bt, zt, eps, group_size, nbg, rms, act)
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    assert out.is_contiguous()
+    expected = ref64(x, wt, bt, zt, eps, group_size, nbg, rms, act)
+    assert_close(out, expected, tol(dtype, group_size or shape[-1]), "out")
+    return out, mean, rstd
+
+
+# (shape, group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias): every N of the
+# contract, each flag both ways, every activation name, each optional argument absent somewhere.
+CASES = [
+    ((5, 1), None, True, False, "swish", True, True, True),
+    ((5, 1), None, False, True, "sigmoid", True, True, False),
+    ((17, 33), None, True, False, "silu", True, True, True),
+    ((17, 33), 11, False, False, "swish", True, True, True),
+    ((17, 33), 1, True, True, "sigmoid", True, False, False),
+    ((17, 33), None, False, True, "swish", False, True, False),
+    ((7, 1000), None, False, True, "silu", True, True, False),
+    ((7, 1000), 250, True, False, "sigmoid", True, False, True),
+    ((7, 1000), None, True, False, "swish", False, False, False),
+    ((6, 1024), 128, False, True, "swish", True, True, False),
+    ((6, 1024), 128, True, False, "silu", True, True, True),
+    ((4, 5120), None, True, True, "swish", True, True, False),
+    ((4, 5120), 1024, False, True, "swish", True, True, False),
+    ((4, 5120), 1024, True, False, "sigmoid", False, True, True),
+    ((2, 65537), None, False, False, "swish", True, True, True),
+    ((2, 65537), None, True, True, "silu", True, False, False),
+]
+
+
+def case_id(c):
+    shape, g, nbg, rms, act, z, w, b = c
+    return (f"{shape[0]}x{shape[1]}-g{g}-{'nbg' if nbg else 'gbn'}-{'rms' if rms else 'ln'}-{act}"
+            f"{'-z' if z else ''}{'-w' if w else ''}{'-b' if b else ''}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_matches_reference(case, dtype, device):
+    shape, g, nbg, rms, act, z, w, b = case
+    check_fwd(shape, dtype, device, g, nbg, rms, act, z, w, b)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 9), n_g=st.sampled_from([(8, None), (12, 3), (64, 16), (96, 1), (130, 65), (257, None)]),
+       dtype=st.sampled_from(DTYPES[:3]), nbg=st.booleans(), rms=st.booleans(),
+       act=st.sampled_from(["silu", "swish", "sigmoid"]), z=st.booleans(), w=st.booleans(), b=st.booleans())
+def test_forward_flag_combinations(device, m, n_g, dtype, nbg, rms, act, z, w, b):
+    """Random combinations of all flags on small shapes (complements the curated list)."""
+    n, g = n_g
+    check_fwd((m, n), dtype, device, g, nbg, rms, act, z, w, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_forward_huge_row(dtype, rms, device):
+    """N = 2^20: beyond the 64 KB per group of the Triton kernels."""
+    check_fwd((2, 1 << 20), dtype, device, None, False, rms, "swish")
+    check_fwd((2, 1 << 20), dtype, device, 1 << 18, True, rms, "sigmoid")
+
+
+@pytest.mark.parametrize("x_dtype,p_dtype", [(torch.float16, torch.float32), (torch.bfloat16, torch.float32),
+                                             (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
+                                             (torch.bfloat16, torch.float16)],
+                         ids=["fp16-w32", "bf16-w32", "fp32-wbf16", "fp32-w16", "bf16-w16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["b", "nob"])
+def test_mixed_param_dtype(x_dtype, p_dtype, bias, device):
+    """weight/bias in another float dtype than x (fp16 x with fp32 weight is common)."""
+    out, _, _ = check_fwd((9, 384), x_dtype, device, 128, False, not bias, "swish", True, True, bias,
+                          param_dtype=p_dtype)
+    assert out.dtype == x_dtype
+
+
+@pytest.mark.parametrize("shape,g", [((64,), None), ((64,), 16), ((2, 3, 96), 32), ((2, 2, 3, 40), None),
+                                     ((1, 1, 5, 48), 24)], ids=["1d", "1d-g", "3d-g", "4d", "4d-unit-dims-g"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_any_rank(shape, g, dtype, device):
+    """Leading dims are flattened; the statistics have ngroups * prod(leading) entries."""
+    out, mean, rstd = check_fwd(shape, dtype, device, g, True, False, "swish")
+    nstat = (out.numel() // shape[-1]) * (shape[-1] // (g or shape[-1]))
+    assert rstd.shape == (nstat,) and mean.shape == (nstat,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+def test_strided_rows_from_fused_projection(dtype, nbg, device):
+    """x and z are column slices of one [M, 3N] projection (row stride 3N != N), as after
+    torch.split in Mamba2; out goes into a row-strided slice of a poisoned buffer through
+    gated_norm_fwd_out. The columns outside the slice must stay untouched."""
+    m, n, g = 37, 96, 32
+    proj = torch.randn(m, 3 * n, dtype=torch.float64).to(dtype).to(device)
+    x, z, _ = proj.split(n, dim=-1)
+    assert x.stride() == (3 * n, 1) and z.stride() == (3 * n, 1)
+    _, w, b, _ = make_inputs((m, n), dtype, device, z=False)
+    expected = ref64(x, w, b, z, 1e-6, g, nbg, False, "swish")
+
+    out, mean, rstd = run_fwd(x, w, b, z, 1e-6, g, nbg)
+    assert_close(out, expected, tol(dtype, g), "out (strided x, z)")
+
+    buf = poison(torch.empty(m, 2 * n, dtype=dtype, device=device))
+    out_view = buf[:, n:]
+    mean2, rstd2 = ops.gated_norm_fwd_out(x, w, b, z, 1e-6, g, nbg, False, "swish", out_view)
+    assert_close(out_view, expected, tol(dtype, g), "out= strided view")
+    assert torch.isnan(buf[:, :n]).all(), "gated_norm_fwd_out wrote outside the out view"
+    # the statistics do not depend on where out goes (up to the fp32 summation order, which
+    # a kernel may choose by the alignment of its pointers)
+    assert_close(rstd2, rstd, tol(torch.float32, g), "rstd of fwd_out vs fwd")
+    assert_close(mean2, mean, tol(torch.float32, g), "mean of fwd_out vs fwd")
+
+
+def test_strided_3d_views(device):
+    """3-D views whose leading dims collapse into one row stride: x = proj[..., :N] of a
+    [B, T, 2N] tensor; out= a [B, T, N] slice of a bigger poisoned [B, T, 3N] buffer."""
+    bsz, t, n = 3, 5, 64
+    proj = torch.randn(bsz, t, 2 * n, device=device)
+    x, z = proj.split(n, dim=-1)
+    _, w, _, _ = make_inputs((1, n), torch.float32, device, z=False, bias=False)
+    buf = poison(torch.empty(bsz, t, 3 * n, device=device))
+    out = buf[..., n:2 * n]
+    ops.gated_norm_fwd_out(x, w, None, z, 1e-6, 16, False, True, "silu", out)
+    assert_close(out, ref64(x, w, None, z, 1e-6, 16, False, True, "silu"), tol(torch.float32, 16), "out")
+    assert torch.isnan(buf[..., :n]).all() and torch.isnan(buf[..., 2 * n:]).all()
+
+
+@pytest.mark.parametrize("layout", ["x_t", "z_t", "permuted_leading", "broadcast_rows"])
+def test_non_unit_last_stride_is_copied(layout, device):
+    """Layouts the kernel cannot address in place (last dim strided, leading dims that do
+    not flatten to one stride, stride-0 rows) are copied by the op and give the right answer."""
+    n = 48
+    if layout == "x_t":
+        x = torch.randn(n, 20, device=device).t()
+        z = torch.randn(20, n, device=device)
+    elif layout == "z_t":
+        x = torch.randn(20, n, device=device)
+        z = torch.randn(n, 20, device=device).t()
+    elif layout == "permuted_leading":
+        x = torch.randn(4, 5, n, device=device).transpose(0, 1)
+        z = torch.randn(5, 4, n, device=device)
+    else:
+        x = torch.randn(1, n, device=device).expand(6, n)
+        z = torch.randn(6, n, device=device)
+    _, w, b, _ = make_inputs((1, n), torch.float32, device, z=False)
+    out, _, _ = run_fwd(x, w, b, z, 1e-6, 16, False, False, "swish")
+    assert_close(out, ref64(x, w, b, z, 1e-6, 16, False, False, "swish"), tol(torch.float32, 16), layout)
+    o2 = poison(torch.empty(x.shape, device=device))
+    ops.gated_norm_fwd_out(x, w, b, z, 1e-6, 16, False, False, "swish", o2)
+    assert_close(o2, out, tol(torch.float32, 16), layout + " (out=)")
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 64)], ids=["0x64", "2x0x64"])
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_empty_batch(shape, rms, device):
+    x, w, b, z = make_inputs(shape, torch.float32, device)
+    out, mean, rstd = run_fwd(x, w, b, z, 1e-6, 16, True, rms)
+    assert out.shape == shape and out.dtype == x.dtype and out.device == x.device
+    assert rstd.shape == (0,) and mean.shape == (0,)
+    o = torch.empty(shape, device=device)
+    mean, rstd = ops.gated_norm_fwd_out(x, w, b, z, 1e-6, None, False, rms, "silu", o)
+    assert rstd.shape == (0,) and mean.shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+def test_statistics(dtype, rms, nbg, act, device):
+    """mean/rstd: shape (ngroups*M,), element g*M + r, fp32 (fp64 for fp64 x), mean empty for
+    RMS; values vs fp64. With the gate before the norm they are statistics of x*act(z)."""
+    m, n, g = 11, 96, 24
+    x, w, b, z = make_inputs((m, n), dtype, device)
+    x = x + 0.7  # a non-zero mean, so a LayerNorm that forgets to subtract it shows
+    out, mean, rstd = run_fwd(x, w, b, z, 1e-6, g, nbg, rms, act)
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    emean, erstd, vg = stats64(x, z, g, nbg, rms, act)
+    assert rstd.dtype == sdt and rstd.shape == (m * n // g,) and rstd.is_contiguous()
+    assert mean.dtype == sdt and mean.shape == ((0,) if rms else (m * n // g,))
+    # the stats are stored in sdt: rounding to it plus the fp32/fp64 accumulation over g
+    rt = tol(sdt, g)
+    assert_close(rstd, erstd, rt, "rstd")
+    if not rms:
+        assert_close(mean, emean, rt, "mean")
+    # spot-check the layout explicitly: group 2 of row 7 is at 2*M + 7
+    r, gi = 7, 2
+    v = vg[r, gi]
+    mu = 0.0 if rms else v.mean().item()
+    assert abs(rstd[gi * m + r].item() - ((v - mu).square().mean() + 1e-6).rsqrt().item()) <= rt * erstd.abs().max()
+
+
+def test_eps_is_used(device):
+    """Rows with variance ~ eps: a kernel that ignores or misplaces eps fails."""
+    x = 1e-3 * torch.randn(4, 32, device=device)
+    for eps in (0.0, 1e-6, 1e-4):
+        out, _, rstd = run_fwd(x, None, None, None, eps, None, True, True, "swish")
+        assert_close(out, ref64(x, None, None, None, eps, None, True, True), tol(torch.float32, 32), f"eps={eps}")
+        assert_close(rstd, stats64(x, None, None, True, True, eps=eps)[1], tol(torch.float32, 32), "rstd")
