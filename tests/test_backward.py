@@ -35,7 +35,7 @@ def test_gradcheck_fp64(case, device):
     inputs = tuple(None if t is None else t.requires_grad_() for t in (x, wt, bt, zt))
 
     def f(x, w, b, z):
-        return ops.gated_norm_fwd(x, w, b, z, 1e-5, g, nbg, rms, act)[0]
+        return ops.gated_norm(x, w, b, z, 1e-5, g, nbg, rms, act)[0]
 
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
@@ -61,7 +61,7 @@ def grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z=True, w=True, b
     leaves = [None if t is None else t.clone().requires_grad_() for t in (x, wt, bt, zt)]
     leaves64 = [None if t is None else f64(t).cpu().requires_grad_() for t in (x, wt, bt, zt)]
     if fn == "op":
-        out = ops.gated_norm_fwd(*leaves, 1e-6, g, nbg, rms, act)[0]
+        out = ops.gated_norm(*leaves, 1e-6, g, nbg, rms, act)[0]
     else:
         out = torch_ops.layernorm_fn(*leaves[:3], z=leaves[3], eps=1e-6, group_size=g, norm_before_gate=nbg,
                                      is_rms_norm=rms, activation=act)
@@ -101,6 +101,20 @@ BWD_CASES = [
 def test_grads_match_reference(case, dtype, device):
     shape, g, nbg, rms, act, z, w, b = case
     grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
+
+
+# Widths at the edges of the CUDA launch plans (register path / shared-memory loop
+# path / loop path re-reading global memory): N=8192 bf16 with z stages exactly
+# 48 KB, which once failed to launch without raising the shared-memory limit.
+PLAN_EDGE_CASES = [((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
+                   ((3, 8192), 1024)]
+
+
+@pytest.mark.parametrize("case", PLAN_EDGE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}")
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+def test_grads_plan_edges(case, nbg, device):
+    shape, g = case
+    grads_vs_reference(shape, torch.bfloat16, device, g, nbg, True, "silu")
 
 
 @pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),

@@ -215,3 +215,11 @@ def test_eps_is_used(device):
         out, _, rstd = run_fwd(x, None, None, None, eps, None, True, True, "swish")
         assert_close(out, ref64(x, None, None, None, eps, None, True, True), tol(torch.float32, 32), f"eps={eps}")
         assert_close(rstd, stats64(x, None, None, True, True, eps=eps)[1], tol(torch.float32, 32), "rstd")
+
+
+def test_differentiable_and_inference_forward_agree(device):
+    """gated_norm (autograd registered) and gated_norm_fwd (none) run the same kernel."""
+    x, w, b, z = make_inputs((7, 96), torch.float32, device)
+    args = (x, w, b, z, 1e-6, 32, False, False, "sigmoid")
+    for a, e in zip(ops.gated_norm(*args), ops.gated_norm_fwd(*args)):
+        assert torch.equal(a, e)

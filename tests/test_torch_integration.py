@@ -12,8 +12,9 @@ from conftest import assert_close, f64, grad_tol, make_inputs, ops, ref64, requi
 # ---------------------------------------------------------------- opcheck
 
 def fwd_samples(device):
-    """(args, kwargs) samples for gated_norm_fwd; the last ones require grad so the
-    autograd registration is exercised (test_autograd_registration, aot_dispatch)."""
+    """Argument samples for gated_norm / gated_norm_fwd; the last two require grad so
+    gated_norm's autograd registration is exercised (test_autograd_registration,
+    aot_dispatch); gated_norm_fwd (no autograd) takes only the first four."""
     out = []
     x, w, b, z = make_inputs((4, 32), torch.float32, device)
     out.append((x, w, b, z, 1e-6, 8, True, False, "swish"))
@@ -30,9 +31,15 @@ def fwd_samples(device):
     return out
 
 
-@pytest.mark.parametrize("i", range(6))
+@pytest.mark.parametrize("i", range(4))
 def test_opcheck_gated_norm_fwd(i, device):
     torch.library.opcheck(ops.gated_norm_fwd.default, fwd_samples(device)[i])
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_opcheck_gated_norm(i, device):
+    """The differentiable op, including samples that require grad (autograd registration)."""
+    torch.library.opcheck(ops.gated_norm.default, fwd_samples(device)[i])
 
 
 @pytest.mark.parametrize("i", range(4))

@@ -82,10 +82,13 @@ def _stats_like(x, group_size, is_rms_norm):
     return mean, rstd
 
 
-@torch.library.register_fake("gatednorm::gated_norm_fwd")
-def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
+def _fake_forward(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
     mean, rstd = _stats_like(x, group_size, is_rms_norm)
     return torch.empty_like(x, memory_format=torch.contiguous_format), mean, rstd
+
+
+torch.library.register_fake("gatednorm::gated_norm", _fake_forward)
+torch.library.register_fake("gatednorm::gated_norm_fwd", _fake_forward)
 
 
 @torch.library.register_fake("gatednorm::gated_norm_fwd_out")
@@ -131,15 +134,24 @@ def _backward(ctx, dout, _dmean, _drstd):
             dz if need[3] else None, None, None, None, None, None)
 
 
-torch.library.register_autograd("gatednorm::gated_norm_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("gatednorm::gated_norm", _backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------- functional API
 
+def _forward_op(*tensors):
+    """The differentiable op when autograd will need it, else the one without an
+    autograd kernel in its call path (much less host time per call)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _ops.gated_norm
+    return _ops.gated_norm_fwd
+
+
 def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
                  activation="swish"):
     """FLA / mamba_ssm `layernorm_fn`; differentiable."""
-    return _ops.gated_norm_fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
+    op = _forward_op(x, weight, bias, z)
+    return op(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
 
 
 def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, activation="swish"):
@@ -167,7 +179,7 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
     """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     if out is None:
-        out, mean, rstd = _ops.gated_norm_fwd(*args)
+        out, mean, rstd = _forward_op(x, weight, bias, z)(*args)
     else:
         mean, rstd = _ops.gated_norm_fwd_out(*args, out)
     return out, (None if is_rms_norm else mean), rstd

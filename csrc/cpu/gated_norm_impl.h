@@ -5,6 +5,7 @@
  *   GN_SUF         suffix of the generated names (f32 / f64)
  *   GN_EXP_NONPOS  exp for arguments <= 0
  *   GN_SQRT        sqrt in GN_T
+ *   GN_ACT_ATTR    attributes of the activation loops (multiversioning)
  * A row's group is converted into GN_T scratch buffers, worked on by short
  * passes that the compiler vectorises, and converted back.
  */
@@ -31,7 +32,7 @@ static inline GN_T FN(sigmoid)(GN_T z) {
 }
 
 /* a = act(z), in place. */
-static void FN(act_fwd)(GN_T* GN_RESTRICT a, int64_t n, gn_act act) {
+GN_ACT_ATTR static void FN(act_fwd)(GN_T* GN_RESTRICT a, int64_t n, gn_act act) {
   int64_t j;
   if (act == GN_ACT_SILU) {
     GN_PRAGMA(omp simd)
@@ -43,7 +44,7 @@ static void FN(act_fwd)(GN_T* GN_RESTRICT a, int64_t n, gn_act act) {
 }
 
 /* a = act(z) in place, da = act'(z): silu' = s*(1 + z*(1-s)), sigmoid' = s*(1-s). */
-static void FN(act_bwd)(GN_T* GN_RESTRICT a, GN_T* GN_RESTRICT da, int64_t n, gn_act act) {
+GN_ACT_ATTR static void FN(act_bwd)(GN_T* GN_RESTRICT a, GN_T* GN_RESTRICT da, int64_t n, gn_act act) {
   int64_t j;
   if (act == GN_ACT_SILU) {
     GN_PRAGMA(omp simd)
@@ -161,11 +162,14 @@ static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
   const int64_t G = p->G, ng = p->ngroups, items = p->rows * ng;
   const int gated = a->z != NULL;
   const int par = p->rows * p->cols >= GN_PAR_MIN_ELEMS && items > 1;
+  /* Dynamic: a thread slowed down (shared machine) does not hold the others
+   * up. The forward has no cross-item reduction, so order is irrelevant. */
+  const int64_t per_grab = G >= 16384 ? 1 : 16384 / G;
   GN_T* wb = FN(params)(p, a->weight, a->bias);
   GN_T* mean = (GN_T*)a->mean;
   GN_T* rstd = (GN_T*)a->rstd;
   int failed = 0;
-  (void)par; /* unused without OpenMP */
+  (void)par, (void)per_grab; /* unused without OpenMP */
   if (wb == NULL) return GN_ERR_UNSUPPORTED;
 
   GN_PRAGMA(omp parallel if (par))
@@ -180,7 +184,7 @@ static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
     /* every thread must take the same path through the worksharing loop */
     GN_PRAGMA(omp barrier)
     if (!failed) {
-      GN_PRAGMA(omp for schedule(static))
+      GN_PRAGMA(omp for schedule(dynamic, per_grab))
       for (i = 0; i < items; i++) {
         const int64_t r = i / ng, g = i % ng, off = g * G;
         GN_T mu, rs;
@@ -348,7 +352,7 @@ static gn_status FN(bwd)(const gn_prob* p, const gn_bwd_args* a, gn_chunks k) {
 
   GN_PRAGMA(omp parallel if (par))
   {
-    GN_T* buf = (GN_T*)malloc((size_t)G * nbuf * sizeof(GN_T));
+    GN_T* buf = (GN_T*)malloc((size_t)G * (size_t)nbuf * sizeof(GN_T));
     int64_t i;
     if (buf == NULL) {
       GN_PRAGMA(omp atomic write)
@@ -356,7 +360,8 @@ static gn_status FN(bwd)(const gn_prob* p, const gn_bwd_args* a, gn_chunks k) {
     }
     GN_PRAGMA(omp barrier)
     if (!failed) {
-      GN_PRAGMA(omp for schedule(static))
+      /* any schedule: results depend on the chunking only (see bwd_chunks) */
+      GN_PRAGMA(omp for schedule(dynamic, 1))
       for (i = 0; i < items; i++) {
         const int64_t c = i / gblocks, gb = i % gblocks;
         const int64_t r0 = c * k.rows_per_chunk;

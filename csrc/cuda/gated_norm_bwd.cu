@@ -301,7 +301,7 @@ gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
       default: return GN_ERR_INVALID;
     }
   } else {
-    if (p.smem > 48 * 1024) {
+    if (p.smem > 0) {  // the static reduction buffer counts against the 48 KB default too
       cudaError_t e = cudaFuncSetAttribute(bwd_loop<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
       if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(bwd_loop)");
     }
