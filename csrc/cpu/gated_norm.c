@@ -29,11 +29,12 @@
 #define GN_PRAGMA(x)
 #endif
 
-/* The fp32 activation loops (exp + divide per element) are compute-bound:
- * on x86-64 with glibc (ifunc), gcc also builds an AVX2 copy of them and picks
- * one at load time (~1.5x on the whole fwd+bwd). They are element-wise and
- * AVX2 brings no FMA to contract into, so both copies give bitwise the same
- * result. (An AVX-512 copy would contract a*b+c into FMAs in GNU C mode.) */
+/* The fp32 activation loops (exp + divide per element) and the fp16/bf16
+ * conversion loops are compute-bound: on x86-64 with glibc (ifunc), gcc also
+ * builds AVX2 copies of them and picks one at load time (~1.5x on the whole
+ * fp32 fwd+bwd, more for fp16). They are element-wise and AVX2 brings no FMA
+ * to contract into, so both copies give bitwise the same results. (An AVX-512
+ * copy would contract a*b+c into FMAs where contraction is on, e.g. g++.) */
 #ifndef GN_MULTIVERSION /* -DGN_MULTIVERSION= turns it off */
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
 #define GN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
@@ -148,7 +149,7 @@ static inline float gn_expf_nonpos(float x) {
  * dtype switch is outside the loops so each loop is a plain vector loop.
  * Double -> fp16/bf16 goes through float (as torch's casts do). */
 
-static void load_f32(float* GN_RESTRICT dst, const void* src, gn_dtype t, int64_t n) {
+GN_MULTIVERSION static void load_f32(float* GN_RESTRICT dst, const void* src, gn_dtype t, int64_t n) {
   int64_t j;
   if (t == GN_FLOAT32) {
     memcpy(dst, src, (size_t)n * sizeof(float));
@@ -167,7 +168,7 @@ static void load_f32(float* GN_RESTRICT dst, const void* src, gn_dtype t, int64_
   }
 }
 
-static void store_f32(void* dst, const float* GN_RESTRICT src, gn_dtype t, int64_t n) {
+GN_MULTIVERSION static void store_f32(void* dst, const float* GN_RESTRICT src, gn_dtype t, int64_t n) {
   int64_t j;
   if (t == GN_FLOAT32) {
     memcpy(dst, src, (size_t)n * sizeof(float));

@@ -95,6 +95,36 @@ __device__ __forceinline__ void store_param(void* p, gn_dtype t, int64_t i, A v)
   }
 }
 
+// Copies a block's n weight / bias columns starting at column c0 into shared
+// memory in the accumulation type (ones / zeros when absent; sb may be null).
+template <typename A>
+__device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dtype t, int64_t c0, int n, A* sw,
+                                             A* sb) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    sw[i] = w ? load_param<A>(w, t, c0 + i) : A(1);
+    if (sb) sb[i] = b ? load_param<A>(b, t, c0 + i) : A(0);
+  }
+  __syncthreads();
+}
+
+// VEC consecutive values from shared memory; 16-byte loads when ALIGNED.
+template <typename A, int VEC, bool ALIGNED>
+__device__ __forceinline__ void load_smem(const A* p, A* v) {
+  if constexpr (ALIGNED && (VEC * sizeof(A)) % 16 == 0) {
+    constexpr int PER = 16 / sizeof(A);
+#pragma unroll
+    for (int i = 0; i < VEC; i += PER) {
+      union { uint4 u; A e[PER]; } pack;
+      pack.u = *reinterpret_cast<const uint4*>(p + i);
+#pragma unroll
+      for (int k = 0; k < PER; ++k) v[i + k] = pack.e[k];
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = p[i];
+  }
+}
+
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
 __device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }

@@ -79,6 +79,26 @@ __device__ __forceinline__ void load_stats(const gn_bwd_args& a, int64_t g, int6
   rstd = static_cast<const A*>(a.rstd)[i];
 }
 
+// Weight and bias of columns cj..cj+VEC of this team's group from shared memory
+// (bias 0 when it is not needed); columns past `lim` read as 0.
+template <typename A, int VEC, bool ALIGNED>
+__device__ __forceinline__ void load_weights(const A* tw, const A* tb, int64_t cj, int64_t lim, A* wv, A* bv) {
+  if (ALIGNED) {
+    load_smem<A, VEC, true>(tw + cj, wv);
+    if (tb) load_smem<A, VEC, true>(tb + cj, bv);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      wv[i] = cj + i < lim ? tw[cj + i] : A(0);
+      if (tb) bv[i] = cj + i < lim ? tb[cj + i] : A(0);
+    }
+  }
+  if (!tb) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) bv[i] = 0;
+  }
+}
+
 // Sums a block's per-thread dw (or db) over its row teams and writes the block's
 // partial for its columns. Arrays are passed by reference so they stay in registers.
 template <typename A, int K, int VEC>
@@ -103,40 +123,36 @@ __device__ __forceinline__ void fold_partial(A (&acc)[K], A* part, A* ws, const 
   }
 }
 
-template <typename T, int NV>
+// Register path (plan.h): x, z, dy and this thread's dw/db partial sums live in
+// registers; weight and bias are read from shared memory.
+template <typename T, int NV, bool ALIGNED>
 __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
     bwd_regs(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC;
   __shared__ A red[2 * 32];
   __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
+  extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
-  const int rl = team / L.gpb;
+  const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
   const int64_t G = c.group_size, M = c.rows, N = c.cols;
-  const int64_t g = (int64_t)blockIdx.x * L.gpb + team % L.gpb;
+  const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
   const int64_t col0 = g * G;
   const bool gate = a.z != nullptr;
+  // Bias only enters y0 (gate after the norm, or a recomputed output).
   const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
+  A* sw = reinterpret_cast<A*>(dyn);
+  A* sb = want_b ? sw + L.gpb * G : nullptr;
+  stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G,
+                  (int)(L.gpb * G), sw, sb);
+  const A* tw = sw + gl * G;
+  const A* tb = sb ? sb + gl * G : nullptr;
 
-  // Bias is needed only for y0 (gate after the norm, or recompute): it is read
-  // from L1 when needed rather than held, to stay within 128 registers.
-  A w[K], dw[K], db[K];
+  A dw[K], db[K];
 #pragma unroll
-  for (int j = 0; j < NV; ++j)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const int64_t col = (int64_t)(j * L.tpg + lt) * VEC + i;
-      const bool in = team_ok && col < G;
-      w[j * VEC + i] = in ? (a.weight ? load_param<A>(a.weight, c.param_dtype, col0 + col) : A(1)) : A(0);
-      dw[j * VEC + i] = 0;
-      db[j * VEC + i] = 0;
-    }
-  auto bias_at = [&](int k) -> A {
-    const int64_t col = (int64_t)((k / VEC) * L.tpg + lt) * VEC + k % VEC;
-    return want_b && team_ok && col < G ? load_param<A>(a.bias, c.param_dtype, col0 + col) : A(0);
-  };
+  for (int k = 0; k < K; ++k) dw[k] = db[k] = 0;
 
   for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
     const int64_t r = rb + rl;
@@ -147,40 +163,57 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      load_vec<T, VEC>(p.x, cj, lim, L.aligned, &x[j * VEC]);
-      load_vec<T, VEC>(p.dy, cj, lim, L.aligned, &dy[j * VEC]);
-      if (gate) load_vec<T, VEC>(p.z, cj, lim, L.aligned, &z[j * VEC]);
+      load_vec<T, VEC>(p.x, cj, lim, ALIGNED, &x[j * VEC]);
+      load_vec<T, VEC>(p.dy, cj, lim, ALIGNED, &dy[j * VEC]);
+      if (gate) load_vec<T, VEC>(p.z, cj, lim, ALIGNED, &z[j * VEC]);
     }
     A mean = 0, rstd = 0;
     if (ok) load_stats<A>(a, g, r, mean, rstd);
-    // Padding and idle teams have dy = 0 and w = 0: every sum below gets 0 from them.
+    // Elements past the group (padding, idle teams) contribute nothing.
     A s[2] = {0, 0};
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], w[k], bias_at(k), mean, rstd);
-      s[0] += e.vhat * w[k] * e.dy0;
-      s[1] += w[k] * e.dy0;
-      dw[k] += e.dy0 * e.vhat;
-      db[k] += e.dy0;
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      if (cj >= lim) continue;
+      A wv[VEC], bv[VEC];
+      load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int k = j * VEC + i;
+        if (!ALIGNED && cj + i >= lim) continue;
+        const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], wv[i], bv[i], mean, rstd);
+        s[0] += e.vhat * wv[i] * e.dy0;
+        s[1] += wv[i] * e.dy0;
+        dw[k] += e.dy0 * e.vhat;
+        db[k] += e.dy0;
+      }
     }
     team_sum<2>(s, L.tpg, red);
     const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
     // Recomputing the per-element terms is cheaper than keeping them in registers.
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], w[k], bias_at(k), mean, rstd);
-      A dxk, dzk;
-      input_grads<A>(c, gate, e, x[k], w[k], c1, c2, rstd, dxk, dzk);
-      x[k] = dxk;  // reuse registers: x -> dx, z -> dz, dy -> y
-      z[k] = dzk;
-      dy[k] = e.y;
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      if (cj >= lim) continue;
+      A wv[VEC], bv[VEC];
+      load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int k = j * VEC + i;
+        const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], wv[i], bv[i], mean, rstd);
+        A dxk, dzk;
+        input_grads<A>(c, gate, e, x[k], wv[i], c1, c2, rstd, dxk, dzk);
+        x[k] = dxk;  // reuse registers: x -> dx, z -> dz, dy -> y
+        z[k] = dzk;
+        dy[k] = e.y;
+      }
     }
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      store_vec<T, VEC>(p.dx, cj, lim, L.aligned, &x[j * VEC]);
-      if (gate) store_vec<T, VEC>(p.dz, cj, lim, L.aligned, &z[j * VEC]);
-      if (p.out) store_vec<T, VEC>(p.out, cj, lim, L.aligned, &dy[j * VEC]);
+      store_vec<T, VEC>(p.dx, cj, lim, ALIGNED, &x[j * VEC]);
+      if (gate) store_vec<T, VEC>(p.dz, cj, lim, ALIGNED, &z[j * VEC]);
+      if (p.out) store_vec<T, VEC>(p.out, cj, lim, ALIGNED, &dy[j * VEC]);
     }
   }
 
@@ -284,33 +317,49 @@ __global__ void reduce_partials(const A* __restrict__ ws, int64_t nparts, int64_
   }
 }
 
-template <typename T, int NV>
-void launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
-  bwd_regs<T, NV><<<p.grid, p.threads, 0, s>>>(a, p.layout);
+// Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
+// partials) it was launched with.
+template <typename T, int NV, bool ALIGNED>
+gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
+  using A = acc_t<T>;
+  const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
+  const size_t smem = (size_t)p.layout.gpb * a.cfg.group_size * sizeof(A) * (want_b ? 2 : 1);
+  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
+  if (st != GN_OK) return st;
+  DeviceInfo dev;
+  if ((st = device_info(&dev)) != GN_OK) return st;
+  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_regs<T, NV, ALIGNED>>(p.threads, smem), dev.sms);
+  bwd_regs<T, NV, ALIGNED><<<grid, p.threads, smem, s>>>(a, p.layout);
+  parts = grid.y;
+  return GN_OK;
 }
 
 template <typename T>
 gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
   using A = acc_t<T>;
+  gn_status st = GN_OK;
+  unsigned parts = p.grid.y;
   if (p.regs) {
     constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();
-    switch (p.nv) {
-      case 1: launch_regs<T, 1>(a, p, s); break;
-      case 2: launch_regs<T, (MAX_NV >= 2 ? 2 : 1)>(a, p, s); break;
-      case 4: launch_regs<T, (MAX_NV >= 4 ? 4 : 1)>(a, p, s); break;
-      default: return GN_ERR_INVALID;
+    if (!p.layout.aligned) {
+      st = p.nv == 1 ? launch_regs<T, 1, false>(a, p, s, parts) : GN_ERR_INVALID;
+    } else {
+      switch (p.nv) {
+        case 1: st = launch_regs<T, 1, true>(a, p, s, parts); break;
+        case 2: st = launch_regs<T, (MAX_NV >= 2 ? 2 : 1), true>(a, p, s, parts); break;
+        case 4: st = launch_regs<T, (MAX_NV >= 4 ? 4 : 1), true>(a, p, s, parts); break;
+        default: st = GN_ERR_INVALID;
+      }
     }
   } else {
-    if (p.smem > 0) {  // the static reduction buffer counts against the 48 KB default too
-      cudaError_t e = cudaFuncSetAttribute(bwd_loop<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
-      if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(bwd_loop)");
-    }
-    bwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+    st = allow_smem<bwd_loop<T>>(p.smem);
+    if (st == GN_OK) bwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
   }
+  if (st != GN_OK) return st;
   if (a.dw || a.db) {
     const int64_t n = a.cfg.cols;
-    reduce_partials<A><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(static_cast<const A*>(a.workspace), p.grid.y,
-                                                                     n, a.dw, a.db, a.cfg.param_dtype);
+    reduce_partials<A><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(static_cast<const A*>(a.workspace), parts, n,
+                                                                     a.dw, a.db, a.cfg.param_dtype);
   }
   return GN_OK;
 }
@@ -332,11 +381,20 @@ gn_status plan_bwd(const gn_config& c, const gn_bwd_args* a, Plan* p) {
 }  // namespace
 }  // namespace gn
 
+// One dw and one db partial row per row block. The plan (and so the number of
+// row blocks) depends on the alignment of the pointers, which this query does
+// not see: size for the larger of the two.
 extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
-  gn::Plan p;
-  if (c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || gn::plan_bwd(*c, nullptr, &p) != GN_OK) return 16;
+  if (c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size) return 16;
+  gn::DeviceInfo dev;
+  if (gn::device_info(&dev) != GN_OK) return 16;
+  size_t parts = 0;
+  for (bool aligned : {false, true}) {
+    const gn::Plan p = gn::make_plan(*c, true, 3, aligned, dev);
+    parts = p.grid.y > parts ? p.grid.y : parts;
+  }
   const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
-  return 2 * (size_t)p.grid.y * (size_t)c->cols * acc;
+  return 2 * parts * (size_t)c->cols * acc;
 }
 
 extern "C" gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream) {

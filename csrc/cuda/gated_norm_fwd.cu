@@ -33,32 +33,28 @@ __device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int
 }
 
 // Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
-// its group for j < NV, the same for every row it visits.
-template <typename T, int NV>
-__global__ void __launch_bounds__(FWD_MAX_TEAM > FWD_BLOCK ? FWD_MAX_TEAM : FWD_BLOCK)
-    fwd_regs(const gn_fwd_args a, const Layout L) {
+// its group for j < NV, the same for every row it visits. Weight and bias sit in
+// shared memory (fp32), not registers: registers bound occupancy, and occupancy
+// is what keeps enough loads in flight.
+template <typename T, int NV, bool ALIGNED>
+__global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC;
   __shared__ A red[2 * 32];
+  extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
-  const int rl = team / L.gpb;
+  const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
   const int64_t G = c.group_size, M = c.rows;
-  const int64_t g = (int64_t)blockIdx.x * L.gpb + team % L.gpb;
+  const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
   const int64_t col0 = g * G;
   const bool gate = a.z != nullptr, gate_after = gate && c.norm_before_gate;
-
-  A w[K], b[K];
-#pragma unroll
-  for (int j = 0; j < NV; ++j)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const int64_t col = (int64_t)(j * L.tpg + lt) * VEC + i;
-      const bool in = team_ok && col < G;
-      w[j * VEC + i] = in ? (a.weight ? load_param<A>(a.weight, c.param_dtype, col0 + col) : A(1)) : A(0);
-      b[j * VEC + i] = in && a.bias ? load_param<A>(a.bias, c.param_dtype, col0 + col) : A(0);
-    }
+  A* sw = reinterpret_cast<A*>(dyn);
+  A* sb = a.bias ? sw + L.gpb * G : nullptr;
+  stage_params<A>(a.weight, a.bias, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G), sw, sb);
+  const A* tw = sw + gl * G;
+  const A* tb = sb ? sb + gl * G : nullptr;
 
   for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
     const int64_t r = rb + rl;
@@ -69,8 +65,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM > FWD_BLOCK ? FWD_MAX_TEAM : FWD_
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      load_vec<T, VEC>(p.x, cj, lim, L.aligned, &v[j * VEC]);
-      if (gate) load_vec<T, VEC>(p.z, cj, lim, L.aligned, &az[j * VEC]);
+      load_vec<T, VEC>(p.x, cj, lim, ALIGNED, &v[j * VEC]);
+      if (gate) load_vec<T, VEC>(p.z, cj, lim, ALIGNED, &az[j * VEC]);
     }
     if (gate) {
 #pragma unroll
@@ -98,14 +94,29 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM > FWD_BLOCK ? FWD_MAX_TEAM : FWD_
     team_sum<1>(ss, L.tpg, red);
     const A rstd = rsqrt_acc(ss[0] / (A)G + (A)c.eps);
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      v[k] = v[k] * rstd * w[k] + b[k];
-      if (gate_after) v[k] *= az[k];
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      if (ALIGNED ? cj >= lim : cj + VEC > lim) {  // padding: scalar guard (unaligned tails)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          if (cj + i >= lim) continue;
+          const A y = v[j * VEC + i] * rstd * tw[cj + i] + (tb ? tb[cj + i] : A(0));
+          v[j * VEC + i] = gate_after ? y * az[j * VEC + i] : y;
+        }
+        continue;
+      }
+      A wv[VEC], bv[VEC];
+      load_smem<A, VEC, ALIGNED>(tw + cj, wv);
+      if (tb) load_smem<A, VEC, ALIGNED>(tb + cj, bv);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const A y = v[j * VEC + i] * rstd * wv[i] + (tb ? bv[i] : A(0));
+        v[j * VEC + i] = gate_after ? y * az[j * VEC + i] : y;
+      }
     }
 #pragma unroll
     for (int j = 0; j < NV; ++j)
-      store_vec<T, VEC>(p.out, (int64_t)(j * L.tpg + lt) * VEC, lim, L.aligned,
-                        &v[j * VEC]);
+      store_vec<T, VEC>(p.out, (int64_t)(j * L.tpg + lt) * VEC, lim, ALIGNED, &v[j * VEC]);
     if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
   }
 }
@@ -133,6 +144,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
     const FwdRow<T> p = fwd_row<T>(a, r, col0);
     // pass 1: v = x (* act(z)); sum for the mean (LayerNorm) or sum of squares (RMS)
     A s[1] = {0};
+#pragma unroll 4
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
       A v[VEC], zz[VEC];
       load_vec<T, VEC>(p.x, cj, G, al, v);
@@ -191,28 +203,34 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
   }
 }
 
-template <typename T, int NV>
+template <typename T, int NV, bool ALIGNED>
 gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  fwd_regs<T, NV><<<p.grid, p.threads, 0, s>>>(a, p.layout);
+  using A = acc_t<T>;
+  const size_t smem = (size_t)p.layout.gpb * a.cfg.group_size * sizeof(A) * (a.bias ? 2 : 1);
+  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED>>(smem);
+  if (st != GN_OK) return st;
+  DeviceInfo dev;
+  if ((st = device_info(&dev)) != GN_OK) return st;
+  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED>>(p.threads, smem), dev.sms);
+  fwd_regs<T, NV, ALIGNED><<<grid, p.threads, smem, s>>>(a, p.layout);
   return GN_OK;
 }
 
 template <typename T>
 gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if (p.regs) {
-    constexpr int VEC = vec_size<T>(), MAX_NV = FWD_MAX_ELEMS / VEC;
+    constexpr int MAX_NV = FWD_MAX_ELEMS / vec_size<T>();
+    if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false>(a, p, s) : GN_ERR_INVALID;
     switch (p.nv) {
-      case 1: return launch_regs<T, 1>(a, p, s);
-      case 2: return launch_regs<T, 2>(a, p, s);
-      case 4: return launch_regs<T, (MAX_NV >= 4 ? 4 : 1)>(a, p, s);
-      case 8: return launch_regs<T, (MAX_NV >= 8 ? 8 : 1)>(a, p, s);
+      case 1: return launch_regs<T, 1, true>(a, p, s);
+      case 2: return launch_regs<T, 2, true>(a, p, s);
+      case 4: return launch_regs<T, (MAX_NV >= 4 ? 4 : 1), true>(a, p, s);
+      case 8: return launch_regs<T, (MAX_NV >= 8 ? 8 : 1), true>(a, p, s);
       default: return GN_ERR_INVALID;
     }
   }
-  if (p.smem > 0) {  // the static reduction buffer counts against the 48 KB default too
-    cudaError_t e = cudaFuncSetAttribute(fwd_loop<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)p.smem);
-    if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(fwd_loop)");
-  }
+  gn_status st = allow_smem<fwd_loop<T>>(p.smem);
+  if (st != GN_OK) return st;
   fwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
   return GN_OK;
 }

@@ -71,7 +71,9 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   while (nv < nv_cap && nvec > 32 * (int64_t)nv) nv <<= 1;
   const int tpg = next_pow2((nvec + nv - 1) / nv);
   p.layout.aligned = aligned;
-  if (tpg <= max_team) {
+  // Unaligned rows (odd group sizes, offset views) take the register path only
+  // with one vector per thread; wider ones go to the loop path.
+  if (tpg <= max_team && (aligned || nv == 1)) {
     p.regs = true;
     p.nv = nv;
     p.layout.tpg = tpg;

@@ -45,7 +45,7 @@ gn_status device_info(DeviceInfo* out);
 
 // Elements each thread may hold per tensor in the register path (register budget:
 // the forward holds x, z, weight, bias; the backward x, z, dy, weight, bias, dw, db).
-constexpr int FWD_MAX_ELEMS = 32, FWD_MAX_TEAM = 256, FWD_BLOCK = 256;
+constexpr int FWD_MAX_ELEMS = 32, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 constexpr int LOOP_BLOCK = 512;
 
@@ -56,5 +56,49 @@ bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* 
 
 // Per-thread error text for GN_ERR_CUDA.
 gn_status cuda_fail(cudaError_t e, const char* what);
+
+// Lets KERNEL use `dynamic` bytes of dynamic shared memory beside `fixed` bytes of
+// static shared memory (beyond 48 KB in total a kernel must opt in, once per
+// device; cached here so the hot path makes no extra driver call).
+// Resident blocks per SM of KERNEL at this block size and dynamic shared memory
+// (cached per device for the last configuration asked; 1 if the query fails).
+template <auto KERNEL>
+int resident_blocks(int threads, size_t smem) {
+  constexpr int MAX_DEVICES = 64;
+  struct Entry { int threads; size_t smem; int blocks; };
+  static thread_local Entry cache[MAX_DEVICES];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 1;
+  Entry* e = dev < MAX_DEVICES ? &cache[dev] : nullptr;
+  if (e && e->threads == threads && e->smem == smem) return e->blocks;
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, KERNEL, threads, smem) != cudaSuccess || n < 1) n = 1;
+  if (e) *e = Entry{threads, smem, n};
+  return n;
+}
+
+// A persistent grid no larger than what is resident at once: a second wave
+// would only add a tail. (Shrinking grid.y is always safe: the backward sums
+// gridDim.y partials, and its workspace is sized for the plan's maximum.)
+inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
+  const long long cap = (long long)per_sm * sms / grid.x;
+  grid.y = (unsigned)(cap < 1 ? 1 : (cap < grid.y ? cap : grid.y));
+  return grid;
+}
+
+template <auto KERNEL>
+gn_status allow_smem(size_t dynamic, size_t fixed = 1024) {
+  if (dynamic + fixed <= 48 * 1024) return GN_OK;
+  constexpr int MAX_DEVICES = 64;
+  static size_t allowed[MAX_DEVICES];  // benign race: every writer stores a valid limit
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return cuda_fail(e, "cudaGetDevice");
+  if (dev < MAX_DEVICES && allowed[dev] >= dynamic) return GN_OK;
+  e = cudaFuncSetAttribute(KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic);
+  if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  if (dev < MAX_DEVICES) allowed[dev] = dynamic;
+  return GN_OK;
+}
 
 }  // namespace gn
