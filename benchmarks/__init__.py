@@ -1,0 +1,1 @@
+"""Benchmarks of gatednorm: `python -m benchmarks.bench` (table + CSV), `python -m benchmarks.plot` (PNGs)."""
