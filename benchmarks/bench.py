@@ -22,8 +22,8 @@ Bytes: forward = (x + z + out), backward = (x + z + dy + dx + dz) elements x ele
 GB/s = bytes / time (1 GB = 1e9 B); frac = GB/s / copy ceiling.
 
 Providers (any that is missing or fails on a row is "n/a", never a crash):
-  ours     torch.ops.gatednorm.gated_norm_fwd (fwd+bwd through its registered autograd,
-           i.e. gated_norm_bwd)
+  ours     torch_ops.layernorm_fn: torch.ops.gatednorm.gated_norm_fwd for the forward,
+           gated_norm (autograd -> gated_norm_bwd) for forward+backward
   triton   FLA fla.modules.layernorm_gated.layernorm_fn (Tri Dao's kernel, as mamba_ssm):
            layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None,
                         norm_before_gate=True, is_rms_norm=False)   silu only, group <= 64 KB
@@ -261,10 +261,10 @@ def provider_fn(name: str, c: Case, env: Env):
             return None, env.ours_err
         if env.device.type == "cuda" and not env.has_cuda_kernels():
             return None, "torch_ops built without CUDA kernels"
-        op = torch.ops.gatednorm.gated_norm_fwd
+        fn = env.ours.layernorm_fn  # gated_norm_fwd, or gated_norm when grads are needed
 
         def f(x, z, w, b):
-            return op(x, w, b, z, eps, g, nbg, rms, act)[0]
+            return fn(x, w, b, z=z, eps=eps, group_size=g, norm_before_gate=nbg, is_rms_norm=rms, activation=act)
         return f, None
     if name == "triton":
         if env.lg is None:

@@ -26,7 +26,7 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import torch_ops; assert torch_ops.has_cuda_kernels(), 'no CUDA kernels in this build'" || exit 1
 
 case " $steps " in *" tests "*)
-  eval "python3 -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:--x} tests" 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+  eval "python3 -m pytest -p no:cacheprovider ${PYTEST_ARGS:--q -x} ${PYTEST_FILES:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
 esac
 case " $steps " in *" sanitize "*)
   for tool in memcheck racecheck; do

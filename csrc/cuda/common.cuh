@@ -55,6 +55,21 @@ __device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t c, int
   for (int i = 0; i < VEC; ++i) v[i] = (c + i < limit) ? to_acc<T>(p[c + i]) : acc_t<T>(0);
 }
 
+// Raw 16-byte vector at column c (zero when c >= limit; zero bits are 0.0 in
+// every dtype here); kept packed so a prefetched row costs 4 registers a vector.
+template <typename T>
+__device__ __forceinline__ uint4 load_raw(const T* __restrict__ p, int64_t c, int64_t limit) {
+  return c < limit ? __ldg(reinterpret_cast<const uint4*>(p + c)) : make_uint4(0, 0, 0, 0);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void unpack(uint4 u, acc_t<T>* v) {
+  union { uint4 u; T e[VEC]; } pack;
+  pack.u = u;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) v[i] = to_acc<T>(pack.e[i]);
+}
+
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
                                           const acc_t<T>* v) {

@@ -56,17 +56,43 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, co
   const A* tw = sw + gl * G;
   const A* tb = sb ? sb + gl * G : nullptr;
 
-  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
+  // Aligned rows are software-pipelined: the next row's x and z are requested
+  // (kept packed) before this row's reductions, so a warp always has loads in
+  // flight instead of waiting a full memory latency per row.
+  const int64_t step = (int64_t)gridDim.y * L.rpi;
+  uint4 px[NV], pz[NV];
+  auto prefetch = [&](int64_t rnext) {
+    const bool okn = team_ok && rnext < M;
+    const FwdRow<T> q = fwd_row<T>(a, okn ? rnext : 0, col0);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      px[j] = load_raw<T>(q.x, cj, okn ? G : 0);
+      pz[j] = gate ? load_raw<T>(q.z, cj, okn ? G : 0) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
+
+  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const FwdRow<T> p = fwd_row<T>(a, ok ? r : 0, col0);
     const int64_t lim = ok ? G : 0;  // idle teams read nothing but still reduce
     A v[K], az[K];
+    if (ALIGNED) {
 #pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      load_vec<T, VEC>(p.x, cj, lim, ALIGNED, &v[j * VEC]);
-      if (gate) load_vec<T, VEC>(p.z, cj, lim, ALIGNED, &az[j * VEC]);
+      for (int j = 0; j < NV; ++j) {
+        unpack<T, VEC>(px[j], &v[j * VEC]);
+        if (gate) unpack<T, VEC>(pz[j], &az[j * VEC]);
+      }
+      if (rb + step < M) prefetch(rb + step + rl);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+        load_vec<T, VEC>(p.x, cj, lim, false, &v[j * VEC]);
+        if (gate) load_vec<T, VEC>(p.z, cj, lim, false, &az[j * VEC]);
+      }
     }
     if (gate) {
 #pragma unroll
@@ -219,13 +245,11 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
 template <typename T>
 gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if (p.regs) {
-    constexpr int MAX_NV = FWD_MAX_ELEMS / vec_size<T>();
+    static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false>(a, p, s) : GN_ERR_INVALID;
     switch (p.nv) {
       case 1: return launch_regs<T, 1, true>(a, p, s);
       case 2: return launch_regs<T, 2, true>(a, p, s);
-      case 4: return launch_regs<T, (MAX_NV >= 4 ? 4 : 1), true>(a, p, s);
-      case 8: return launch_regs<T, (MAX_NV >= 8 ? 8 : 1), true>(a, p, s);
       default: return GN_ERR_INVALID;
     }
   }

@@ -61,7 +61,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
   const int64_t G = cfg.group_size, ngroups = cfg.cols / G, M = cfg.rows;
   const int64_t nvec = (G + vec - 1) / vec;
-  const int max_nv = (int)((backward ? BWD_MAX_ELEMS : FWD_MAX_ELEMS) / vec);
+  const int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
   const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
 

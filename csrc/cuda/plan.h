@@ -43,9 +43,11 @@ struct DeviceInfo {
 // Queried once per device (cached); -1 device means the current one.
 gn_status device_info(DeviceInfo* out);
 
-// Elements each thread may hold per tensor in the register path (register budget:
-// the forward holds x, z, weight, bias; the backward x, z, dy, weight, bias, dw, db).
-constexpr int FWD_MAX_ELEMS = 32, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
+// How much of a row each thread holds in the register path (register budget: the
+// forward holds x and z, plus the next row's x and z packed; the backward holds
+// x, z, dy and its dw/db partial sums). Forward: 16-byte vectors per tensor;
+// backward: elements per tensor.
+constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 constexpr int LOOP_BLOCK = 512;
 
