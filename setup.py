@@ -41,7 +41,7 @@ def extension():
     # defines Py_LIMITED_API); the op registrations are classic TORCH_LIBRARY
     # (docs/design.md says why not the stable ABI).
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
-    srcs = ["csrc/shim.cpp"] + sources("csrc/cpu/*.c")
+    srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.c")
     kwargs = dict(
         name="torch_ops._C",
         sources=srcs,

@@ -1,0 +1,184 @@
+// Internal header of the C++ shim: argument checks and the tensor -> descriptor
+// helpers shared by the op families (shim_gated_norm.cpp, shim_add_rms_norm.cpp).
+// The op schemas are declared once, in shim.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/DeviceGuard.h>
+#ifdef GN_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <cmath>
+#include <cstdio>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+
+#include "gatednorm.h"
+
+namespace gn_shim {
+
+using at::ScalarType;
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// Messages are assembled without iostreams: on the GPU machines the torch
+// wheel's libstdc++ is older than the compiler's headers, and an ostream
+// instantiated here crashed there (segfault in _M_insert<long>).
+inline std::string to_text(const std::string& v) { return v; }
+inline std::string to_text(const char* v) { return v; }
+inline std::string to_text(c10::string_view v) { return std::string(v.data(), v.size()); }
+inline std::string to_text(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+template <typename I, typename = std::enable_if_t<std::is_integral_v<I>>>
+std::string to_text(I v) {
+  return std::to_string(v);
+}
+
+// Every error is a RuntimeError whose message starts with "gatednorm:" and names
+// the argument; callers (and tests) rely on that.
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  std::string msg = "gatednorm: ";
+  ((msg += to_text(args)), ...);
+  TORCH_CHECK(false, msg);
+}
+#define GN_REQUIRE(cond, ...) \
+  do {                        \
+    if (!(cond)) fail(__VA_ARGS__); \
+  } while (0)
+
+inline const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Double: return "float64";
+    default: return "a non-floating dtype";
+  }
+}
+
+inline std::optional<gn_dtype> to_gn_dtype(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return GN_FLOAT32;
+    case ScalarType::Half: return GN_FLOAT16;
+    case ScalarType::BFloat16: return GN_BFLOAT16;
+    case ScalarType::Double: return GN_FLOAT64;
+    default: return std::nullopt;
+  }
+}
+
+inline std::string shape_str(const Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+inline bool same_device(const Tensor& a, const Tensor& b) { return a.device() == b.device(); }
+
+inline std::string device_str(const Tensor& t) { return t.device().str(); }
+
+// Row stride (elements) of t seen as [M, N], or nullopt when the leading dims do
+// not collapse into one stride or the last dim is not unit-stride.
+inline std::optional<int64_t> row_stride(const Tensor& t) {
+  const int64_t d = t.dim();
+  const int64_t n = t.size(d - 1);
+  if (t.numel() == 0) return n;  // nothing is addressed
+  if (n > 1 && t.stride(d - 1) != 1) return std::nullopt;
+  std::optional<int64_t> s;  // stride of the innermost leading dim of size > 1
+  int64_t span = 0;          // elements one step of the previous dim must cover
+  for (int64_t i = d - 2; i >= 0; --i) {
+    if (t.size(i) == 1) continue;
+    if (!s) {
+      s = t.stride(i);
+    } else if (t.stride(i) != span) {
+      return std::nullopt;
+    }
+    span = t.stride(i) * t.size(i);
+  }
+  return s ? *s : n;
+}
+
+// An input read in place when its rows are addressable with one stride, else a
+// contiguous copy (documented: only the unusual layouts pay for it).
+struct Rows {
+  Tensor t;
+  int64_t stride;
+};
+inline Rows input_rows(const Tensor& t) {
+  if (auto s = row_stride(t)) return {t, *s};
+  Tensor c = t.contiguous();
+  return {c, c.size(c.dim() - 1)};
+}
+
+// Outputs are written in place: a layout we cannot address would lose the write.
+inline int64_t output_rows(const Tensor& t, const char* name, int64_t m, int64_t n) {
+  auto s = row_stride(t);
+  GN_REQUIRE(s, name, " must have a unit-stride last dimension and leading dimensions that flatten "
+             "to one row stride (got strides of a tensor of shape ", shape_str(t), ")");
+  GN_REQUIRE(m <= 1 || *s >= n, name, " has overlapping rows (row stride ", *s, " < ", n, ")");
+  return *s;
+}
+
+inline void check_like_x(const Tensor& x, const Tensor& t, const char* name) {
+  GN_REQUIRE(same_device(x, t), name, " is on ", device_str(t), " but x is on ", device_str(x));
+  GN_REQUIRE(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", dtype_name(x.scalar_type()),
+             ", got ", dtype_name(t.scalar_type()));
+  bool same = t.dim() == x.dim();
+  for (int64_t i = 0; same && i < x.dim(); ++i) same = t.size(i) == x.size(i);
+  GN_REQUIRE(same, name, " must have x's shape ", shape_str(x), ", got ", shape_str(t));
+}
+
+inline void check_param(const Tensor& x, const Tensor& p, const char* name, int64_t n) {
+  GN_REQUIRE(same_device(x, p), name, " is on ", device_str(p), " but x is on ", device_str(x));
+  GN_REQUIRE(to_gn_dtype(p.scalar_type()), name, " must be float16, bfloat16, float32 or float64, got ",
+             dtype_name(p.scalar_type()));
+  GN_REQUIRE(p.dim() == 1 && p.size(0) == n, name, " must have shape [", n, "] (x's last dim), got ", shape_str(p));
+}
+
+inline const void* ptr_or_null(const OptTensor& t) { return t ? t->const_data_ptr() : nullptr; }
+
+// ---- backend dispatch ----
+
+inline void check_status(gn_status s, bool cuda) {
+  if (s == GN_OK) return;
+#ifdef GN_WITH_CUDA
+  if (s == GN_ERR_CUDA) fail("CUDA error: ", gn_cuda_error_string());
+#endif
+  (void)cuda;
+  fail(s == GN_ERR_INVALID ? "kernel rejected the problem descriptor (a gatednorm bug: please report)"
+                           : "this problem is not supported by the ", cuda ? "CUDA" : "CPU", " backend");
+}
+
+#ifdef GN_WITH_CUDA
+struct CudaContext {
+  c10::DeviceGuard guard;
+  void* stream;
+  explicit CudaContext(const Tensor& x)
+      : guard(x.device()), stream(c10::cuda::getCurrentCUDAStream(x.device().index()).stream()) {}
+};
+#endif
+
+[[noreturn]] inline void no_cuda() {
+  fail("this build of gatednorm has no CUDA kernels (built without nvcc or with GATEDNORM_CPU_ONLY=1); "
+       "reinstall with a CUDA build of torch and nvcc on the PATH");
+}
+
+// A parameter gradient written in place: [N], contiguous, the parameter's dtype.
+inline void check_param_grad(const Tensor& x, const OptTensor& param, const Tensor& grad, const char* name,
+                      const char* param_name, int64_t n) {
+  GN_REQUIRE(param, name, " was given but ", param_name, " is None");
+  GN_REQUIRE(same_device(x, grad), name, " is on ", device_str(grad), " but x is on ", device_str(x));
+  GN_REQUIRE(grad.scalar_type() == param->scalar_type(), name, " must have ", param_name, "'s dtype ",
+             dtype_name(param->scalar_type()), ", got ", dtype_name(grad.scalar_type()));
+  GN_REQUIRE(grad.dim() == 1 && grad.size(0) == n && grad.is_contiguous(), name,
+             " must be a contiguous tensor of shape [", n, "], got ", shape_str(grad));
+}
+
+}  // namespace gn_shim

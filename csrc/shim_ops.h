@@ -1,0 +1,31 @@
+// The op implementations registered in shim.cpp (one shim_<family>.cpp each).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace gn_shim {
+
+using Tensor = at::Tensor;
+using OptTensor = std::optional<at::Tensor>;
+
+// gated RMSNorm / LayerNorm (shim_gated_norm.cpp)
+std::tuple<Tensor, Tensor, Tensor> gated_norm_fwd(Tensor x, OptTensor weight, OptTensor bias, OptTensor z,
+                                                  double eps, std::optional<int64_t> group_size,
+                                                  bool norm_before_gate, bool is_rms_norm,
+                                                  c10::string_view activation);
+std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
+                                              std::optional<int64_t> group_size, bool norm_before_gate,
+                                              bool is_rms_norm, c10::string_view activation, Tensor out);
+std::tuple<Tensor, OptTensor, OptTensor, OptTensor, OptTensor> gated_norm_bwd(
+    Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean, Tensor rstd, double eps,
+    std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm, c10::string_view activation,
+    bool recompute_output);
+void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean,
+                        Tensor rstd, double eps, std::optional<int64_t> group_size, bool norm_before_gate,
+                        bool is_rms_norm, c10::string_view activation, Tensor dx, OptTensor dz, OptTensor out,
+                        OptTensor dw, OptTensor db);
+
+}  // namespace gn_shim
