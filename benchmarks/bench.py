@@ -33,6 +33,10 @@ Providers (any that is missing or fails on a row is "n/a", never a crash):
            norm then gate only, gate required, no groups, row <= 64 KB
   eager    torch_ops.gated_norm_ref (eager PyTorch, fp32 math)
   compile  torch.compile(gated_norm_ref, dynamic=False), compiled afresh per row
+           (eager and compile are n/a when torch_ops does not import)
+
+The rows are in cases.py, the timers in timers.py, the text tables in table.py; this module
+holds the providers, inputs and correctness guard, the run loop, the CSV and the CLI.
 """
 from __future__ import annotations
 
@@ -45,10 +49,9 @@ import math
 import os
 import platform
 import re
-import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -56,10 +59,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)  # a source checkout, used only when torch_ops is not installed
 
+try:
+    from .cases import CPU_REQUIRED, PASSES, PROVIDERS, Case, cpu_cases, cuda_cases  # noqa: F401 (re-exported)
+    from .table import load_csv, print_table
+    from .timers import CpuTimer, CudaTimer
+except ImportError:  # run as a script: python benchmarks/bench.py (ROOT is on sys.path above)
+    from benchmarks.cases import CPU_REQUIRED, PASSES, PROVIDERS, Case, cpu_cases, cuda_cases  # noqa: F401
+    from benchmarks.table import load_csv, print_table
+    from benchmarks.timers import CpuTimer, CudaTimer
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
-PROVIDERS = ("ours", "triton", "fng", "eager", "compile")
-HOST_REFS = ("add_", "empty_like")
-PASSES = ("fwd", "fwdbwd", "graph", "host")
 # Loose tolerances on the relative L2 error against the fp32 reference (output and gradients).
 TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4, torch.float64: 1e-8}
 FIELDS = ["name", "M", "N", "group", "dtype", "z", "order", "rms", "provider", "pass", "time_us", "gbps",
@@ -67,114 +76,7 @@ FIELDS = ["name", "M", "N", "group", "dtype", "z", "order", "rms", "provider", "
           "note"]
 
 
-# ---------------------------------------------------------------- rows
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    M: int
-    N: int
-    group: int | None = None  # None = N
-    z: bool = True
-    nbg: bool = True  # norm_before_gate: True = norm, then gate ("after"); False = gate, then norm
-    rms: bool = True
-    bias: bool = False
-    act: str = "silu"
-    dtype: str = "bf16"
-    kind: str = "bw"  # "bw": fwd + fwdbwd passes; "decode": graph + host passes
-    eps: float = 1e-6
-
-    @property
-    def order(self) -> str:
-        return "" if not self.z else ("after" if self.nbg else "before")
-
-    def passes(self):
-        return ("graph", "host") if self.kind == "decode" else ("fwd", "fwdbwd")
-
-    def describe(self) -> str:
-        s = ("rms" if self.rms else "ln") + ("+b" if self.bias else "")
-        if self.z:
-            s += f" z {self.order}" + ("" if self.act in ("silu", "swish") else f" {self.act}")
-        if self.group not in (None, self.N):
-            s += f" g{self.group}"
-        return s
-
-
-SWEEP_NS = [1 << k for k in range(6, 18)]  # 64 .. 131072, M*N = 2^26
-
-
-def cuda_cases(quick=False):
-    rows = [
-        Case("qwen3next_prefill", 131072, 128),
-        Case("decode_qwen3next", 2048, 128, kind="decode"),
-        Case("decode_m32", 32, 128, kind="decode"),
-        Case("mamba2_g1024", 16384, 8192, group=1024, nbg=False),
-        Case("gate_before_5120", 16384, 5120, nbg=False),
-        Case("rms_z_4096", 32768, 4096),
-        Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
-        Case("rms_noz_4096", 32768, 4096, z=False),
-        Case("sigmoid_4096", 32768, 4096, act="sigmoid"),
-    ]
-    rows += [Case(f"sweep_n{n}", (1 << 26) // n, n) for n in SWEEP_NS]
-    rows += [
-        Case("bign_1m", 16, 1 << 20),
-        Case("odd_n1200", round(2 ** 25 / 1200), 1200),
-        Case("odd_n5000", round(2 ** 25 / 5000), 5000),
-    ]
-    if quick:
-        keep = {"qwen3next_prefill", "decode_qwen3next", "mamba2_g1024", "rms_z_4096", "sweep_n1024",
-                "sweep_n65536", "odd_n1200"}
-        rows = [r for r in rows if r.name in keep]
-    return rows
-
-
-# The CPU project bar: ours >= 2x eager on forward+backward on this row.
-CPU_REQUIRED = "cpu_4096_gate_before_gN"
-
-
-def cpu_cases(quick=False):
-    rows = [
-        Case(CPU_REQUIRED, 4096, 4096, group=4096, nbg=False, dtype="fp32"),
-        Case("cpu_n128_z_after", 16384, 128, dtype="fp32"),
-        Case("cpu_1024_z_after", 4096, 1024, dtype="fp32"),
-        Case("cpu_4096_g512_before", 1024, 4096, group=512, nbg=False, dtype="fp32"),
-        Case("cpu_2048_ln_bias_z", 2048, 2048, rms=False, bias=True, dtype="fp32"),
-        Case("cpu_2048_rms_noz", 4096, 2048, z=False, dtype="fp32"),
-        Case("cpu_odd_1200", 2048, 1200, dtype="fp32"),
-    ]
-    if quick:
-        rows = [r for r in rows if r.name in (CPU_REQUIRED, "cpu_n128_z_after", "cpu_2048_rms_noz")]
-    return rows
-
-
 # ---------------------------------------------------------------- optional imports
-
-def _fallback_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
-                  activation="swish", upcast=True):
-    """Same math as torch_ops.gated_norm_ref; used only when torch_ops does not import."""
-    dtype = x.dtype
-    if upcast:
-        acc = torch.promote_types(x.dtype, torch.float32)
-        x = x.to(acc)
-        z = z.to(acc) if z is not None else None
-        weight = weight.to(acc) if weight is not None else None
-        bias = bias.to(acc) if bias is not None else None
-    n = x.shape[-1]
-    g = n if group_size is None else group_size
-    if z is not None and not norm_before_gate:
-        x = x * (z * torch.sigmoid(z) if activation in ("silu", "swish") else torch.sigmoid(z))
-    xg = x.unflatten(-1, (n // g, g))
-    if not is_rms_norm:
-        xg = xg - xg.mean(dim=-1, keepdim=True)
-    y = (xg * torch.rsqrt(xg.square().mean(dim=-1, keepdim=True) + eps)).flatten(-2)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    if z is not None and norm_before_gate:
-        y = y * (z * torch.sigmoid(z) if activation in ("silu", "swish") else torch.sigmoid(z))
-    return y.to(dtype)
-
 
 def _err(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
@@ -192,7 +94,7 @@ class Env:
             self.ours = torch_ops
         except Exception as e:  # not built yet, or broken
             self.ours_err = "torch_ops: " + _err(e)
-        self.ref = self.ours.gated_norm_ref if self.ours is not None else _fallback_ref
+        self.ref = self.ours.gated_norm_ref if self.ours is not None else None
         self.lg = self.fng = None
         self.lg_err = self.fng_err = "fla not imported on CPU (Triton peers run on CUDA only)"
         self.fla_version = ""
@@ -291,15 +193,17 @@ def provider_fn(name: str, c: Case, env: Env):
         def f(x, z, w, b):
             return fn(x, z, w, b, activation=a, eps=eps)
         return f, None
+    if name not in ("eager", "compile"):
+        raise ValueError(name)
+    if env.ref is None:  # eager and compile run torch_ops.gated_norm_ref
+        return None, env.ours_err
     ref = env.ref
 
     def eager(x, z, w, b):
         return ref(x, w, b, z, eps, g, nbg, rms, act)
     if name == "eager":
         return eager, None
-    if name == "compile":
-        return torch.compile(eager, dynamic=False), None
-    raise ValueError(name)
+    return torch.compile(eager, dynamic=False), None
 
 
 # ---------------------------------------------------------------- inputs and checks
@@ -372,141 +276,7 @@ def _check(c: Case, out, grads, ref_out, ref_grads):
     return True, ""
 
 
-# ---------------------------------------------------------------- timers
-
-class CudaTimer:
-    def __init__(self, device, l2_mode="rotate"):
-        self.device = device
-        self.l2_mode = l2_mode
-        self.flush_buf = torch.empty(256 * 2 ** 20, dtype=torch.uint8, device=device) if l2_mode == "flush" else None
-        self.has_sleep = hasattr(torch.cuda, "_sleep")
-        self.cycles_per_us = self._calibrate() if self.has_sleep else 0.0
-
-    def _calibrate(self):
-        try:
-            torch.cuda._sleep(1000)
-            torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            torch.cuda._sleep(20_000_000)
-            e.record()
-            e.synchronize()
-            return 20_000_000 / (s.elapsed_time(e) * 1e3)
-        except Exception:
-            self.has_sleep = False
-            return 0.0
-
-    def sleep_us(self, us):
-        if self.has_sleep and us > 0:
-            torch.cuda._sleep(int(us * self.cycles_per_us))
-
-    def events(self, fn, reps, budget_s, min_reps=10):
-        """Median GPU time (us) of fn(i), i = 0..reps-1, each bracketed by CUDA events; the calls
-        are queued behind a GPU sleep long enough that Python never starves the GPU."""
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for i in range(3):
-            fn(i)
-        torch.cuda.synchronize()
-        per_call = (time.perf_counter() - t0) / 3
-        reps = max(min_reps, min(reps, int(budget_s / max(per_call, 1e-7))))
-        # host enqueue cost per call, measured while the GPU is busy
-        self.sleep_us(30_000)
-        t0 = time.perf_counter()
-        for i in range(3):
-            fn(i)
-        host = (time.perf_counter() - t0) / 3
-        torch.cuda.synchronize()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        self.sleep_us(min(2.0 * reps * host * 1e6 + 500, 2e6))
-        for i in range(reps):
-            if self.flush_buf is not None:
-                self.flush_buf.zero_()
-            starts[i].record()
-            fn(i)
-            ends[i].record()
-        torch.cuda.synchronize()
-        return statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)), reps
-
-    def graph(self, fn, ncalls, reps):
-        """GPU time (us) per call: ncalls calls fn(0..ncalls-1) captured in one CUDA graph,
-        median over reps replays, divided by ncalls."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for i in range(3):
-                fn(i)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(ncalls):
-                fn(i)
-        g.replay()
-        torch.cuda.synchronize()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for i in range(reps):
-            starts[i].record()
-            g.replay()
-            ends[i].record()
-        torch.cuda.synchronize()
-        t = statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)) / ncalls
-        del g
-        return t, reps
-
-    @staticmethod
-    def host(fn, n=200, repeats=7):
-        """Host wall time (us) per eager call: n back-to-back calls, one synchronize, / n."""
-        fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize()
-            ts.append((time.perf_counter() - t0) / n * 1e6)
-        return statistics.median(ts), n * repeats
-
-    def copy_ceiling(self, gib=2.0, reps=20):
-        n = int(gib * 2 ** 30) // 4
-        src = torch.ones(n, dtype=torch.float32, device=self.device)
-        dst = torch.empty_like(src)
-        for _ in range(3):
-            dst.copy_(src)
-        t, _ = self.events(lambda i: dst.copy_(src), reps, budget_s=10.0, min_reps=reps)
-        del src, dst
-        torch.cuda.empty_cache()
-        return 2 * n * 4 / (t * 1e-6) / 1e9, t
-
-
-class CpuTimer:
-    @staticmethod
-    def events(fn, reps, budget_s, min_reps=3):
-        for i in range(2):
-            fn(i)
-        ts = []
-        deadline = time.perf_counter() + budget_s
-        for i in range(reps):
-            t0 = time.perf_counter()
-            fn(i)
-            ts.append((time.perf_counter() - t0) * 1e6)
-            if len(ts) >= min_reps and time.perf_counter() > deadline:
-                break
-        return statistics.median(ts), len(ts)
-
-    @staticmethod
-    def copy_ceiling(gib=0.25, reps=10):
-        n = int(gib * 2 ** 30) // 4
-        src = torch.ones(n, dtype=torch.float32)
-        dst = torch.empty_like(src)
-        t, _ = CpuTimer.events(lambda i: dst.copy_(src), reps, budget_s=5.0, min_reps=reps)
-        return 2 * n * 4 / (t * 1e-6) / 1e9, t
-
-
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- CSV sink
 
 class _Sink:
     """Collects rows; appends each to the CSV as it comes (a run cut short keeps what it has)."""
@@ -564,10 +334,21 @@ def _row(c: Case, env: Env, provider, pass_, t_us, nbytes, ceiling, ok=None, not
     }
 
 
+# ---------------------------------------------------------------- the run
+
 def _free(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _sync_quietly(device):
+    """After a failed call: wait for the GPU's queued work, ignoring an error it reports."""
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
 
 
 def _bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_s, check, graph_reps):
@@ -630,11 +411,7 @@ def _bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget
                 del res
             except Exception as e:
                 status[kind] = (None, None, _err(e))
-                if cuda:
-                    try:
-                        torch.cuda.synchronize()
-                    except Exception:
-                        pass
+                _sync_quietly(env.device)
         for ps in passes:
             ok, note, err = status["fwdbwd" if ps == "fwdbwd" else "fwd"]
             if err:
@@ -652,11 +429,7 @@ def _bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget
                 sink.add(_row(c, env, p, ps, t, nbytes[ps], ceiling, ok=ok, note=note, reps=n))
             except Exception as e:
                 sink.add(_row(c, env, p, ps, None, nbytes[ps], ceiling, note=_err(e)))
-                if cuda:
-                    try:
-                        torch.cuda.synchronize()
-                    except Exception:
-                        pass
+                _sync_quietly(env.device)
             _free(env.device)
 
     if "host" in passes:  # the host cost of native ops on the same machine, for the ratio
@@ -687,6 +460,9 @@ def run(device=None, quick=False, dtypes=None, only=None, reps=None, providers=N
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     env = Env(device, want_fla=cuda)
+    no_ref = check and env.ref is None
+    if no_ref:  # the guard's reference is torch_ops.gated_norm_ref
+        check = False
     if compile is None:
         compile = cuda
     provs = [p for p in (providers or PROVIDERS) if p in PROVIDERS]
@@ -721,6 +497,8 @@ def run(device=None, quick=False, dtypes=None, only=None, reps=None, providers=N
             print(f"fla layernorm_gated: {'ok' if env.lg else env.lg_err}; fused_norm_gate: "
                   f"{'ok' if env.fng else env.fng_err}; L2 {env.l2_bytes / 2 ** 20:.0f} MiB; l2 mode {l2}",
                   file=log, flush=True)
+        if no_ref:
+            print("no correctness guard: its reference, torch_ops.gated_norm_ref, did not import", file=log, flush=True)
     try:
         gib = copy_gib if copy_gib is not None else ((1.0 if quick else 2.0) if cuda else 0.25)
         ceiling, t = timer.copy_ceiling(gib)
@@ -738,114 +516,6 @@ def run(device=None, quick=False, dtypes=None, only=None, reps=None, providers=N
     finally:
         sink.close()
     return sink.rows
-
-
-# ---------------------------------------------------------------- table
-
-_PASS_TITLE = {
-    "fwd": "forward: us and fraction of the copy ceiling",
-    "fwdbwd": "forward+backward: us and fraction of the copy ceiling",
-    "graph": "decode, CUDA-graph replay: GPU us per forward and fraction of the copy ceiling",
-    "host": "decode, host wall per eager call (us)",
-}
-
-
-def _cell(r, frac=True):
-    if r is None:
-        return "-"
-    if r["time_us"] is None:
-        return "n/a"
-    s = f"{r['time_us']:.1f}" if r["time_us"] < 1e4 else f"{r['time_us']:.0f}"
-    if frac and r["frac"] is not None:
-        s += f" {r['frac']:.2f}"
-    if r["ok"] is False:
-        s += "!"
-    return s
-
-
-def _good(r):
-    return r is not None and r["time_us"] is not None and r["ok"] is not False
-
-
-def print_table(rows, file=None):
-    """Print the results of run() (or of a CSV read back with load_csv) as text tables."""
-    file = file or sys.stdout
-    copy = [r for r in rows if r["provider"] == "copy"]
-    if copy:
-        r = copy[0]
-        print(f"\ndevice: {r['device']}   torch {r['torch']}   triton {r['triton'] or '-'}   "
-              f"fla {r['fla'] or '-'}   {r['date']}", file=file)
-        print(f"copy ceiling: {r['gbps']:.1f} GB/s ({r['note']}, read + write)", file=file)
-    notes = {}
-    for ps in PASSES:
-        sel = [r for r in rows if r["pass"] == ps]
-        if not sel:
-            continue
-        provs = [p for p in PROVIDERS if any(r["provider"] == p for r in sel)]
-        keys = []
-        for r in sel:
-            k = (r["name"], r["M"], r["N"], r["dtype"])
-            if k not in keys:
-                keys.append(k)
-        by = {(r["name"], r["M"], r["N"], r["dtype"], r["provider"]): r for r in sel}
-        frac = ps != "host"
-        w = 13 if frac else 9
-        extra = ["add_", "ours/add_"] if ps == "host" else []
-        head = f"{'row':26} {'M':>7} {'N':>8} {'dtype':5} " + " ".join(f"{p:>{w}}" for p in provs)
-        head += "".join(f" {e:>10}" for e in extra) + f" {'vs best':>8} {'vs eager':>11}"
-        print(f"\n== {_PASS_TITLE[ps]}", file=file)
-        print(head, file=file)
-        print("-" * len(head), file=file)
-        for k in keys:
-            cells = []
-            for p in provs:
-                r = by.get(k + (p,))
-                cells.append(_cell(r, frac))
-                if r is not None and r["time_us"] is None and r["note"]:
-                    notes.setdefault((p, r["note"]), []).append(k[0])
-            line = f"{k[0]:26} {k[1]:>7} {k[2]:>8} {k[3]:5} " + " ".join(f"{c:>{w}}" for c in cells)
-            ours = by.get(k + ("ours",))
-            if ps == "host":
-                add = by.get(k + ("add_",))
-                line += f" {_cell(add, False):>10}"
-                ratio = f"{ours['time_us'] / add['time_us']:.2f}x" if _good(ours) and _good(add) else "-"
-                line += f" {ratio:>10}"
-            peers = [by.get(k + (p,)) for p in provs if p != "ours"]
-            peers = [r for r in peers if _good(r)]
-            vs_best = vs_eager = "-"
-            if _good(ours) and peers:
-                vs_best = f"{min(r['time_us'] for r in peers) / ours['time_us']:.2f}x"
-            eager = by.get(k + ("eager",))
-            if _good(ours) and _good(eager):
-                vs_eager = f"{eager['time_us'] / ours['time_us']:.2f}x"
-                if k[0] == CPU_REQUIRED and ps == "fwdbwd":
-                    vs_eager += " PASS" if eager["time_us"] >= 2 * ours["time_us"] else " FAIL"
-            line += f" {vs_best:>8} {vs_eager:>11}"
-            print(line, file=file)
-    if any(r["ok"] is False for r in rows):
-        print("\n! = output or gradient disagrees with the fp32 reference (see the CSV's note column)", file=file)
-    if notes:
-        print("\nn/a reasons:", file=file)
-        for (p, note), names in notes.items():
-            names = sorted(set(names))
-            shown = ", ".join(names[:6]) + (f" (+{len(names) - 6})" if len(names) > 6 else "")
-            print(f"  {p}: {note}  [{shown}]", file=file)
-    if any(r["name"] == CPU_REQUIRED for r in rows):
-        print(f"\nproject bar (CPU): ours >= 2x eager on forward+backward on {CPU_REQUIRED}", file=file)
-
-
-def load_csv(path):
-    """Read a CSV written by run() back into row dicts (numbers parsed) for print_table / plot."""
-    out = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            for k in ("M", "N", "group", "z", "rms", "bias", "reps"):
-                r[k] = int(r[k]) if r.get(k) not in (None, "") else None
-            for k in ("time_us", "gbps", "frac", "ceiling_gbps"):
-                r[k] = float(r[k]) if r.get(k) not in (None, "") else None
-            r["ok"] = None if r.get("ok") in (None, "") else bool(int(r["ok"]))
-            out.append(r)
-    return out
 
 
 # ---------------------------------------------------------------- CLI

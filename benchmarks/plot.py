@@ -14,10 +14,12 @@ import os
 import sys
 
 try:
-    from .bench import PROVIDERS, load_csv
+    from .cases import PROVIDERS
+    from .table import load_csv
 except ImportError:  # run as a script: python benchmarks/plot.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.bench import PROVIDERS, load_csv
+    from benchmarks.cases import PROVIDERS
+    from benchmarks.table import load_csv
 
 TITLES = {"fwd": "forward", "fwdbwd": "forward + backward"}
 STYLE = {  # provider -> (color, marker, label)

@@ -1,0 +1,85 @@
+"""The benchmark's rows: what is measured (shape, gate, order, norm, dtype) and in which passes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROVIDERS = ("ours", "triton", "fng", "eager", "compile")  # also the table's column order
+PASSES = ("fwd", "fwdbwd", "graph", "host")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    M: int
+    N: int
+    group: int | None = None  # None = N
+    z: bool = True
+    nbg: bool = True  # norm_before_gate: True = norm, then gate ("after"); False = gate, then norm
+    rms: bool = True
+    bias: bool = False
+    act: str = "silu"
+    dtype: str = "bf16"
+    kind: str = "bw"  # "bw": fwd + fwdbwd passes; "decode": graph + host passes
+    eps: float = 1e-6
+
+    @property
+    def order(self) -> str:
+        return "" if not self.z else ("after" if self.nbg else "before")
+
+    def passes(self):
+        return ("graph", "host") if self.kind == "decode" else ("fwd", "fwdbwd")
+
+    def describe(self) -> str:
+        s = ("rms" if self.rms else "ln") + ("+b" if self.bias else "")
+        if self.z:
+            s += f" z {self.order}" + ("" if self.act in ("silu", "swish") else f" {self.act}")
+        if self.group not in (None, self.N):
+            s += f" g{self.group}"
+        return s
+
+
+SWEEP_NS = [1 << k for k in range(6, 18)]  # 64 .. 131072, M*N = 2^26
+
+
+def cuda_cases(quick=False):
+    rows = [
+        Case("qwen3next_prefill", 131072, 128),
+        Case("decode_qwen3next", 2048, 128, kind="decode"),
+        Case("decode_m32", 32, 128, kind="decode"),
+        Case("mamba2_g1024", 16384, 8192, group=1024, nbg=False),
+        Case("gate_before_5120", 16384, 5120, nbg=False),
+        Case("rms_z_4096", 32768, 4096),
+        Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
+        Case("rms_noz_4096", 32768, 4096, z=False),
+        Case("sigmoid_4096", 32768, 4096, act="sigmoid"),
+    ]
+    rows += [Case(f"sweep_n{n}", (1 << 26) // n, n) for n in SWEEP_NS]
+    rows += [
+        Case("bign_1m", 16, 1 << 20),
+        Case("odd_n1200", round(2 ** 25 / 1200), 1200),
+        Case("odd_n5000", round(2 ** 25 / 5000), 5000),
+    ]
+    if quick:
+        keep = {"qwen3next_prefill", "decode_qwen3next", "mamba2_g1024", "rms_z_4096", "sweep_n1024",
+                "sweep_n65536", "odd_n1200"}
+        rows = [r for r in rows if r.name in keep]
+    return rows
+
+
+# The CPU project bar: ours >= 2x eager on forward+backward on this row.
+CPU_REQUIRED = "cpu_4096_gate_before_gN"
+
+
+def cpu_cases(quick=False):
+    rows = [
+        Case(CPU_REQUIRED, 4096, 4096, group=4096, nbg=False, dtype="fp32"),
+        Case("cpu_n128_z_after", 16384, 128, dtype="fp32"),
+        Case("cpu_1024_z_after", 4096, 1024, dtype="fp32"),
+        Case("cpu_4096_g512_before", 1024, 4096, group=512, nbg=False, dtype="fp32"),
+        Case("cpu_2048_ln_bias_z", 2048, 2048, rms=False, bias=True, dtype="fp32"),
+        Case("cpu_2048_rms_noz", 4096, 2048, z=False, dtype="fp32"),
+        Case("cpu_odd_1200", 2048, 1200, dtype="fp32"),
+    ]
+    if quick:
+        rows = [r for r in rows if r.name in (CPU_REQUIRED, "cpu_n128_z_after", "cpu_2048_rms_noz")]
+    return rows
