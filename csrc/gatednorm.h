@@ -90,10 +90,60 @@ typedef struct {
   void* workspace;    /* >= gn_*_bwd_workspace_bytes(&cfg) bytes, 16-byte aligned */
 } gn_bwd_args;
 
+/* ---- Fused add + RMSNorm (sgl-kernel / vLLM / FlashInfer contract) ----
+ * Per row:  h = x + residual (fp32), stored as residual_out (its own dtype);
+ *           out = h_s * rstd * w',  rstd = 1/sqrt(mean(h_s^2) + eps),
+ * where h_s is h AS STORED in residual_out (rounded to its dtype; the vLLM and
+ * unfused-PyTorch semantics: the next layer sees exactly the residual that was
+ * normalised) and w' = w, or 1 + w with `gemma` (Gemma / Qwen3-Next form).
+ * x == NULL: no add, h = residual (plain RMSNorm of `residual`).
+ * residual_out == NULL: h is not stored (then h_s = h rounded to residual's dtype).
+ * Outputs may alias inputs exactly (in place: out == x, residual_out == residual). */
+typedef struct {
+  int64_t rows;
+  int64_t cols;
+  double eps;               /* >= 0 */
+  int gemma;                /* 1: weight applied as 1 + w */
+  gn_dtype dtype;           /* of x, out, dout, dx */
+  gn_dtype residual_dtype;  /* of residual, residual_out, dresidual_out, dresidual */
+  gn_dtype param_dtype;     /* of weight, dw */
+} gn_addnorm_config;
+
+typedef struct {
+  gn_addnorm_config cfg;
+  const void* x;          int64_t x_stride;             /* NULL: no add */
+  const void* residual;   int64_t residual_stride;
+  void* residual_out;     int64_t residual_out_stride;  /* NULL: not stored */
+  const void* weight;     /* [cols]; NULL: ones (gemma: 1 + 0) */
+  void* out;              int64_t out_stride;
+  void* rstd;             /* [rows] fp32 (fp64 for fp64 dtype); NULL: not stored */
+} gn_addnorm_fwd_args;
+
+/* Backward of (out, residual_out) = add_rms_norm(x, residual): with g = dout * w',
+ * dh = rstd * (g - h * rstd^2 * mean(g * h)) + dresidual_out;
+ * dx = dh (x's dtype), dresidual = dh (residual's dtype), dw = sum over rows of
+ * dout * h * rstd (fp32 partials reduced in a fixed order). */
+typedef struct {
+  gn_addnorm_config cfg;
+  const void* h;          int64_t h_stride;      /* the stored residual_out of the forward */
+  const void* weight;     /* NULL: ones */
+  const void* rstd;       /* from the forward */
+  const void* dout;       int64_t dout_stride;
+  const void* dresidual_out; int64_t dresidual_out_stride; /* NULL: zero */
+  void* dx;               int64_t dx_stride;     /* x's dtype; NULL: not wanted */
+  void* dresidual;        int64_t dresidual_stride; /* residual's dtype; NULL: not wanted */
+  void* dw;               /* [cols] param dtype; NULL: not wanted */
+  void* workspace;        /* >= gn_*_addnorm_bwd_workspace_bytes(&cfg), 16-byte aligned */
+} gn_addnorm_bwd_args;
+
 /* ---- CPU (csrc/cpu) ---- */
 size_t gn_cpu_bwd_workspace_bytes(const gn_config* cfg);
 gn_status gn_cpu_fwd(const gn_fwd_args* a);
 gn_status gn_cpu_bwd(const gn_bwd_args* a);
+
+size_t gn_cpu_addnorm_bwd_workspace_bytes(const gn_addnorm_config* cfg);
+gn_status gn_cpu_addnorm_fwd(const gn_addnorm_fwd_args* a);
+gn_status gn_cpu_addnorm_bwd(const gn_addnorm_bwd_args* a);
 
 /* ---- CUDA (csrc/cuda): run on `stream` (a cudaStream_t) of the current
  * device; never synchronise the host; capturable in a CUDA graph. ---- */

@@ -53,21 +53,34 @@ TORCH_LIBRARY(gatednorm, m) {
       "gated_norm_bwd_out(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor? z, Tensor mean, Tensor rstd, "
       "float eps, int? group_size, bool norm_before_gate, bool is_rms_norm, str activation, Tensor(a!) dx, "
       "Tensor(b!)? dz, Tensor(c!)? out, Tensor(d!)? dw=None, Tensor(e!)? db=None) -> ()");
+
+  // Fused add + RMSNorm (sgl-kernel / vLLM / FlashInfer contract; gemma: weight
+  // applied as 1 + w). In place: residual <- input + residual, input <- norm.
+  m.def("rms_norm(Tensor input, Tensor? weight, float eps, bool gemma=False) -> Tensor");
+  m.def("rms_norm_out(Tensor input, Tensor? weight, float eps, Tensor(a!) out, bool gemma=False) -> ()");
+  m.def("fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor? weight, float eps, bool gemma=False) -> ()");
+  // add_rms_norm: differentiable, out of place (autograd registered from Python).
+  m.def(
+      "add_rms_norm(Tensor x, Tensor residual, Tensor? weight, float eps, bool residual_in_fp32=False, "
+      "bool gemma=False) -> (Tensor out, Tensor residual_out, Tensor rstd)");
+  m.def(
+      "add_rms_norm_bwd(Tensor dout, Tensor? dresidual_out, Tensor h, Tensor? weight, Tensor rstd, bool gemma)"
+      " -> (Tensor dx, Tensor dresidual, Tensor? dw)");
 }
 
-// One implementation serves both devices: it reads the device off x.
-TORCH_LIBRARY_IMPL(gatednorm, CPU, m) {
+// One implementation serves both devices: it reads the device off its tensors.
+static void register_impls(torch::Library& m) {
   m.impl("gated_norm", &gated_norm_fwd);
   m.impl("gated_norm_fwd", &gated_norm_fwd);
   m.impl("gated_norm_fwd_out", &gated_norm_fwd_out);
   m.impl("gated_norm_bwd", &gated_norm_bwd);
   m.impl("gated_norm_bwd_out", &gated_norm_bwd_out);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("rms_norm_out", &rms_norm_out);
+  m.impl("fused_add_rms_norm", &fused_add_rms_norm);
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("add_rms_norm_bwd", &add_rms_norm_bwd);
 }
 
-TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) {
-  m.impl("gated_norm", &gated_norm_fwd);
-  m.impl("gated_norm_fwd", &gated_norm_fwd);
-  m.impl("gated_norm_fwd_out", &gated_norm_fwd_out);
-  m.impl("gated_norm_bwd", &gated_norm_bwd);
-  m.impl("gated_norm_bwd_out", &gated_norm_bwd_out);
-}
+TORCH_LIBRARY_IMPL(gatednorm, CPU, m) { register_impls(m); }
+TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) { register_impls(m); }

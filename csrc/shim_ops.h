@@ -28,4 +28,13 @@ void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, O
                         bool is_rms_norm, c10::string_view activation, Tensor dx, OptTensor dz, OptTensor out,
                         OptTensor dw, OptTensor db);
 
+// fused add + RMSNorm (shim_add_rms_norm.cpp)
+Tensor rms_norm(Tensor input, OptTensor weight, double eps, bool gemma);
+void rms_norm_out(Tensor input, OptTensor weight, double eps, Tensor out, bool gemma);
+void fused_add_rms_norm(Tensor input, Tensor residual, OptTensor weight, double eps, bool gemma);
+std::tuple<Tensor, Tensor, Tensor> add_rms_norm(Tensor x, Tensor residual, OptTensor weight, double eps,
+                                                bool residual_in_fp32, bool gemma);
+std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dresidual_out, Tensor h,
+                                                       OptTensor weight, Tensor rstd, bool gemma);
+
 }  // namespace gn_shim

@@ -19,6 +19,15 @@ from .gated_norm import (
     rmsnorm_fn,
 )
 from .modules import LayerNorm, LayerNormGated, RMSNorm, RMSNormGated
+from .add_rms_norm import (
+    FusedAddRMSNorm,
+    add_rms_norm,
+    add_rms_norm_ref,
+    fused_add_rms_norm,
+    gemma_fused_add_rms_norm,
+    gemma_rms_norm,
+    rms_norm,
+)
 
 
 def has_cuda_kernels() -> bool:
@@ -30,5 +39,7 @@ __all__ = [
     "ACTIVATIONS", "LayerNormFn", "gated_norm_ref", "layer_norm_bwd", "layer_norm_fwd", "layer_norm_ref",
     "layernorm_fn", "rms_norm_gated", "rms_norm_ref", "rmsnorm_fn",
     "LayerNorm", "LayerNormGated", "RMSNorm", "RMSNormGated", "has_cuda_kernels",
+    "FusedAddRMSNorm", "add_rms_norm", "add_rms_norm_ref", "fused_add_rms_norm", "gemma_fused_add_rms_norm",
+    "gemma_rms_norm", "rms_norm",
 ]
 __version__ = "0.1.0"

@@ -5,115 +5,13 @@
  * contract csrc/gatednorm.h. The kernel bodies are type-generic and live in
  * gated_norm_impl.h, instantiated here twice: with float accumulation (fp32 /
  * fp16 / bf16 problems) and with double accumulation (fp64 problems, so fp64
- * gradcheck is exact). This file holds what is shared: dtype conversions, a
+ * gradcheck is exact). This file holds what is shared by the two: a
  * vectorisable exp, descriptor validation, the backward's chunking (which fixes
- * the dw/db reduction order) and the public entry points.
+ * the dw/db reduction order) and the public entry points. What it shares with
+ * the other CPU kernels (dtype conversions, row chunking, tiled sums) is in
+ * common.h / common_impl.h.
  */
-#include "../gatednorm.h"
-
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#ifdef __FAST_MATH__
-/* The fp16 rounding below relies on IEEE float arithmetic (overflow to inf,
- * round-to-nearest-even); -ffast-math would let gcc fold it away. */
-#error "csrc/cpu/gated_norm.c must not be compiled with -ffast-math"
-#endif
-
-/* OpenMP pragmas that vanish (without -Wunknown-pragmas noise) when the
- * build has no OpenMP: everything is still correct, just serial. */
-#ifdef _OPENMP
-#define GN_PRAGMA(x) _Pragma(#x)
-#else
-#define GN_PRAGMA(x)
-#endif
-
-/* The fp32 activation loops (exp + divide per element) and the fp16/bf16
- * conversion loops are compute-bound: on x86-64 with glibc (ifunc), gcc also
- * builds AVX2 copies of them and picks one at load time (~1.5x on the whole
- * fp32 fwd+bwd, more for fp16). They are element-wise and AVX2 brings no FMA
- * to contract into, so both copies give bitwise the same results. (An AVX-512
- * copy would contract a*b+c into FMAs where contraction is on, e.g. g++.) */
-#ifndef GN_MULTIVERSION /* -DGN_MULTIVERSION= turns it off */
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
-#define GN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
-#else
-#define GN_MULTIVERSION
-#endif
-#endif
-
-#ifdef __cplusplus
-#define GN_RESTRICT __restrict
-#else
-#define GN_RESTRICT restrict
-#endif
-
-/* ------------------------------------------------------------------------ */
-/* fp16 / bf16 <-> fp32, bit-exact, branch-free so loops over them vectorise.
- * Selects are done with bit masks, not ?:, on purpose: when one arm of a ?:
- * is a constant, gcc sinks the float math of the other arm into a branch and,
- * since float ops may trap (-ftrapping-math), then refuses to vectorise. */
-
-static inline uint32_t f32_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-static inline float f32_from_bits(uint32_t u) {
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-/* all-ones when c, else zero */
-static inline uint32_t mask_u32(int c) { return (uint32_t)0 - (uint32_t)(c != 0); }
-
-/* m ? a : b, bitwise */
-static inline uint32_t sel_u32(uint32_t m, uint32_t a, uint32_t b) { return (a & m) | (b & ~m); }
-
-/* IEEE half -> float (exact). Normal halves are re-biased by a multiply
- * (inf/NaN keep an all-ones exponent); subnormal halves are built as
- * 0.5 + m*2^-24 in float and the 0.5 subtracted, which is exact. */
-static inline float gn_half_to_float(uint16_t h) {
-  const uint32_t w = (uint32_t)h << 16;
-  const uint32_t sign = w & 0x80000000u;
-  const uint32_t two_w = w + w;
-  const float normalized = f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormalized = f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t m = mask_u32(two_w < (1u << 27));
-  return f32_from_bits(sign | sel_u32(m, f32_bits(denormalized), f32_bits(normalized)));
-}
-
-/* float -> IEEE half, round to nearest even, overflow to inf, subnormals,
- * NaN kept quiet. The FPU does the rounding: scaling by 2^112 then 2^-110
- * saturates values too large for half to inf, and adding a power of two
- * chosen from the exponent (at least 2^-14's worth) leaves exactly the half's
- * mantissa bits, correctly rounded, in the low bits of the sum. */
-static inline uint16_t gn_float_to_half(float f) {
-  float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
-  const uint32_t w = f32_bits(f);
-  const uint32_t shl1_w = w + w;
-  const uint32_t sign = w & 0x80000000u;
-  uint32_t bias = shl1_w & 0xFF000000u;
-  bias = bias < 0x71000000u ? 0x71000000u : bias;
-  base = f32_from_bits((bias >> 1) + 0x07800000u) + base;
-  const uint32_t bits = f32_bits(base);
-  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
-  return (uint16_t)((sign >> 16) | sel_u32(mask_u32(shl1_w > 0xFF000000u), 0x7E00u, nonsign));
-}
-
-static inline float gn_bf16_to_float(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
-
-/* float -> bf16, round to nearest even; NaN stays NaN (quiet bit forced so
- * that a payload living only in the low bits cannot round to inf). */
-static inline uint16_t gn_float_to_bf16(float f) {
-  const uint32_t u = f32_bits(f);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = (u >> 16) | 0x0040u;
-  return (uint16_t)sel_u32(mask_u32((u & 0x7FFFFFFFu) > 0x7F800000u), nan, rounded);
-}
+#include "common.h"
 
 /* ------------------------------------------------------------------------ */
 /* exp(x) for x <= 0 (or NaN), within ~1 ulp of expf, written so that gcc
@@ -145,81 +43,6 @@ static inline float gn_expf_nonpos(float x) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Row conversion between storage dtypes and the accumulation type. The
- * dtype switch is outside the loops so each loop is a plain vector loop.
- * Double -> fp16/bf16 goes through float (as torch's casts do). */
-
-GN_MULTIVERSION static void load_f32(float* GN_RESTRICT dst, const void* src, gn_dtype t, int64_t n) {
-  int64_t j;
-  if (t == GN_FLOAT32) {
-    memcpy(dst, src, (size_t)n * sizeof(float));
-  } else if (t == GN_FLOAT16) {
-    const uint16_t* s = (const uint16_t*)src;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) dst[j] = gn_half_to_float(s[j]);
-  } else if (t == GN_BFLOAT16) {
-    const uint16_t* s = (const uint16_t*)src;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) dst[j] = gn_bf16_to_float(s[j]);
-  } else {
-    const double* s = (const double*)src;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) dst[j] = (float)s[j];
-  }
-}
-
-GN_MULTIVERSION static void store_f32(void* dst, const float* GN_RESTRICT src, gn_dtype t, int64_t n) {
-  int64_t j;
-  if (t == GN_FLOAT32) {
-    memcpy(dst, src, (size_t)n * sizeof(float));
-  } else if (t == GN_FLOAT16) {
-    uint16_t* d = (uint16_t*)dst;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) d[j] = gn_float_to_half(src[j]);
-  } else if (t == GN_BFLOAT16) {
-    uint16_t* d = (uint16_t*)dst;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) d[j] = gn_float_to_bf16(src[j]);
-  } else {
-    double* d = (double*)dst;
-    GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) d[j] = (double)src[j];
-  }
-}
-
-static void load_f64(double* GN_RESTRICT dst, const void* src, gn_dtype t, int64_t n) {
-  int64_t j;
-  if (t == GN_FLOAT64) {
-    memcpy(dst, src, (size_t)n * sizeof(double));
-  } else if (t == GN_FLOAT32) {
-    const float* s = (const float*)src;
-    for (j = 0; j < n; j++) dst[j] = (double)s[j];
-  } else if (t == GN_FLOAT16) {
-    const uint16_t* s = (const uint16_t*)src;
-    for (j = 0; j < n; j++) dst[j] = (double)gn_half_to_float(s[j]);
-  } else {
-    const uint16_t* s = (const uint16_t*)src;
-    for (j = 0; j < n; j++) dst[j] = (double)gn_bf16_to_float(s[j]);
-  }
-}
-
-static void store_f64(void* dst, const double* GN_RESTRICT src, gn_dtype t, int64_t n) {
-  int64_t j;
-  if (t == GN_FLOAT64) {
-    memcpy(dst, src, (size_t)n * sizeof(double));
-  } else if (t == GN_FLOAT32) {
-    float* d = (float*)dst;
-    for (j = 0; j < n; j++) d[j] = (float)src[j];
-  } else if (t == GN_FLOAT16) {
-    uint16_t* d = (uint16_t*)dst;
-    for (j = 0; j < n; j++) d[j] = gn_float_to_half((float)src[j]);
-  } else {
-    uint16_t* d = (uint16_t*)dst;
-    for (j = 0; j < n; j++) d[j] = gn_float_to_bf16((float)src[j]);
-  }
-}
-
-/* ------------------------------------------------------------------------ */
 /* Validation and the resolved problem. */
 
 typedef struct {
@@ -230,10 +53,6 @@ typedef struct {
   gn_dtype dt, pdt;
   size_t esz, pesz; /* bytes per element of dt / pdt */
 } gn_prob;
-
-static int dtype_ok(gn_dtype t) {
-  return t == GN_FLOAT32 || t == GN_FLOAT16 || t == GN_BFLOAT16 || t == GN_FLOAT64;
-}
 
 /* rows > 0 here; `params` says whether param_dtype is used. */
 static gn_status make_prob(const gn_config* c, int params, gn_prob* p) {
@@ -256,44 +75,14 @@ static gn_status make_prob(const gn_config* c, int params, gn_prob* p) {
   return GN_OK;
 }
 
-/* Below this many elements a parallel region costs more than it saves. */
-#define GN_PAR_MIN_ELEMS 32768
-
 /* ------------------------------------------------------------------------ */
-/* Backward chunking. dw/db are reduced in two fixed stages: rows are cut into
- * `nchunks` consecutive blocks, each block sums its rows in row order into
- * its own [dw | db] partial in the workspace, then partials are summed in
- * block order. The cut depends only on the config (never on the thread
- * count or on which thread runs a block), so dw/db are bitwise reproducible
- * with any OMP_NUM_THREADS and any schedule. Workspace:
+/* Backward chunking (gn_row_chunks in common.h): each chunk's partials are
+ * [dw | db], 2 * cols accumulators. Workspace:
  *   nchunks * 2 * cols * (4, or 8 for fp64) bytes, at most
  *   max(32 MiB, 2 * cols * 8): 8 MiB at 4096 x 4096 fp32, 32 MiB at cols 2^20. */
 
-#define GN_WS_BUDGET ((int64_t)32 << 20) /* bytes of partials we aim to stay under */
-#define GN_MAX_CHUNKS 256                 /* plenty of parallelism for many cores */
-#define GN_MIN_CHUNKS 64                  /* ... kept even when rows are few */
-#define GN_CHUNK_ROWS 16                  /* rows per chunk: the reduce costs ~1/40 */
-#define GN_MIN_CHUNK_ELEMS 16384          /* tiny problems: few chunks */
-
-typedef struct {
-  int64_t nchunks, rows_per_chunk;
-} gn_chunks;
-
-static size_t acc_size(gn_dtype t) { return t == GN_FLOAT64 ? sizeof(double) : sizeof(float); }
-
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
 static gn_chunks bwd_chunks(const gn_config* c) {
-  gn_chunks k;
-  const int64_t per_chunk = 2 * c->cols * (int64_t)acc_size(c->dtype);
-  int64_t n = max64((c->rows + GN_CHUNK_ROWS - 1) / GN_CHUNK_ROWS, min64(c->rows, GN_MIN_CHUNKS));
-  n = min64(n, (c->rows * c->cols + GN_MIN_CHUNK_ELEMS - 1) / GN_MIN_CHUNK_ELEMS);
-  n = min64(n, min64(GN_MAX_CHUNKS, GN_WS_BUDGET / per_chunk));
-  n = max64(n, 1);
-  k.rows_per_chunk = (c->rows + n - 1) / n;
-  k.nchunks = (c->rows + k.rows_per_chunk - 1) / k.rows_per_chunk; /* no empty chunk */
-  return k;
+  return gn_row_chunks(c->rows, c->cols, 2 * c->cols * (int64_t)acc_size(c->dtype));
 }
 
 size_t gn_cpu_bwd_workspace_bytes(const gn_config* cfg) {

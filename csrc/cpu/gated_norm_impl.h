@@ -6,7 +6,7 @@
  *   GN_EXP_NONPOS  exp for arguments <= 0
  *   GN_SQRT        sqrt in GN_T
  *   GN_ACT_ATTR    attributes of the activation loops (multiversioning)
- * A row's group is converted into GN_T scratch buffers, worked on by short
+ * (after common.h). A row's group is converted into GN_T scratch buffers, worked on by short
  * passes that the compiler vectorises, and converted back.
  */
 #define GN_CAT_(a, b) a##_##b
@@ -15,15 +15,7 @@
 #define LOAD FN(load)
 #define STORE FN(store)
 
-/* Reductions are vector sums over tiles of this many elements, and tile sums
- * are added up in order: error grows like tile/lanes + n/tile, not n/lanes,
- * which matters for groups of up to a million elements in float. */
-#define GN_TILE 2048
-#define GN_RTILE 1024 /* columns per task of the final dw/db reduce */
-
-static inline const char* FN(at)(const void* base, int64_t elem, size_t esz) {
-  return (const char*)base + elem * (int64_t)esz;
-}
+#include "common_impl.h" /* sum_sq_dev, reduce_chunks */
 
 /* sigmoid via exp(-|z|) <= 1, which never overflows; NaN propagates. */
 static inline GN_T FN(sigmoid)(GN_T z) {
@@ -71,20 +63,6 @@ static GN_T FN(sum)(const GN_T* GN_RESTRICT v, int64_t n) {
     GN_T s = 0;
     GN_PRAGMA(omp simd reduction(+ : s))
     for (j = j0; j < j1; j++) s += v[j];
-    total += s;
-  }
-  return total;
-}
-
-/* sum((v - mu)^2): the two-pass variance, exact-ish even when |mu| >> std. */
-static GN_T FN(sum_sq_dev)(const GN_T* GN_RESTRICT v, GN_T mu, int64_t n) {
-  GN_T total = 0;
-  int64_t j0, j;
-  for (j0 = 0; j0 < n; j0 += GN_TILE) {
-    const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;
-    GN_T s = 0;
-    GN_PRAGMA(omp simd reduction(+ : s))
-    for (j = j0; j < j1; j++) s += (v[j] - mu) * (v[j] - mu);
     total += s;
   }
   return total;
@@ -188,13 +166,13 @@ static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
       for (i = 0; i < items; i++) {
         const int64_t r = i / ng, g = i % ng, off = g * G;
         GN_T mu, rs;
-        LOAD(X, FN(at)(a->x, r * a->x_stride + off, p->esz), p->dt, G);
+        LOAD(X, gn_at(a->x, r * a->x_stride + off, p->esz), p->dt, G);
         if (gated) {
-          LOAD(A, FN(at)(a->z, r * a->z_stride + off, p->esz), p->dt, G);
+          LOAD(A, gn_at(a->z, r * a->z_stride + off, p->esz), p->dt, G);
           FN(act_fwd)(A, G, p->act);
         }
         FN(fwd_group)(p, X, A, wb + off, wb + p->cols + off, &mu, &rs);
-        STORE((void*)FN(at)(a->out, r * a->out_stride + off, p->esz), X, p->dt, G);
+        STORE((void*)gn_at(a->out, r * a->out_stride + off, p->esz), X, p->dt, G);
         if (mean != NULL) mean[g * p->rows + r] = mu;
         if (rstd != NULL) rstd[g * p->rows + r] = rs;
       }
@@ -294,42 +272,14 @@ static void FN(bwd_item)(const gn_prob* p, const gn_bwd_args* a, const GN_T* wb,
     for (g = g0; g < g1; g++) {
       const int64_t off = g * G;
       const GN_T mu = p->is_rms ? (GN_T)0 : mean[g * p->rows + r];
-      LOAD(X, FN(at)(a->x, r * a->x_stride + off, p->esz), p->dt, G);
-      LOAD(DY, FN(at)(a->dy, r * a->dy_stride + off, p->esz), p->dt, G);
-      if (gated) LOAD(A, FN(at)(a->z, r * a->z_stride + off, p->esz), p->dt, G);
+      LOAD(X, gn_at(a->x, r * a->x_stride + off, p->esz), p->dt, G);
+      LOAD(DY, gn_at(a->dy, r * a->dy_stride + off, p->esz), p->dt, G);
+      if (gated) LOAD(A, gn_at(a->z, r * a->z_stride + off, p->esz), p->dt, G);
       FN(bwd_group)(p, X, DY, A, AP, O, wb + off, wb + p->cols + off, mu, rstd[g * p->rows + r],
                     dwp != NULL ? dwp + off : NULL, dbp != NULL ? dbp + off : NULL);
-      STORE((void*)FN(at)(a->dx, r * a->dx_stride + off, p->esz), DY, p->dt, G);
-      if (gated) STORE((void*)FN(at)(a->dz, r * a->dz_stride + off, p->esz), AP, p->dt, G);
-      if (O != NULL) STORE((void*)FN(at)(a->out, r * a->out_stride + off, p->esz), O, p->dt, G);
-    }
-  }
-}
-
-/* Second stage of the dw/db reduction: chunk partials summed in chunk order,
- * parallel over columns (which does not change any column's order). */
-static void FN(reduce_params)(const gn_prob* p, const gn_bwd_args* a, const GN_T* ws,
-                              int64_t nchunks) {
-  const int64_t cols = p->cols, ntiles = (cols + GN_RTILE - 1) / GN_RTILE;
-  const int par = nchunks * cols >= GN_PAR_MIN_ELEMS && ntiles > 1;
-  int64_t t;
-  (void)par; /* unused without OpenMP */
-  GN_PRAGMA(omp parallel for schedule(static) if (par))
-  for (t = 0; t < ntiles; t++) {
-    GN_T acc[GN_RTILE];
-    const int64_t j0 = t * GN_RTILE, m = cols - j0 < GN_RTILE ? cols - j0 : GN_RTILE;
-    int which;
-    for (which = 0; which < 2; which++) {
-      void* dst = which == 0 ? a->dw : a->db;
-      int64_t c, j;
-      if (dst == NULL) continue;
-      for (j = 0; j < m; j++) acc[j] = 0;
-      for (c = 0; c < nchunks; c++) {
-        const GN_T* part = ws + (2 * c + which) * cols + j0;
-        GN_PRAGMA(omp simd)
-        for (j = 0; j < m; j++) acc[j] += part[j];
-      }
-      STORE((char*)dst + j0 * (int64_t)p->pesz, acc, p->pdt, m);
+      STORE((void*)gn_at(a->dx, r * a->dx_stride + off, p->esz), DY, p->dt, G);
+      if (gated) STORE((void*)gn_at(a->dz, r * a->dz_stride + off, p->esz), AP, p->dt, G);
+      if (O != NULL) STORE((void*)gn_at(a->out, r * a->out_stride + off, p->esz), O, p->dt, G);
     }
   }
 }
@@ -375,7 +325,11 @@ static gn_status FN(bwd)(const gn_prob* p, const gn_bwd_args* a, gn_chunks k) {
   }
   free(wb);
   if (failed) return GN_ERR_UNSUPPORTED;
-  if (want_params) FN(reduce_params)(p, a, ws, k.nchunks);
+  if (want_params) {
+    /* chunk c's partials are [dw | db] (see bwd_item) */
+    void* const dst[2] = {a->dw, a->db};
+    FN(reduce_chunks)(ws, k.nchunks, 2, p->cols, dst, p->pdt);
+  }
   return GN_OK;
 }
 
@@ -384,5 +338,3 @@ static gn_status FN(bwd)(const gn_prob* p, const gn_bwd_args* a, gn_chunks k) {
 #undef FN
 #undef LOAD
 #undef STORE
-#undef GN_TILE
-#undef GN_RTILE

@@ -1,0 +1,179 @@
+/*
+ * Type-generic body of the fused add + RMSNorm CPU kernels; included only by
+ * add_rms_norm.c (after common.h), once per accumulation type, with:
+ *   GN_T     float or double (the accumulation and statistics type)
+ *   GN_SUF   suffix of the generated names (f32 / f64)
+ *   GN_SQRT  sqrt in GN_T
+ * A row is converted into a GN_T scratch row, worked on by short passes that
+ * the compiler vectorises, and converted back. Every input row is read in full
+ * before any output row is written, so outputs may alias inputs (in place).
+ */
+#define GN_CAT_(a, b) a##_##b
+#define GN_CAT(a, b) GN_CAT_(a, b)
+#define FN(name) GN_CAT(name, GN_SUF)
+#define LOAD FN(load)
+#define STORE FN(store)
+#define ADD FN(add)
+#define ROUND FN(round)
+
+#include "common_impl.h" /* sum_sq_dev, reduce_chunks */
+
+/* sum(a * b), tiled like sum_sq_dev. */
+static GN_T FN(an_dot)(const GN_T* GN_RESTRICT a, const GN_T* GN_RESTRICT b, int64_t n) {
+  GN_T total = 0;
+  int64_t j0, j;
+  for (j0 = 0; j0 < n; j0 += GN_TILE) {
+    const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;
+    GN_T s = 0;
+    GN_PRAGMA(omp simd reduction(+ : s))
+    for (j = j0; j < j1; j++) s += a[j] * b[j];
+    total += s;
+  }
+  return total;
+}
+
+/* w' as GN_T[cols]: w, 1 + w with gemma, ones without a weight; malloc'ed,
+ * the caller frees. */
+static GN_T* FN(an_weight)(const gn_an_prob* p, const void* weight) {
+  const int64_t n = p->cols;
+  GN_T* w = (GN_T*)malloc((size_t)n * sizeof(GN_T));
+  int64_t j;
+  if (w == NULL) return NULL;
+  if (weight != NULL) {
+    LOAD(w, weight, p->pdt, n);
+    if (p->gemma) {
+      for (j = 0; j < n; j++) w[j] += (GN_T)1;
+    }
+  } else {
+    for (j = 0; j < n; j++) w[j] = 1;
+  }
+  return w;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward: per row, H = residual (+ x) in GN_T, rounded to residual's dtype
+ * (h_s, stored as residual_out), rstd from mean(h_s^2), out = h_s*rstd*w'. */
+static gn_status FN(an_fwd)(const gn_an_prob* p, const gn_addnorm_fwd_args* a) {
+  const int64_t n = p->cols, rows = p->rows;
+  const GN_T inv_n = (GN_T)1 / (GN_T)n;
+  const GN_T eps = (GN_T)p->eps;
+  const int par = rows * n >= GN_PAR_MIN_ELEMS && rows > 1;
+  /* Dynamic: a thread slowed down (shared machine) does not hold the others
+   * up. No cross-row reduction, so order is irrelevant. */
+  const int64_t per_grab = n >= 16384 ? 1 : 16384 / n;
+  GN_T* w = FN(an_weight)(p, a->weight);
+  GN_T* rstd = (GN_T*)a->rstd;
+  int failed = 0;
+  (void)par, (void)per_grab; /* unused without OpenMP */
+  if (w == NULL) return GN_ERR_UNSUPPORTED;
+
+  GN_PRAGMA(omp parallel if (par))
+  {
+    GN_T* H = (GN_T*)malloc((size_t)n * sizeof(GN_T));
+    int64_t r;
+    if (H == NULL) {
+      GN_PRAGMA(omp atomic write)
+      failed = 1;
+    }
+    /* every thread must take the same path through the worksharing loop */
+    GN_PRAGMA(omp barrier)
+    if (!failed) {
+      GN_PRAGMA(omp for schedule(dynamic, per_grab))
+      for (r = 0; r < rows; r++) {
+        GN_T rs;
+        int64_t j;
+        LOAD(H, gn_at(a->residual, r * a->residual_stride, p->resz), p->rdt, n);
+        if (a->x != NULL) ADD(H, gn_at(a->x, r * a->x_stride, p->esz), p->dt, n);
+        ROUND(H, p->rdt, n); /* h_s: stores to rdt exactly from here on */
+        if (a->residual_out != NULL)
+          STORE((void*)gn_at(a->residual_out, r * a->residual_out_stride, p->resz), H, p->rdt, n);
+        rs = (GN_T)1 / GN_SQRT(FN(sum_sq_dev)(H, (GN_T)0, n) * inv_n + eps);
+        GN_PRAGMA(omp simd)
+        for (j = 0; j < n; j++) H[j] = H[j] * rs * w[j];
+        STORE((void*)gn_at(a->out, r * a->out_stride, p->esz), H, p->dt, n);
+        if (rstd != NULL) rstd[r] = rs;
+      }
+    }
+    free(H);
+  }
+  free(w);
+  return failed ? GN_ERR_UNSUPPORTED : GN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Backward of rows [r0, r1) (one chunk), on scratch rows H, D of cols; the
+ * chunk's dw partial (or NULL) is zeroed and accumulated in row order. */
+static void FN(an_bwd_rows)(const gn_an_prob* p, const gn_addnorm_bwd_args* a, const GN_T* GN_RESTRICT w,
+                            GN_T* GN_RESTRICT H, GN_T* GN_RESTRICT D, int64_t r0, int64_t r1,
+                            GN_T* GN_RESTRICT dwp) {
+  const int64_t n = p->cols;
+  const GN_T inv_n = (GN_T)1 / (GN_T)n;
+  const GN_T* rstd = (const GN_T*)a->rstd;
+  int64_t r, j;
+  if (dwp != NULL) memset(dwp, 0, (size_t)n * sizeof(GN_T));
+  for (r = r0; r < r1; r++) {
+    const GN_T rs = rstd[r];
+    GN_T k;
+    LOAD(H, gn_at(a->h, r * a->h_stride, p->resz), p->rdt, n);
+    LOAD(D, gn_at(a->dout, r * a->dout_stride, p->esz), p->dt, n);
+    if (dwp != NULL) {
+      GN_PRAGMA(omp simd)
+      for (j = 0; j < n; j++) dwp[j] += D[j] * (H[j] * rs);
+    }
+    GN_PRAGMA(omp simd)
+    for (j = 0; j < n; j++) D[j] *= w[j]; /* g */
+    k = rs * rs * (FN(an_dot)(D, H, n) * inv_n);
+    GN_PRAGMA(omp simd)
+    for (j = 0; j < n; j++) D[j] = rs * (D[j] - H[j] * k); /* dh, without dresidual_out */
+    if (a->dresidual_out != NULL)
+      ADD(D, gn_at(a->dresidual_out, r * a->dresidual_out_stride, p->resz), p->rdt, n);
+    if (a->dx != NULL) STORE((void*)gn_at(a->dx, r * a->dx_stride, p->esz), D, p->dt, n);
+    if (a->dresidual != NULL)
+      STORE((void*)gn_at(a->dresidual, r * a->dresidual_stride, p->resz), D, p->rdt, n);
+  }
+}
+
+static gn_status FN(an_bwd)(const gn_an_prob* p, const gn_addnorm_bwd_args* a, gn_chunks k) {
+  const int64_t n = p->cols, items = k.nchunks;
+  const int par = p->rows * n >= GN_PAR_MIN_ELEMS && items > 1;
+  GN_T* ws = (GN_T*)a->workspace;
+  GN_T* w = FN(an_weight)(p, a->weight);
+  int failed = 0;
+  (void)par; /* unused without OpenMP */
+  if (w == NULL) return GN_ERR_UNSUPPORTED;
+
+  GN_PRAGMA(omp parallel if (par))
+  {
+    GN_T* buf = (GN_T*)malloc((size_t)n * 2 * sizeof(GN_T));
+    int64_t c;
+    if (buf == NULL) {
+      GN_PRAGMA(omp atomic write)
+      failed = 1;
+    }
+    GN_PRAGMA(omp barrier)
+    if (!failed) {
+      /* any schedule: results depend on the chunking only (see gn_row_chunks) */
+      GN_PRAGMA(omp for schedule(dynamic, 1))
+      for (c = 0; c < items; c++) {
+        const int64_t r0 = c * k.rows_per_chunk, r1 = min64(r0 + k.rows_per_chunk, p->rows);
+        FN(an_bwd_rows)(p, a, w, buf, buf + n, r0, r1, a->dw != NULL ? ws + c * n : NULL);
+      }
+    }
+    free(buf);
+  }
+  free(w);
+  if (failed) return GN_ERR_UNSUPPORTED;
+  if (a->dw != NULL) {
+    void* const dst[1] = {a->dw};
+    FN(reduce_chunks)(ws, k.nchunks, 1, n, dst, p->pdt);
+  }
+  return GN_OK;
+}
+
+#undef GN_CAT_
+#undef GN_CAT
+#undef FN
+#undef LOAD
+#undef STORE
+#undef ADD
+#undef ROUND

@@ -1,0 +1,242 @@
+"""Fused add + RMSNorm: rms_norm(_out), fused_add_rms_norm (in place), add_rms_norm
+(differentiable) against fp64 references; the sum that is normalised is the one
+stored in residual (rounded to its dtype), so residual_out is checked bitwise."""
+import pytest
+import torch
+
+import torch_ops
+from conftest import HAS_CUDA, assert_close, assert_normwise, f64, grad_tol, poison, reduce_tol, tol
+from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
+
+ops = torch.ops.gatednorm
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+IDS = ["fp32", "fp16", "bf16", "fp64"]
+
+# The CUDA kernels of this family are the next step (docs/api.md); until then the
+# ops run on the CPU and refuse CUDA tensors with a clear error (tested below).
+@pytest.fixture(params=["cpu"])
+def device(request):
+    return request.param
+
+
+def inputs(shape, dtype, res_dtype=None, w_dtype=None, device="cpu"):
+    x = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    r = (2 * torch.randn(shape, dtype=torch.float64) + 0.5).to(res_dtype or dtype).to(device)
+    w = (1 + 0.3 * torch.randn(shape[-1], dtype=torch.float64)).to(w_dtype or dtype).to(device)
+    return x, r, w
+
+
+def expected(x, r, w, eps, residual_in_fp32=False, gemma=False):
+    """(out in fp64, residual_out exactly as it must be stored)."""
+    _, h = add_rms_norm_ref(x.cpu(), r.cpu(), None, eps, residual_in_fp32)
+    out = rms_norm_ref(f64(h), None if w is None else f64(w).cpu(), eps, gemma)
+    return out, h
+
+
+SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
+def test_add_rms_norm_forward(shape, dtype, gemma, device):
+    x, r, w = inputs(shape, dtype, device=device)
+    out, res, rstd = ops.add_rms_norm(x, r, w, 1e-6, False, gemma)
+    e_out, e_res = expected(x, r, w, 1e-6, gemma=gemma)
+    assert torch.equal(res.cpu(), e_res), "residual_out must be x + residual rounded to residual's dtype"
+    assert out.dtype == dtype and res.dtype == r.dtype
+    assert_close(out.cpu(), e_out, tol(dtype, shape[-1]), "out")
+    h = f64(e_res)
+    assert_close(rstd.cpu(), torch.rsqrt(h.square().mean(-1) + 1e-6).flatten(), tol(torch.float32, shape[-1]), "rstd")
+
+
+@pytest.mark.parametrize("x_dtype,r_dtype,w_dtype", [(torch.bfloat16, torch.float32, torch.bfloat16),
+                                                     (torch.float16, torch.float16, torch.float32),
+                                                     (torch.bfloat16, torch.bfloat16, torch.float32)],
+                         ids=["res32", "w32-fp16", "w32-bf16"])
+def test_mixed_dtypes(x_dtype, r_dtype, w_dtype, device):
+    x, r, w = inputs((16, 256), x_dtype, r_dtype, w_dtype, device)
+    out, res, _ = ops.add_rms_norm(x, r, w, 1e-5, False, False)
+    e_out, e_res = expected(x, r, w, 1e-5)
+    assert torch.equal(res.cpu(), e_res) and res.dtype == r_dtype
+    assert_close(out.cpu(), e_out, tol(x_dtype, 256), "out")
+
+
+def test_residual_in_fp32(device):
+    x, r, w = inputs((16, 256), torch.bfloat16, device=device)
+    out, res = torch_ops.add_rms_norm(x, r, w, 1e-6, residual_in_fp32=True)
+    e_out, e_res = expected(x, r, w, 1e-6, residual_in_fp32=True)
+    assert res.dtype == torch.float32 and torch.equal(res.cpu(), e_res)
+    assert_close(out.cpu(), e_out, tol(torch.bfloat16, 256), "out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
+def test_fused_add_rms_norm_in_place(dtype, gemma, device):
+    """sgl-kernel contract: residual <- input + residual, input <- norm(residual) * w'."""
+    x, r, w = inputs((40, 300), dtype, device=device)
+    e_out, e_res = expected(x, r, w, 1e-6, gemma=gemma)
+    xi, ri = x.clone(), r.clone()
+    torch_ops.fused_add_rms_norm(xi, ri, w, 1e-6, gemma=gemma)
+    assert torch.equal(ri.cpu(), e_res)
+    assert_close(xi.cpu(), e_out, tol(dtype, 300), "input")
+    out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, gemma)
+    assert torch.equal(xi, out) and torch.equal(ri, res), "in-place and out-of-place forms must agree bitwise"
+
+
+def test_fused_add_rms_norm_strided_rows(device):
+    """Both tensors as column slices of wider buffers: the other columns stay untouched."""
+    bx = torch.randn(24, 3 * 128, device=device)
+    br = torch.randn(24, 2 * 128, device=device)
+    x, r = bx[:, 128:256], br[:, :128]
+    w = torch.rand(128, device=device) + 0.5
+    e_out, e_res = expected(x, r, w, 1e-6)
+    keep_x, keep_r = bx.clone(), br.clone()
+    torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+    assert torch.equal(r.cpu(), e_res)
+    assert_close(x.cpu(), e_out, tol(torch.float32, 128), "input")
+    assert torch.equal(bx[:, :128], keep_x[:, :128]) and torch.equal(bx[:, 256:], keep_x[:, 256:])
+    assert torch.equal(br[:, 128:], keep_r[:, 128:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("weight", [True, False], ids=["w", "no-w"])
+def test_rms_norm(dtype, weight, device):
+    x, _, w = inputs((33, 1000), dtype, device=device)
+    w = w if weight else None
+    e = rms_norm_ref(f64(x), None if w is None else f64(w), 1e-6)
+    assert_close(torch_ops.rms_norm(x, w, 1e-6).cpu(), e, tol(dtype, 1000), "rms_norm")
+    buf = poison(torch.empty(33, 1200, dtype=dtype, device=device))
+    out = torch_ops.rms_norm(x, w, 1e-6, out=buf[:, 100:1100])
+    assert_close(out.cpu(), e, tol(dtype, 1000), "rms_norm out=")
+    assert buf[:, :100].isnan().all() and buf[:, 1100:].isnan().all()
+    g = torch_ops.gemma_rms_norm(x, w, 1e-6)
+    eg = rms_norm_ref(f64(x), None if w is None else f64(w), 1e-6, gemma=True)
+    assert_close(g.cpu(), eg, tol(dtype, 1000), "gemma_rms_norm")
+
+
+def test_empty_batch(device):
+    x, r, w = inputs((0, 64), torch.float32, device=device)
+    out, res, rstd = ops.add_rms_norm(x, r, w, 1e-6, False, False)
+    assert out.shape == (0, 64) and res.shape == (0, 64) and rstd.shape == (0,)
+    torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+    w.requires_grad_()
+    out, res = torch_ops.add_rms_norm(x, r, w, 1e-6)
+    (out.sum() + res.sum()).backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
+@pytest.mark.parametrize("weight", [True, False], ids=["w", "no-w"])
+def test_gradcheck(gemma, weight, device):
+    x, r, w = inputs((3, 8), torch.float64, device=device)
+    leaves = [x.requires_grad_(), r.requires_grad_()] + ([w.requires_grad_()] if weight else [])
+
+    def f(x, r, *w):
+        out, res = torch_ops.add_rms_norm(x, r, w[0] if w else None, 1e-5, gemma=gemma)
+        return out, res  # both outputs: the residual stream's own gradient flows back too
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=IDS[:3])
+def test_grads_vs_reference(dtype, device):
+    x, r, w = inputs((48, 512), dtype, device=device)
+    leaves = [t.clone().requires_grad_() for t in (x, r, w)]
+    leaves64 = [f64(t).requires_grad_() for t in (x, r, w)]
+    dout = torch.randn(48, 512, dtype=torch.float64).to(dtype).to(device)
+    dres = torch.randn(48, 512, dtype=torch.float64).to(dtype).to(device)
+    out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
+    torch.autograd.backward([out, res], [dout, dres])
+    h64 = leaves64[0] + leaves64[1]
+    out64 = rms_norm_ref(h64, leaves64[2], 1e-6)
+    torch.autograd.backward([out64, h64], [f64(dout), f64(dres)])
+    for name, t, t64 in zip(("dx", "dresidual"), leaves[:2], leaves64[:2]):
+        assert t.grad.dtype == dtype
+        assert_close(t.grad.cpu(), t64.grad, grad_tol(dtype, 512), name, scale=float(f64(dout).abs().max()))
+    assert_normwise(leaves[2].grad.cpu(), leaves64[2].grad, reduce_tol(dtype, 48, 512, dtype), "dw")
+
+
+def test_dw_deterministic(device):
+    x, r, w = inputs((3000, 256), torch.float32, device=device)
+    grads = []
+    for _ in range(3):
+        wl = w.clone().requires_grad_()
+        out, _ = torch_ops.add_rms_norm(x, r, wl, 1e-6)
+        out.backward(torch.ones_like(out))
+        grads.append(wl.grad)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+
+
+def test_module_trains(device):
+    torch.manual_seed(0)
+    m = torch_ops.FusedAddRMSNorm(64, eps=1e-6).to(device)
+    x = torch.randn(8, 64, device=device, requires_grad=True)
+    r = torch.randn(8, 64, device=device)
+    out, res = m(x, r)
+    (out.square().sum() + res.sum()).backward()
+    assert m.weight.grad is not None and x.grad is not None and m.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert_close(m(x).cpu(), rms_norm_ref(f64(x), f64(m.weight), 1e-6), tol(torch.float32, 64), "no residual")
+    g = torch_ops.FusedAddRMSNorm(64, gemma=True).to(device)
+    assert torch.equal(g.weight, torch.zeros(64, device=device)), "gemma weights start at 0 (applied as 1 + w)"
+
+
+SAMPLES = [
+    lambda d: inputs((6, 32), torch.float32, device=d),
+    lambda d: inputs((2, 3, 64), torch.bfloat16, torch.float32, torch.float32, d),
+]
+
+
+@pytest.mark.parametrize("i", range(len(SAMPLES)))
+def test_opcheck(i, device):
+    x, r, w = SAMPLES[i](device)
+    torch.library.opcheck(ops.rms_norm.default, (x, w, 1e-6, True))
+    torch.library.opcheck(ops.rms_norm_out.default, (x, w, 1e-6, torch.empty_like(x), False))
+    torch.library.opcheck(ops.fused_add_rms_norm.default, (x.clone(), r.clone(), w, 1e-6, False))
+    torch.library.opcheck(ops.add_rms_norm.default,
+                          (x.requires_grad_(), r.requires_grad_(), w.requires_grad_(), 1e-6, False, False))
+    out, res, rstd = ops.add_rms_norm(x.detach(), r.detach(), w.detach(), 1e-6, False, False)
+    torch.library.opcheck(ops.add_rms_norm_bwd.default, (torch.randn_like(out), torch.randn_like(res), res, w.detach(),
+                                                        rstd, False))
+
+
+def test_compile_fullgraph(device):
+    m = torch_ops.FusedAddRMSNorm(64).to(device)
+    x = torch.randn(8, 64, device=device, requires_grad=True)
+    r = torch.randn(8, 64, device=device)
+    eager = m(x, r)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")(x, r)
+    for a, e in zip(compiled, eager):
+        assert torch.equal(a, e)
+    compiled[0].sum().backward()
+
+
+def raises(arg, fn, *args):
+    with pytest.raises(RuntimeError, match=rf"gatednorm: .*\b{arg}\b"):
+        fn(*args)
+
+
+def test_bad_input(device):
+    x, r, w = inputs((8, 64), torch.float32, device=device)
+    raises("residual", torch_ops.fused_add_rms_norm, x, x, w, 1e-6)  # aliasing
+    buf = torch.randn(8, 96)
+    raises("residual", torch_ops.fused_add_rms_norm, buf[:, :64], buf[:, 32:], w, 1e-6)  # overlapping
+    raises("residual", torch_ops.add_rms_norm, x, r[:, :32], w, 1e-6)
+    raises("weight", torch_ops.add_rms_norm, x, r, w[:32], 1e-6)
+    raises("x", torch_ops.add_rms_norm, x.to(torch.int32), r, w, 1e-6)
+    raises("residual", torch_ops.add_rms_norm, x, r.to(torch.complex64), w, 1e-6)
+    raises("eps", torch_ops.add_rms_norm, x, r, w, -1.0)
+    raises("eps", torch_ops.rms_norm, x, w, float("nan"))
+    raises("out", torch_ops.rms_norm, x, w, 1e-6, torch.empty(64, 8).t())
+    raises("input", torch_ops.fused_add_rms_norm, torch.randn(64, 8).t(), r, w, 1e-6)
+    _, res, rstd = ops.add_rms_norm(x, r, w, 1e-6, False, False)
+    raises("rstd", ops.add_rms_norm_bwd, x, None, res, w, rstd[:4], False)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of gatednorm")
+def test_cuda_not_yet_is_a_clear_error():
+    x, r, w = inputs((8, 64), torch.bfloat16, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA kernels of the fused add"):
+        torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+

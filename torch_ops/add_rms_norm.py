@@ -1,0 +1,151 @@
+"""Fused add + RMSNorm: the eager reference, fake kernels and autograd of
+`torch.ops.gatednorm.{rms_norm, rms_norm_out, fused_add_rms_norm, add_rms_norm}`,
+the functional API (sgl-kernel / vLLM / FlashInfer names) and a module.
+
+Per row (csrc/gatednorm.h has the contract):
+    h   = x + residual               (fp32 sum, stored in residual's dtype)
+    out = h * rsqrt(mean(h^2) + eps) * w'     w' = w, or 1 + w with gemma
+The normalised h is the STORED (rounded) residual, as in vLLM and unfused PyTorch:
+the next layer sees exactly the residual that was normalised.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import _C  # noqa: F401  (registers torch.ops.gatednorm)
+
+_ops = torch.ops.gatednorm
+
+
+# ---------------------------------------------------------------- reference
+
+def rms_norm_ref(x, weight, eps=1e-6, gemma=False):
+    """Eager RMSNorm in fp32 (fp64 stays fp64), output in x's dtype."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    h = x.to(acc)
+    y = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:  # no weight: w' = 1 in both forms
+        y = y * (1 + weight.to(acc) if gemma else weight.to(acc))
+    return y.to(x.dtype)
+
+
+def add_rms_norm_ref(x, residual, weight, eps=1e-6, residual_in_fp32=False, gemma=False):
+    """-> (out, residual_out): the sum rounded to the residual's dtype (fp32 with
+    residual_in_fp32) is what gets normalised."""
+    acc = torch.promote_types(torch.promote_types(x.dtype, residual.dtype), torch.float32)
+    h = (x.to(acc) + residual.to(acc)).to(torch.float32 if residual_in_fp32 else residual.dtype)
+    return rms_norm_ref(h, weight, eps, gemma).to(x.dtype), h
+
+
+# ---------------------------------------------------------------- fake kernels
+
+def _stat_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("gatednorm::rms_norm")
+def _(input, weight, eps, gemma=False):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("gatednorm::rms_norm_out")
+def _(input, weight, eps, out, gemma=False):
+    return None
+
+
+@torch.library.register_fake("gatednorm::fused_add_rms_norm")
+def _(input, residual, weight, eps, gemma=False):
+    return None
+
+
+@torch.library.register_fake("gatednorm::add_rms_norm")
+def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    res = torch.empty_like(x, dtype=torch.float32 if residual_in_fp32 else residual.dtype,
+                           memory_format=torch.contiguous_format)
+    rows = x.numel() // x.shape[-1]
+    return out, res, x.new_empty((rows,), dtype=_stat_dtype(x))
+
+
+@torch.library.register_fake("gatednorm::add_rms_norm_bwd")
+def _(dout, dresidual_out, h, weight, rstd, gemma):
+    dw = None if weight is None else weight.new_empty(weight.shape)
+    return (torch.empty_like(dout, memory_format=torch.contiguous_format),
+            torch.empty_like(h, memory_format=torch.contiguous_format), dw)
+
+
+# ---------------------------------------------------------------- autograd
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, eps, residual_in_fp32, gemma = inputs
+    _, residual_out, rstd = output
+    ctx.save_for_backward(residual_out, weight, rstd)
+    ctx.gemma = gemma
+    ctx.residual_dtype = residual.dtype
+    ctx.mark_non_differentiable(rstd)
+
+
+def _backward(ctx, dout, dresidual_out, _drstd):
+    h, weight, rstd = ctx.saved_tensors
+    dx, dres, dw = _ops.add_rms_norm_bwd(dout, dresidual_out, h, weight, rstd, ctx.gemma)
+    need = ctx.needs_input_grad
+    return (dx if need[0] else None, dres.to(ctx.residual_dtype) if need[1] else None,
+            dw if need[2] else None, None, None, None)
+
+
+torch.library.register_autograd("gatednorm::add_rms_norm", _backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- functional API
+
+def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None, gemma: bool = False) -> Tensor:
+    """sgl-kernel / FlashInfer `rmsnorm(input, weight, eps, out=None)` (inference)."""
+    if out is None:
+        return _ops.rms_norm(input, weight, eps, gemma)
+    _ops.rms_norm_out(input, weight, eps, out, gemma)
+    return out
+
+
+def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-6, gemma: bool = False) -> None:
+    """sgl-kernel `fused_add_rmsnorm` / vLLM `fused_add_rms_norm`, in place:
+    residual <- input + residual; input <- rmsnorm(residual) * weight."""
+    _ops.fused_add_rms_norm(input, residual, weight, eps, gemma)
+
+
+def gemma_rms_norm(input, weight, eps=1e-6, out=None):
+    """FlashInfer `gemma_rmsnorm`: weight applied as 1 + w."""
+    return rms_norm(input, weight, eps, out, gemma=True)
+
+
+def gemma_fused_add_rms_norm(input, residual, weight, eps=1e-6):
+    """FlashInfer `gemma_fused_add_rmsnorm`: weight applied as 1 + w, in place."""
+    fused_add_rms_norm(input, residual, weight, eps, gemma=True)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight, eps: float = 1e-6, residual_in_fp32: bool = False,
+                 gemma: bool = False):
+    """Differentiable, out of place -> (out, residual_out); gradients flow into x,
+    residual and weight, including the residual stream's own incoming gradient."""
+    out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)
+    return out, residual_out
+
+
+class FusedAddRMSNorm(nn.Module):
+    """Pre-norm block RMSNorm: `forward(x, residual=None)` returns the normalised x,
+    or `(out, residual_out)` with the residual added first. Trainable."""
+
+    def __init__(self, hidden_size, eps=1e-6, gemma=False, residual_in_fp32=False, device=None, dtype=None):
+        super().__init__()
+        self.eps, self.gemma, self.residual_in_fp32 = eps, gemma, residual_in_fp32
+        init = torch.zeros if gemma else torch.ones  # gemma's weight is stored as w - 1
+        self.weight = nn.Parameter(init(hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x, residual=None):
+        if residual is None:
+            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+                return rms_norm(x, self.weight, self.eps, gemma=self.gemma)
+            # Training without a residual: adding zeros is exact and reuses the
+            # differentiable op (one extra read of a zero tensor).
+            return add_rms_norm(x, torch.zeros_like(x), self.weight, self.eps, False, self.gemma)[0]
+        return add_rms_norm(x, residual, self.weight, self.eps, self.residual_in_fp32, self.gemma)
