@@ -62,6 +62,34 @@ def self_check(device: str, dtypes) -> bool:
     return ok
 
 
+def add_norm_check(dtypes) -> bool:
+    """Fused add + RMSNorm (CPU kernels so far): in-place serving form and the
+    differentiable training form against the fp64 reference."""
+    from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
+    print("== fused add + RMSNorm on cpu against the fp64 reference")
+    ok = True
+    gen = torch.Generator().manual_seed(1)
+    for dtype in dtypes:
+        x, r = (torch.randn(64, 2048, generator=gen).to(dtype) for _ in range(2))
+        w = (1 + 0.1 * torch.randn(2048, generator=gen)).to(dtype)
+        _, h = add_rms_norm_ref(x, r, None)
+        expect = rms_norm_ref(h.double(), w.double())
+        xi, ri = x.clone(), r.clone()
+        torch_ops.fused_add_rms_norm(xi, ri, w, 1e-6)
+        leaves = [t.clone().requires_grad_(True) for t in (x, r, w)]
+        out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
+        dout = torch.randn(out.shape, generator=gen).to(dtype)
+        grads = torch.autograd.grad(out, leaves, dout)
+        ref = [t.detach().double().requires_grad_(True) for t in (x, r, w)]
+        ref_grads = torch.autograd.grad(rms_norm_ref(ref[0] + ref[1], ref[2]), ref, dout.double())
+        errs = [_rel_err(xi, expect), _rel_err(out, expect)] + [_rel_err(a, b) for a, b in zip(grads, ref_grads)]
+        good = torch.equal(ri, h) and torch.equal(res, h) and max(errs) <= TOL[dtype]
+        ok &= good
+        print(f"  {str(dtype):15s} (64, 2048) residual bitwise {torch.equal(ri, h)}, max rel err out "
+              f"{max(errs[:2]):.1e} grads {max(errs[2:]):.1e} (tol {TOL[dtype]:.0e}) {'ok' if good else 'FAIL'}")
+    return ok
+
+
 class TinyHybrid(nn.Module):
     """A toy stack with a Mamba2-style gated norm (gate, groups) in every block."""
 
@@ -140,6 +168,7 @@ def main(argv=None) -> int:
           + f" | CUDA kernels built: {torch_ops.has_cuda_kernels()}")
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
     ok = self_check(device, dtypes)
+    ok &= add_norm_check([torch.float32, torch.bfloat16])
     ok &= train(device, args.steps)
     if not args.no_bench:
         try:
