@@ -33,7 +33,8 @@ def rms_norm_ref(x, weight, eps=1e-6, gemma=False):
 def add_rms_norm_ref(x, residual, weight, eps=1e-6, residual_in_fp32=False, gemma=False):
     """-> (out, residual_out): the sum rounded to the residual's dtype (fp32 with
     residual_in_fp32) is what gets normalised."""
-    acc = torch.promote_types(torch.promote_types(x.dtype, residual.dtype), torch.float32)
+    # The sum is fp32 unless x is fp64 (the kernels' contract, csrc/gatednorm.h).
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     h = (x.to(acc) + residual.to(acc)).to(torch.float32 if residual_in_fp32 else residual.dtype)
     return rms_norm_ref(h, weight, eps, gemma).to(x.dtype), h
 
