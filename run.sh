@@ -26,9 +26,10 @@ pick_python() {
   fi
 }
 
+# transformers: the module-swap tests build real tiny models from its configs.
 install_test_deps() {
-  "$PY" -c "import pytest, hypothesis" 2>/dev/null && return
-  "$PY" -m pip install -q pytest hypothesis numpy
+  "$PY" -c "import pytest, hypothesis, transformers" 2>/dev/null && return
+  "$PY" -m pip install -q pytest hypothesis numpy transformers
 }
 
 build() {

@@ -19,6 +19,7 @@ from .gated_norm import (
     rmsnorm_fn,
 )
 from .modules import LayerNorm, LayerNormGated, RMSNorm, RMSNormGated
+from .swap import SwappedGatedNorm, swap_norms_
 from .add_rms_norm import (
     FusedAddRMSNorm,
     add_rms_norm,
@@ -40,6 +41,6 @@ __all__ = [
     "layernorm_fn", "rms_norm_gated", "rms_norm_ref", "rmsnorm_fn",
     "LayerNorm", "LayerNormGated", "RMSNorm", "RMSNormGated", "has_cuda_kernels",
     "FusedAddRMSNorm", "add_rms_norm", "add_rms_norm_ref", "fused_add_rms_norm", "gemma_fused_add_rms_norm",
-    "gemma_rms_norm", "rms_norm",
+    "gemma_rms_norm", "rms_norm", "SwappedGatedNorm", "swap_norms_",
 ]
 __version__ = "0.1.0"
