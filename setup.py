@@ -66,6 +66,8 @@ setup(
     packages=["torch_ops", "torch_ops.integrations"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
+    # sglang runs its plugins in every process; ours patches only with GATEDNORM_SGLANG_PATCH=1.
+    entry_points={"sglang.srt.plugins": ["gatednorm = torch_ops.integrations.sglang:sglang_plugin"]},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.9",
 )
