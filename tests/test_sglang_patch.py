@@ -480,7 +480,8 @@ if __name__ != "__main__":
             return ()
         import torch
         major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-        return (f"torchvision==0.{minor + 15}.*",) if major == 2 else ()
+        # pillow: torchvision's own dependency (installed --no-deps here).
+        return (f"torchvision==0.{minor + 15}.*", "pillow==13.0.0") if major == 2 else ()
 
     def _requirements(layout: str) -> list:
         version, extra = RELEASES[layout]
