@@ -12,6 +12,18 @@ struct Problem {
   ScalarType stat_type = ScalarType::Float;
 };
 
+// The inputs both descriptors share (gn_fwd_args and gn_bwd_args name them alike).
+template <typename Args>
+void set_inputs(Args& a, const Rows& x, const std::optional<Rows>& z, const OptTensor& weight,
+                const OptTensor& bias) {
+  a.x = x.t.const_data_ptr();
+  a.x_stride = x.stride;
+  a.z = z ? z->t.const_data_ptr() : nullptr;
+  a.z_stride = z ? z->stride : 0;
+  a.weight = ptr_or_null(weight);
+  a.bias = ptr_or_null(bias);
+}
+
 gn_act parse_activation(c10::string_view a) {
   if (a == "silu" || a == "swish") return GN_ACT_SILU;
   if (a == "sigmoid") return GN_ACT_SIGMOID;
@@ -102,12 +114,7 @@ std::tuple<Tensor, Tensor> forward_into(const Tensor& x_in, const OptTensor& wei
   if (z_in) z = input_rows(*z_in);
   gn_fwd_args a{};
   a.cfg = p.cfg;
-  a.x = x.t.const_data_ptr();
-  a.x_stride = x.stride;
-  a.z = z ? z->t.const_data_ptr() : nullptr;
-  a.z_stride = z ? z->stride : 0;
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
+  set_inputs(a, x, z, weight, bias);
   a.out = out.data_ptr();
   a.out_stride = out_stride;
   a.mean = is_rms_norm ? nullptr : mean.data_ptr();
@@ -186,12 +193,7 @@ void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& wei
 
   gn_bwd_args a{};
   a.cfg = p.cfg;
-  a.x = x.t.const_data_ptr();
-  a.x_stride = x.stride;
-  a.z = z ? z->t.const_data_ptr() : nullptr;
-  a.z_stride = z ? z->stride : 0;
-  a.weight = ptr_or_null(weight);
-  a.bias = ptr_or_null(bias);
+  set_inputs(a, x, z, weight, bias);
   a.dy = dy.t.const_data_ptr();
   a.dy_stride = dy.stride;
   a.mean = is_rms_norm ? nullptr : mean.const_data_ptr();

@@ -69,15 +69,9 @@ static gn_status FN(an_fwd)(const gn_an_prob* p, const gn_addnorm_fwd_args* a) {
 
   GN_PRAGMA(omp parallel if (par))
   {
-    GN_T* H = (GN_T*)malloc((size_t)n * sizeof(GN_T));
+    GN_T* H = (GN_T*)gn_thread_scratch((size_t)n * sizeof(GN_T), &failed);
     int64_t r;
-    if (H == NULL) {
-      GN_PRAGMA(omp atomic write)
-      failed = 1;
-    }
-    /* every thread must take the same path through the worksharing loop */
-    GN_PRAGMA(omp barrier)
-    if (!failed) {
+    if (H != NULL) {
       GN_PRAGMA(omp for schedule(dynamic, per_grab))
       for (r = 0; r < rows; r++) {
         GN_T rs;
@@ -144,14 +138,9 @@ static gn_status FN(an_bwd)(const gn_an_prob* p, const gn_addnorm_bwd_args* a, g
 
   GN_PRAGMA(omp parallel if (par))
   {
-    GN_T* buf = (GN_T*)malloc((size_t)n * 2 * sizeof(GN_T));
+    GN_T* buf = (GN_T*)gn_thread_scratch((size_t)n * 2 * sizeof(GN_T), &failed);
     int64_t c;
-    if (buf == NULL) {
-      GN_PRAGMA(omp atomic write)
-      failed = 1;
-    }
-    GN_PRAGMA(omp barrier)
-    if (!failed) {
+    if (buf != NULL) {
       /* any schedule: results depend on the chunking only (see gn_row_chunks) */
       GN_PRAGMA(omp for schedule(dynamic, 1))
       for (c = 0; c < items; c++) {

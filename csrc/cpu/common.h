@@ -254,4 +254,25 @@ static inline gn_chunks gn_row_chunks(int64_t rows, int64_t cols, int64_t chunk_
   return k;
 }
 
+/* Per-thread scratch, called by every thread of a parallel region: a thread whose
+ * malloc fails sets *failed, and after the barrier all threads see it and get NULL,
+ * so all take the same path through the worksharing loop that follows (a thread
+ * skipping an `omp for` alone would hang the others). Free the result either way. */
+static inline void* gn_thread_scratch(size_t bytes, int* failed) {
+  void* p = malloc(bytes);
+  int any;
+  if (p == NULL) {
+    GN_PRAGMA(omp atomic write)
+    *failed = 1;
+  }
+  GN_PRAGMA(omp barrier)
+  GN_PRAGMA(omp atomic read)
+  any = *failed;
+  if (any) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
 #endif /* GN_CPU_COMMON_H */

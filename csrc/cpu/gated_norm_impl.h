@@ -152,16 +152,10 @@ static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
 
   GN_PRAGMA(omp parallel if (par))
   {
-    GN_T* X = (GN_T*)malloc((size_t)G * (gated ? 2 : 1) * sizeof(GN_T));
+    GN_T* X = (GN_T*)gn_thread_scratch((size_t)G * (gated ? 2 : 1) * sizeof(GN_T), &failed);
     GN_T* A = gated && X != NULL ? X + G : NULL;
     int64_t i;
-    if (X == NULL) {
-      GN_PRAGMA(omp atomic write)
-      failed = 1;
-    }
-    /* every thread must take the same path through the worksharing loop */
-    GN_PRAGMA(omp barrier)
-    if (!failed) {
+    if (X != NULL) {
       GN_PRAGMA(omp for schedule(dynamic, per_grab))
       for (i = 0; i < items; i++) {
         const int64_t r = i / ng, g = i % ng, off = g * G;
@@ -302,14 +296,9 @@ static gn_status FN(bwd)(const gn_prob* p, const gn_bwd_args* a, gn_chunks k) {
 
   GN_PRAGMA(omp parallel if (par))
   {
-    GN_T* buf = (GN_T*)malloc((size_t)G * (size_t)nbuf * sizeof(GN_T));
+    GN_T* buf = (GN_T*)gn_thread_scratch((size_t)G * (size_t)nbuf * sizeof(GN_T), &failed);
     int64_t i;
-    if (buf == NULL) {
-      GN_PRAGMA(omp atomic write)
-      failed = 1;
-    }
-    GN_PRAGMA(omp barrier)
-    if (!failed) {
+    if (buf != NULL) {
       /* any schedule: results depend on the chunking only (see bwd_chunks) */
       GN_PRAGMA(omp for schedule(dynamic, 1))
       for (i = 0; i < items; i++) {
