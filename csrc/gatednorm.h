@@ -152,6 +152,10 @@ gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream);
 gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream);
 const char* gn_cuda_error_string(void); /* detail of the last GN_ERR_CUDA of this thread */
 
+size_t gn_cuda_addnorm_bwd_workspace_bytes(const gn_addnorm_config* cfg);
+gn_status gn_cuda_addnorm_fwd(const gn_addnorm_fwd_args* a, void* stream);
+gn_status gn_cuda_addnorm_bwd(const gn_addnorm_bwd_args* a, void* stream);
+
 /* Helpers shared by both backends. */
 static inline size_t gn_dtype_size(gn_dtype t) {
   return t == GN_FLOAT64 ? 8 : (t == GN_FLOAT32 ? 4 : 2);

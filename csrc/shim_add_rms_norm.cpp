@@ -49,15 +49,35 @@ ScalarType stat_type(const gn_addnorm_config& c) {
   return c.dtype == GN_FLOAT64 ? ScalarType::Double : ScalarType::Float;
 }
 
-[[noreturn]] void no_cuda_kernel() {
-  fail("the CUDA kernels of the fused add + RMSNorm family are not in this build yet "
-       "(CPU only for now; the gated norm ops have CUDA kernels)");
+void run_fwd(const Tensor& dev, const gn_addnorm_fwd_args& a) {
+  if (a.cfg.rows == 0) return;
+  if (dev.is_cpu()) return check_status(gn_cpu_addnorm_fwd(&a), false);
+#ifdef GN_WITH_CUDA
+  CudaContext ctx(dev);
+  check_status(gn_cuda_addnorm_fwd(&a, ctx.stream), true);
+#else
+  no_cuda();
+#endif
 }
 
-void run_fwd(const Tensor& x, const gn_addnorm_fwd_args& a) {
-  if (a.cfg.rows == 0) return;
-  if (!x.is_cpu()) no_cuda_kernel();
-  check_status(gn_cpu_addnorm_fwd(&a), false);
+size_t bwd_workspace_bytes(const Tensor& dev, const gn_addnorm_config& c) {
+  if (dev.is_cpu()) return gn_cpu_addnorm_bwd_workspace_bytes(&c);
+#ifdef GN_WITH_CUDA
+  c10::DeviceGuard guard(dev.device());
+  return gn_cuda_addnorm_bwd_workspace_bytes(&c);
+#else
+  no_cuda();
+#endif
+}
+
+void run_bwd(const Tensor& dev, const gn_addnorm_bwd_args& a) {
+  if (dev.is_cpu()) return check_status(gn_cpu_addnorm_bwd(&a), false);
+#ifdef GN_WITH_CUDA
+  CudaContext ctx(dev);
+  check_status(gn_cuda_addnorm_bwd(&a, ctx.stream), true);
+#else
+  no_cuda();
+#endif
 }
 
 // In place or out of place, every output is addressed by rows.
@@ -149,11 +169,10 @@ std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dr
     if (dw) dw->zero_();
     return {dx, dres, dw};
   }
-  if (!dout.is_cpu()) no_cuda_kernel();
   Rows hr = input_rows(h), dr = input_rows(dout);
   std::optional<Rows> drr;
   if (dresidual_out) drr = input_rows(*dresidual_out);
-  Tensor ws = at::empty({(int64_t)gn_cpu_addnorm_bwd_workspace_bytes(&c)}, h.options().dtype(ScalarType::Byte));
+  Tensor ws = at::empty({(int64_t)bwd_workspace_bytes(h, c)}, h.options().dtype(ScalarType::Byte));
   gn_addnorm_bwd_args a{};
   a.cfg = c;
   a.h = hr.t.data_ptr();
@@ -170,7 +189,7 @@ std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dr
   a.dresidual_stride = c.cols;
   a.dw = dw ? dw->data_ptr() : nullptr;
   a.workspace = ws.data_ptr();
-  check_status(gn_cpu_addnorm_bwd(&a), false);
+  run_bwd(h, a);
   return {dx, dres, dw};
 }
 

@@ -12,13 +12,6 @@ ops = torch.ops.gatednorm
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 IDS = ["fp32", "fp16", "bf16", "fp64"]
 
-# The CUDA kernels of this family are the next step (docs/api.md); until then the
-# ops run on the CPU and refuse CUDA tensors with a clear error (tested below).
-@pytest.fixture(params=["cpu"])
-def device(request):
-    return request.param
-
-
 def inputs(shape, dtype, res_dtype=None, w_dtype=None, device="cpu"):
     x = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
     r = (2 * torch.randn(shape, dtype=torch.float64) + 0.5).to(res_dtype or dtype).to(device)
@@ -33,7 +26,10 @@ def expected(x, r, w, eps, residual_in_fp32=False, gemma=False):
     return out, h
 
 
-SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120)]
+# CUDA paths: register path with 1 and 2 vectors per thread (128, 5120 / 96),
+# unaligned rows (1000 in half types, 33, 1), the loop path staged in shared memory
+# (12288 in half types, 65537) and many rows per persistent team (4099 x 256).
+SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120), (3, 12288), (4099, 256)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -50,16 +46,22 @@ def test_add_rms_norm_forward(shape, dtype, gemma, device):
     assert_close(rstd.cpu(), torch.rsqrt(h.square().mean(-1) + 1e-6).flatten(), tol(torch.float32, shape[-1]), "rstd")
 
 
-@pytest.mark.parametrize("x_dtype,r_dtype,w_dtype", [(torch.bfloat16, torch.float32, torch.bfloat16),
-                                                     (torch.float16, torch.float16, torch.float32),
-                                                     (torch.bfloat16, torch.bfloat16, torch.float32)],
-                         ids=["res32", "w32-fp16", "w32-bf16"])
-def test_mixed_dtypes(x_dtype, r_dtype, w_dtype, device):
-    x, r, w = inputs((16, 256), x_dtype, r_dtype, w_dtype, device)
+# (bf16, fp32) and (fp16, fp32) have register-path CUDA kernels; other pairs take
+# the generic loop kernel there.
+MIXED = [(torch.bfloat16, torch.float32, torch.bfloat16), (torch.float16, torch.float16, torch.float32),
+         (torch.bfloat16, torch.bfloat16, torch.float32), (torch.float16, torch.float32, torch.float16),
+         (torch.float32, torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16, torch.bfloat16)]
+MIXED_IDS = ["res32", "w32-fp16", "w32-bf16", "fp16-res32", "fp32-resbf16", "fp16-resbf16"]
+
+
+@pytest.mark.parametrize("x_dtype,r_dtype,w_dtype", MIXED, ids=MIXED_IDS)
+@pytest.mark.parametrize("shape", [(16, 256), (5, 4096), (3, 1000)], ids=["256", "4096", "1000"])
+def test_mixed_dtypes(x_dtype, r_dtype, w_dtype, shape, device):
+    x, r, w = inputs(shape, x_dtype, r_dtype, w_dtype, device)
     out, res, _ = ops.add_rms_norm(x, r, w, 1e-5, False, False)
     e_out, e_res = expected(x, r, w, 1e-5)
     assert torch.equal(res.cpu(), e_res) and res.dtype == r_dtype
-    assert_close(out.cpu(), e_out, tol(x_dtype, 256), "out")
+    assert_close(out.cpu(), e_out, tol(x_dtype, shape[-1]), "out")
 
 
 def test_residual_in_fp32(device):
@@ -72,14 +74,15 @@ def test_residual_in_fp32(device):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("gemma", [False, True], ids=["w", "gemma"])
-def test_fused_add_rms_norm_in_place(dtype, gemma, device):
+@pytest.mark.parametrize("shape", [(40, 300), (2053, 512)], ids=["40x300", "2053x512"])
+def test_fused_add_rms_norm_in_place(dtype, gemma, shape, device):
     """sgl-kernel contract: residual <- input + residual, input <- norm(residual) * w'."""
-    x, r, w = inputs((40, 300), dtype, device=device)
+    x, r, w = inputs(shape, dtype, device=device)
     e_out, e_res = expected(x, r, w, 1e-6, gemma=gemma)
     xi, ri = x.clone(), r.clone()
     torch_ops.fused_add_rms_norm(xi, ri, w, 1e-6, gemma=gemma)
     assert torch.equal(ri.cpu(), e_res)
-    assert_close(xi.cpu(), e_out, tol(dtype, 300), "input")
+    assert_close(xi.cpu(), e_out, tol(dtype, shape[-1]), "input")
     out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, gemma)
     assert torch.equal(xi, out) and torch.equal(ri, res), "in-place and out-of-place forms must agree bitwise"
 
@@ -139,13 +142,16 @@ def test_gradcheck(gemma, weight, device):
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
+# Backward paths on CUDA: register path (512; 4096 fp32 with two vectors), loop
+# path (6000; 4096 in half types is the register path's limit), unaligned (1000).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=IDS[:3])
-def test_grads_vs_reference(dtype, device):
-    x, r, w = inputs((48, 512), dtype, device=device)
+@pytest.mark.parametrize("shape", [(48, 512), (9, 4096), (5, 6000), (33, 1000)], ids=lambda s: str(s[-1]))
+def test_grads_vs_reference(dtype, shape, device):
+    x, r, w = inputs(shape, dtype, device=device)
     leaves = [t.clone().requires_grad_() for t in (x, r, w)]
     leaves64 = [f64(t).requires_grad_() for t in (x, r, w)]
-    dout = torch.randn(48, 512, dtype=torch.float64).to(dtype).to(device)
-    dres = torch.randn(48, 512, dtype=torch.float64).to(dtype).to(device)
+    dout = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    dres = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
     out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
     torch.autograd.backward([out, res], [dout, dres])
     h64 = leaves64[0] + leaves64[1]
@@ -153,8 +159,27 @@ def test_grads_vs_reference(dtype, device):
     torch.autograd.backward([out64, h64], [f64(dout), f64(dres)])
     for name, t, t64 in zip(("dx", "dresidual"), leaves[:2], leaves64[:2]):
         assert t.grad.dtype == dtype
-        assert_close(t.grad.cpu(), t64.grad, grad_tol(dtype, 512), name, scale=float(f64(dout).abs().max()))
-    assert_normwise(leaves[2].grad.cpu(), leaves64[2].grad, reduce_tol(dtype, 48, 512, dtype), "dw")
+        assert_close(t.grad.cpu(), t64.grad, grad_tol(dtype, shape[-1]), name, scale=float(f64(dout).abs().max()))
+    assert_normwise(leaves[2].grad.cpu(), leaves64[2].grad, reduce_tol(dtype, shape[0], shape[-1], dtype), "dw")
+
+
+@pytest.mark.parametrize("x_dtype,r_dtype,w_dtype", MIXED[:1] + MIXED[3:5], ids=[MIXED_IDS[0]] + MIXED_IDS[3:5])
+def test_grads_mixed_dtypes(x_dtype, r_dtype, w_dtype, device):
+    """Each gradient in its own tensor's dtype; the residual stream's in the residual's."""
+    x, r, w = inputs((24, 1024), x_dtype, r_dtype, w_dtype, device)
+    leaves = [t.clone().requires_grad_() for t in (x, r, w)]
+    leaves64 = [f64(t).requires_grad_() for t in (x, r, w)]
+    dout = torch.randn(24, 1024, dtype=torch.float64).to(x_dtype).to(device)
+    out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
+    out.backward(dout)
+    h64 = f64(res.detach()).requires_grad_()  # the stored residual is what was normalised
+    rms_norm_ref(h64, leaves64[2], 1e-6).backward(f64(dout))
+    coarse = x_dtype if torch.finfo(x_dtype).eps > torch.finfo(r_dtype).eps else r_dtype
+    for name, t in zip(("dx", "dresidual"), leaves[:2]):
+        assert t.grad.dtype == t.dtype
+        assert_close(t.grad.cpu(), h64.grad, grad_tol(coarse, 1024), name, scale=float(f64(dout).abs().max()))
+    assert leaves[2].grad.dtype == w_dtype
+    assert_normwise(leaves[2].grad.cpu(), leaves64[2].grad, reduce_tol(x_dtype, 24, 1024, w_dtype), "dw")
 
 
 def test_dw_deterministic(device):
@@ -220,7 +245,7 @@ def raises(arg, fn, *args):
 def test_bad_input(device):
     x, r, w = inputs((8, 64), torch.float32, device=device)
     raises("residual", torch_ops.fused_add_rms_norm, x, x, w, 1e-6)  # aliasing
-    buf = torch.randn(8, 96)
+    buf = torch.randn(8, 96, device=device)
     raises("residual", torch_ops.fused_add_rms_norm, buf[:, :64], buf[:, 32:], w, 1e-6)  # overlapping
     raises("residual", torch_ops.add_rms_norm, x, r[:, :32], w, 1e-6)
     raises("weight", torch_ops.add_rms_norm, x, r, w[:32], 1e-6)
@@ -228,15 +253,99 @@ def test_bad_input(device):
     raises("residual", torch_ops.add_rms_norm, x, r.to(torch.complex64), w, 1e-6)
     raises("eps", torch_ops.add_rms_norm, x, r, w, -1.0)
     raises("eps", torch_ops.rms_norm, x, w, float("nan"))
-    raises("out", torch_ops.rms_norm, x, w, 1e-6, torch.empty(64, 8).t())
-    raises("input", torch_ops.fused_add_rms_norm, torch.randn(64, 8).t(), r, w, 1e-6)
+    raises("out", torch_ops.rms_norm, x, w, 1e-6, torch.empty(64, 8, device=device).t())
+    raises("input", torch_ops.fused_add_rms_norm, torch.randn(64, 8, device=device).t(), r, w, 1e-6)
     _, res, rstd = ops.add_rms_norm(x, r, w, 1e-6, False, False)
     raises("rstd", ops.add_rms_norm_bwd, x, None, res, w, rstd[:4], False)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of gatednorm")
-def test_cuda_not_yet_is_a_clear_error():
-    x, r, w = inputs((8, 64), torch.bfloat16, device="cuda")
-    with pytest.raises(RuntimeError, match="CUDA kernels of the fused add"):
-        torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of gatednorm")
 
+
+@needs_cuda
+def test_cuda_devices_mismatch():
+    x, r, w = inputs((8, 64), torch.float32, device="cuda")
+    raises("residual", torch_ops.fused_add_rms_norm, x, r.cpu(), w, 1e-6)
+    raises("weight", torch_ops.fused_add_rms_norm, x, r, w.cpu(), 1e-6)
+
+
+@needs_cuda
+def test_cuda_current_stream():
+    """The kernels run on the caller's current stream (no hidden default-stream work)."""
+    x, r, w = inputs((4096, 2048), torch.bfloat16, device="cuda")
+    e_out, e_res = expected(x, r, w, 1e-6)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(50_000_000)  # the kernel must queue behind this, not overtake it
+        torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(r.cpu(), e_res)
+    assert_close(x.cpu(), e_out, tol(torch.bfloat16, 2048), "input")
+
+
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 64])
+def test_cuda_graph_decode(m):
+    """Serving path: fused_add_rms_norm captured in a CUDA graph, replayed on new data."""
+    x, r, w = inputs((m, 4096), torch.bfloat16, device="cuda")
+    sx, sr = x.clone(), r.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        torch_ops.fused_add_rms_norm(sx, sr, w, 1e-6)  # warm-up: plan caches, smem opt-in
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        torch_ops.fused_add_rms_norm(sx, sr, w, 1e-6)
+    for _ in range(2):
+        x, r, _ = inputs((m, 4096), torch.bfloat16, device="cuda")
+        e_out, e_res = expected(x, r, w, 1e-6)
+        sx.copy_(x)
+        sr.copy_(r)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(sr.cpu(), e_res)
+        assert_close(sx.cpu(), e_out, tol(torch.bfloat16, 4096), "input")
+
+
+@needs_cuda
+def test_cuda_graph_training_step():
+    x, r, w = inputs((64, 1024), torch.float32, device="cuda")
+    w.requires_grad_()
+    sx = x.clone().requires_grad_()
+
+    def step():
+        out, res = torch_ops.add_rms_norm(sx, r, w, 1e-6)
+        (out.square().sum() + res.sum()).backward()
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    w.grad = sx.grad = None
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    g.replay()
+    torch.cuda.synchronize()
+    wg, xg = w.grad.clone(), sx.grad.clone()
+    w.grad = sx.grad = None
+    step()
+    assert torch.equal(w.grad, wg) and torch.equal(sx.grad, xg), "graph replay must match eager bitwise"
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_cuda_more_than_2_31_elements():
+    """64-bit indexing: a [2^17 + 3, 16384] bf16 problem (> 2^31 elements)."""
+    m, n = (1 << 17) + 3, 16384
+    x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    r = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    w = torch.rand(n, device="cuda", dtype=torch.bfloat16) + 0.5
+    tail = slice(m - 5, m)
+    e_out, e_res = expected(x[tail], r[tail], w, 1e-6)
+    torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
+    assert torch.equal(r[tail].cpu(), e_res)
+    assert_close(x[tail].cpu(), e_out, tol(torch.bfloat16, n), "input")

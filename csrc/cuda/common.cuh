@@ -27,22 +27,32 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+// gn_dtype_size for device code.
+__host__ __device__ __forceinline__ size_t dtype_bytes(gn_dtype t) {
+  return t == GN_FLOAT64 ? 8 : (t == GN_FLOAT32 ? 4 : 2);
+}
+
 // Elements per 16-byte vector.
 template <typename T> __host__ __device__ constexpr int vec_size() { return 16 / (int)sizeof(T); }
 
 // Loads VEC elements starting at column c of row p (columns >= limit read as 0)
 // into v[0..VEC); v points into a register array indexed with constants only.
-// `aligned` promises p+c is 16-byte aligned and c+VEC <= limit whenever c < limit.
+// `aligned` promises p+c is 16-byte aligned and c+VEC <= limit whenever c < limit;
+// VEC * sizeof(T) is a multiple of 16 (one or more 16-byte loads: an fp32
+// residual beside bf16 activations takes two per vector).
 // GLOBAL: p is global memory, read through the non-coherent cache (ld.global.nc);
-// otherwise p may be shared memory (generic load).
+// otherwise p may be shared memory, or global memory this kernel wrote (generic load).
 template <typename T, int VEC, bool GLOBAL = true>
 __device__ __forceinline__ void load_vec(const T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
                                          acc_t<T>* v) {
+  constexpr int NU = VEC * (int)sizeof(T) / 16;
+  static_assert(NU >= 1 && VEC * sizeof(T) == NU * 16, "whole 16-byte vectors");
   if (aligned) {
     if (c < limit) {
-      union { uint4 u; T e[VEC]; } pack;
+      union { uint4 u[NU]; T e[VEC]; } pack;
       const uint4* q = reinterpret_cast<const uint4*>(p + c);
-      pack.u = GLOBAL ? __ldg(q) : *q;
+#pragma unroll
+      for (int u = 0; u < NU; ++u) pack.u[u] = GLOBAL ? __ldg(q + u) : q[u];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) v[i] = to_acc<T>(pack.e[i]);
     } else {
@@ -73,18 +83,58 @@ __device__ __forceinline__ void unpack(uint4 u, acc_t<T>* v) {
 template <typename T, int VEC>
 __device__ __forceinline__ void store_vec(T* __restrict__ p, int64_t c, int64_t limit, bool aligned,
                                           const acc_t<T>* v) {
+  constexpr int NU = VEC * (int)sizeof(T) / 16;
+  static_assert(NU >= 1 && VEC * sizeof(T) == NU * 16, "whole 16-byte vectors");
   if (aligned) {
     if (c < limit) {
-      union { uint4 u; T e[VEC]; } pack;
+      union { uint4 u[NU]; T e[VEC]; } pack;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) pack.e[i] = from_acc<T>(v[i]);
-      *reinterpret_cast<uint4*>(p + c) = pack.u;
+#pragma unroll
+      for (int u = 0; u < NU; ++u) reinterpret_cast<uint4*>(p + c)[u] = pack.u[u];
     }
     return;
   }
 #pragma unroll
   for (int i = 0; i < VEC; ++i)
     if (c + i < limit) p[c + i] = from_acc<T>(v[i]);
+}
+
+// The value v keeps after a store to T and a load back (the rounding of a stored
+// residual). Through float for half types, as torch converts double -> bf16.
+template <typename T, typename A>
+__device__ __forceinline__ A round_to(A v) {
+  if constexpr (sizeof(T) >= sizeof(A)) {
+    return v;
+  } else if constexpr (sizeof(T) == 4) {
+    return (A)(float)v;
+  } else {
+    return (A)to_acc<T>(from_acc<T, float>((float)v));
+  }
+}
+
+// VEC elements of T kept packed (16-byte words) between a prefetch and its use:
+// a prefetched row costs VEC * sizeof(T) / 4 registers instead of VEC.
+template <typename T, int VEC>
+struct Packed {
+  static constexpr int NU = VEC * (int)sizeof(T) / 16;
+  uint4 u[NU];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ void load_packed(Packed<T, VEC>& q, const T* __restrict__ p, int64_t c, int64_t limit) {
+#pragma unroll
+  for (int u = 0; u < Packed<T, VEC>::NU; ++u)
+    q.u[u] = c < limit ? __ldg(reinterpret_cast<const uint4*>(p + c) + u) : make_uint4(0, 0, 0, 0);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void unpack(const Packed<T, VEC>& q, acc_t<T>* v) {
+  union { uint4 u[Packed<T, VEC>::NU]; T e[VEC]; } pack;
+#pragma unroll
+  for (int u = 0; u < Packed<T, VEC>::NU; ++u) pack.u[u] = q.u[u];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) v[i] = to_acc<T>(pack.e[i]);
 }
 
 // weight / bias / dw / db: their dtype is a run-time property (it may differ from
@@ -107,6 +157,17 @@ __device__ __forceinline__ void store_param(void* p, gn_dtype t, int64_t i, A v)
     case GN_BFLOAT16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn((float)v); break;
     case GN_FLOAT64: static_cast<double*>(p)[i] = (double)v; break;
     default: static_cast<float*>(p)[i] = (float)v; break;
+  }
+}
+
+// round_to<T> for a dtype known at run time.
+template <typename A>
+__device__ __forceinline__ A round_as(A v, gn_dtype t) {
+  switch (t) {
+    case GN_FLOAT16: return (A)__half2float(__float2half_rn((float)v));
+    case GN_BFLOAT16: return (A)__bfloat162float(__float2bfloat16_rn((float)v));
+    case GN_FLOAT32: return (A)(float)v;
+    default: return v;
   }
 }
 

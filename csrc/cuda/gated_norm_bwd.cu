@@ -4,6 +4,7 @@
 // second kernel sums the partials in a fixed order, so dw/db are bitwise
 // deterministic (no float atomics).
 #include "common.cuh"
+#include "partials.cuh"
 #include "plan.h"
 
 namespace gn {
@@ -96,30 +97,6 @@ __device__ __forceinline__ void load_weights(const A* tw, const A* tb, int64_t c
   if (!tb) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) bv[i] = 0;
-  }
-}
-
-// Sums a block's per-thread dw (or db) over its row teams and writes the block's
-// partial for its columns. Arrays are passed by reference so they stay in registers.
-template <typename A, int K, int VEC>
-__device__ __forceinline__ void fold_partial(A (&acc)[K], A* part, A* ws, const Layout& L, int rl, int lt,
-                                             int64_t G) {
-  if (L.rpi > 1) {
-#pragma unroll
-    for (int k = 0; k < K; ++k) part[threadIdx.x * K + k] = acc[k];
-    __syncthreads();
-    if (rl == 0) {
-      for (int q = 1; q < L.rpi; ++q)
-#pragma unroll
-        for (int k = 0; k < K; ++k) acc[k] += part[(threadIdx.x + q * L.gpb * L.tpg) * K + k];
-    }
-    __syncthreads();
-  }
-  if (rl != 0) return;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int64_t col = (int64_t)((k / VEC) * L.tpg + lt) * VEC + k % VEC;
-    if (col < G) ws[col] = acc[k];
   }
 }
 
@@ -301,22 +278,6 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
   }
 }
 
-// dw[col] = sum over partials p (in order) of ws[p][col]; same for db.
-template <typename A>
-__global__ void reduce_partials(const A* __restrict__ ws, int64_t nparts, int64_t n, void* dw, void* db,
-                                gn_dtype param_dtype) {
-  const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (col >= n) return;
-  for (int which = 0; which < 2; ++which) {
-    void* dst = which ? db : dw;
-    if (!dst) continue;
-    const A* src = ws + (int64_t)which * nparts * n + col;
-    A s = 0;
-    for (int64_t q = 0; q < nparts; ++q) s += src[q * n];
-    store_param<A>(dst, param_dtype, col, s);
-  }
-}
-
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
 // partials) it was launched with.
 template <typename T, int NV, bool ALIGNED>
@@ -357,9 +318,7 @@ gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
   }
   if (st != GN_OK) return st;
   if (a.dw || a.db) {
-    const int64_t n = a.cfg.cols;
-    reduce_partials<A><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(static_cast<const A*>(a.workspace), parts, n,
-                                                                     a.dw, a.db, a.cfg.param_dtype);
+    launch_reduce<A>(a.workspace, parts, a.cfg.cols, a.dw, a.db, a.cfg.param_dtype, s);
   }
   return GN_OK;
 }

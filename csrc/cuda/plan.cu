@@ -90,15 +90,22 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
     p.grid = dim3((unsigned)gy, (unsigned)(want < cap ? want : cap), 1);
     return p;
   }
+  Plan loop = loop_plan(cfg, (size_t)G * gn_dtype_size(cfg.dtype) * narrays, dev);
+  loop.layout.aligned = aligned;
+  return loop;
+}
+
+Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev) {
+  Plan p{};
+  const int64_t ngroups = cfg.cols / cfg.group_size, M = cfg.rows;
   p.regs = false;
   p.threads = LOOP_BLOCK;
   p.layout.tpg = LOOP_BLOCK;
   p.layout.gpb = 1;
   p.layout.rpi = 1;
-  const size_t stage = (size_t)G * gn_dtype_size(cfg.dtype) * narrays;
-  p.smem = stage <= (size_t)dev.max_smem_optin - 1024 ? stage : 0;
+  p.smem = stage_bytes <= (size_t)dev.max_smem_optin - 1024 ? stage_bytes : 0;
   p.layout.staged = p.smem > 0;  // else the later passes re-read global memory (L2)
-  // The grid must not depend on narrays or alignment: the backward workspace
+  // The grid must not depend on the staging or alignment: the backward workspace
   // (one dw/db partial per row block) is sized from the config alone.
   int64_t cap = (int64_t)dev.sms * 2 / ngroups;
   if (cap < 1) cap = 1;

@@ -53,6 +53,10 @@ constexpr int LOOP_BLOCK = 512;
 
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev);
 
+// The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
+// `stage_bytes` per row in shared memory when they fit.
+Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev);
+
 // True when every pointer is 16-byte aligned and every row stride keeps it so.
 bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n);
 
