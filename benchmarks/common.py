@@ -1,0 +1,49 @@
+"""Small helpers shared by the benchmark's families: dtypes, tolerances, error strings,
+the relative error, and cleanup after a row or a failed call."""
+from __future__ import annotations
+
+import gc
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64}
+# Loose tolerances on the relative L2 error against the reference (output and gradients).
+TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3, torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def err(e: BaseException) -> str:
+    """One line for the CSV's note: exception type and the first line of its message."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:200]
+
+
+def rel(a, ref) -> float:
+    """Relative L2 error of a against ref (a is cast to ref's dtype)."""
+    a = a.to(ref.dtype)
+    num = torch.linalg.vector_norm(a - ref).item()
+    den = torch.linalg.vector_norm(ref).item()
+    return num / den if den > 0 else num
+
+
+def tol_check(dtype, errs):
+    """errs: [(what, relative error)] -> (ok, note); NaN counts as bad."""
+    tol = TOL[dtype]
+    bad = [(n, e) for n, e in errs if not (e <= tol)]
+    if bad:
+        return False, "MISMATCH " + ", ".join(f"{n} rel err {e:.2g}" for n, e in bad) + f" (tol {tol:g})"
+    return True, ""
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sync_quietly(device):
+    """After a failed call: wait for the GPU's queued work, ignoring an error it reports."""
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            pass
