@@ -65,10 +65,13 @@ inline size_t acc_size(const gn_addnorm_config& c) { return c.dtype == GN_FLOAT6
 
 // Register path when the pair has kernels and the row fits; else the loop path,
 // staging `staged_rows` rows of fp32 (fp64) values per block in shared memory.
-inline Plan plan(const gn_addnorm_config& c, bool backward, bool aligned, int staged_rows, const DeviceInfo& dev) {
+inline Plan plan(const gn_addnorm_config& c, bool aligned, int staged_rows, const DeviceInfo& dev) {
   const gn_config pc = plan_config(c);
   if (is_fast_pair(c.dtype, c.residual_dtype)) {
-    const Plan p = make_plan(pc, backward, 1, aligned, dev);
+    // The backward holds only h, dout and dw per element (the gated one holds
+    // five arrays), so it takes the forward's register limits: rows up to 8192
+    // half-precision elements stay on the register path.
+    const Plan p = make_plan(pc, false, 1, aligned, dev);
     if (p.regs) return p;
   }
   return loop_plan(pc, (size_t)staged_rows * c.cols * acc_size(c), dev);
@@ -87,11 +90,17 @@ inline bool aligned_rows(const gn_addnorm_config& c, const void* const* ptrs, co
   return true;
 }
 
-// w' = w (or 1 + w with gemma; ones without a weight) in shared memory.
+// w' = w (or 1 + w with gemma; ones without a weight) in shared memory, zero-padded
+// to whole 16-element vectors: a thread's vector that starts inside the row reads
+// only staged values, without per-element guards.
+template <typename A>
+__host__ __device__ inline size_t staged_weight_bytes(int64_t n) {
+  return (size_t)((n + 15) / 16 * 16) * sizeof(A);
+}
+
 template <typename A>
 __device__ __forceinline__ void stage_weight(const gn_addnorm_config& c, const void* w, int n, A* sw) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x)
-    sw[i] = (w ? load_param<A>(w, c.param_dtype, i) : A(c.gemma ? 0 : 1)) + A(c.gemma ? 1 : 0);
+  stage_param_row<A>(w, c.param_dtype, 0, n, (n + 15) / 16 * 16, A(c.gemma ? 0 : 1), A(c.gemma ? 1 : 0), sw);
   __syncthreads();
 }
 

@@ -50,14 +50,9 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      A wv[VEC];
-      if (ALIGNED) {
-        if (cj < lim) load_smem<A, VEC, true>(sw + cj, wv);
-      } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) wv[i] = cj + i < lim ? sw[cj + i] : A(0);
-      }
       if (cj >= lim) continue;
+      A wv[VEC];
+      load_smem<A, VEC, ALIGNED>(sw + cj, wv);  // cj < N: in the zero-padded staging
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int k = j * VEC + i;
@@ -139,7 +134,7 @@ template <typename T, typename R, int NV, bool ALIGNED>
 gn_status launch_regs(const gn_addnorm_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
   constexpr auto kernel = an_bwd_regs<T, R, NV, ALIGNED>;
-  const size_t smem = (size_t)a.cfg.cols * sizeof(A);
+  const size_t smem = staged_weight_bytes<A>(a.cfg.cols);
   gn_status st = allow_smem<kernel>(smem, BWD_BLOCK * NV * vec_of<T, R>() * sizeof(A) + 1024);
   if (st != GN_OK) return st;
   DeviceInfo dev;
@@ -152,12 +147,11 @@ gn_status launch_regs(const gn_addnorm_bwd_args& a, const Plan& p, cudaStream_t 
 
 template <typename T, typename R>
 gn_status launch_fast(const gn_addnorm_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
-  constexpr int MAX_NV = BWD_MAX_ELEMS / vec_of<T, R>();
+  static_assert(FWD_MAX_VECS == 2, "the backward plans with the forward's limits (add_rms_norm.cuh)");
   if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, R, 1, false>(a, p, s, parts) : GN_ERR_INVALID;
   switch (p.nv) {
     case 1: return launch_regs<T, R, 1, true>(a, p, s, parts);
-    case 2: return launch_regs<T, R, (MAX_NV >= 2 ? 2 : 1), true>(a, p, s, parts);
-    case 4: return launch_regs<T, R, (MAX_NV >= 4 ? 4 : 1), true>(a, p, s, parts);
+    case 2: return launch_regs<T, R, 2, true>(a, p, s, parts);
     default: return GN_ERR_INVALID;
   }
 }
@@ -175,7 +169,7 @@ Plan bwd_plan(const gn_addnorm_bwd_args& a, const DeviceInfo& dev) {
   const void* ptrs[5] = {a.h, a.dout, a.dresidual_out, a.dx, a.dresidual};
   const gn_dtype types[5] = {c.residual_dtype, c.dtype, c.residual_dtype, c.dtype, c.residual_dtype};
   const int64_t strides[5] = {a.h_stride, a.dout_stride, a.dresidual_out_stride, a.dx_stride, a.dresidual_stride};
-  return an::plan(c, true, an::aligned_rows(c, ptrs, types, strides, 5), 2, dev);
+  return an::plan(c, an::aligned_rows(c, ptrs, types, strides, 5), 2, dev);
 }
 
 }  // namespace
@@ -189,7 +183,7 @@ extern "C" size_t gn_cuda_addnorm_bwd_workspace_bytes(const gn_addnorm_config* c
   if (gn::device_info(&dev) != GN_OK) return 16;
   size_t parts = 0;
   for (bool aligned : {false, true}) {
-    const gn::Plan p = gn::an::plan(*c, true, aligned, 2, dev);
+    const gn::Plan p = gn::an::plan(*c, aligned, 2, dev);
     parts = p.grid.y > parts ? p.grid.y : parts;
   }
   return parts * (size_t)c->cols * gn::an::acc_size(*c);

@@ -23,7 +23,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) an_fwd_regs(const gn_addnorm_fwd
   const bool team_ok = rl < L.rpi;
   const int64_t N = c.cols, M = c.rows;
   A* sw = reinterpret_cast<A*>(dyn);
-  stage_weight<A>(c, a.weight, (int)N, sw);
   const bool add = a.x != nullptr;
 
   const int64_t step = (int64_t)gridDim.y * L.rpi;
@@ -41,6 +40,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) an_fwd_regs(const gn_addnorm_fwd
     }
   };
   if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
+  stage_weight<A>(c, a.weight, (int)N, sw);  // after the prefetch: both loads in flight at once
 
   for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
     const int64_t r = rb + rl;
@@ -93,12 +93,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) an_fwd_regs(const gn_addnorm_fwd
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
       if (cj >= lim) continue;
       A wv[VEC];
-      if (ALIGNED) {
-        load_smem<A, VEC, true>(sw + cj, wv);
-      } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) wv[i] = cj + i < lim ? sw[cj + i] : A(0);
-      }
+      load_smem<A, VEC, ALIGNED>(sw + cj, wv);  // cj < N: in the zero-padded staging
 #pragma unroll
       for (int i = 0; i < VEC; ++i) h[j * VEC + i] *= rstd * wv[i];
       store_vec<T, VEC>(out, cj, lim, ALIGNED, &h[j * VEC]);
@@ -148,7 +143,7 @@ template <typename T, typename R, int NV, bool ALIGNED>
 gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t s) {
   using A = acc_t<T>;
   constexpr auto kernel = an_fwd_regs<T, R, NV, ALIGNED>;
-  const size_t smem = (size_t)a.cfg.cols * sizeof(A);
+  const size_t smem = staged_weight_bytes<A>(a.cfg.cols);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
   DeviceInfo dev;
@@ -191,7 +186,7 @@ extern "C" gn_status gn_cuda_addnorm_fwd(const gn_addnorm_fwd_args* a, void* str
   const void* ptrs[4] = {a->x, a->residual, a->residual_out, a->out};
   const gn_dtype types[4] = {c.dtype, c.residual_dtype, c.residual_dtype, c.dtype};
   const int64_t strides[4] = {a->x_stride, a->residual_stride, a->residual_out_stride, a->out_stride};
-  Plan p = an::plan(c, false, an::aligned_rows(c, ptrs, types, strides, 4), 1, dev);
+  Plan p = an::plan(c, an::aligned_rows(c, ptrs, types, strides, 4), 1, dev);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (p.regs) {
     st = GN_ERR_INVALID;

@@ -171,15 +171,60 @@ __device__ __forceinline__ A round_as(A v, gn_dtype t) {
   }
 }
 
+// Stages parameters p[0..n) (dtype P; absent: `fill`) plus `add` into shared
+// memory as A, zeros in [n, padded). Each thread issues its U 16-byte loads
+// before any store: a plain element loop would wait one memory latency per
+// iteration, which dominates a decode-sized launch.
+template <typename P, typename A>
+__device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, A* s) {
+  constexpr int V = 16 / (int)sizeof(P), U = 4;
+  const bool vec_ok = p && (uintptr_t)p % 16 == 0;
+  const int stride = blockDim.x * V;
+  for (int base = threadIdx.x * V; base < padded; base += stride * U) {
+    P v[U][V];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = base + u * stride;
+      if (vec_ok && b + V <= n) {
+        *reinterpret_cast<uint4*>(v[u]) = __ldg(reinterpret_cast<const uint4*>(p + b));
+      } else if (p) {
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (b + i < n) v[u][i] = p[b + i];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int k = base + u * stride + i;
+        if (k < padded) s[k] = k < n ? (p ? (A)to_acc<P>(v[u][i]) : fill) + add : A(0);
+      }
+    }
+  }
+}
+
+// stage_typed for a parameter dtype known at run time (p + c0: this block's columns).
+template <typename A>
+__device__ __forceinline__ void stage_param_row(const void* p, gn_dtype t, int64_t c0, int n, int padded, A fill,
+                                                A add, A* s) {
+  switch (t) {
+    case GN_FLOAT16: return stage_typed<__half, A>(p ? static_cast<const __half*>(p) + c0 : nullptr, n, padded, fill, add, s);
+    case GN_BFLOAT16:
+      return stage_typed<__nv_bfloat16, A>(p ? static_cast<const __nv_bfloat16*>(p) + c0 : nullptr, n, padded, fill,
+                                           add, s);
+    case GN_FLOAT64: return stage_typed<double, A>(p ? static_cast<const double*>(p) + c0 : nullptr, n, padded, fill, add, s);
+    default: return stage_typed<float, A>(p ? static_cast<const float*>(p) + c0 : nullptr, n, padded, fill, add, s);
+  }
+}
+
 // Copies a block's n weight / bias columns starting at column c0 into shared
 // memory in the accumulation type (ones / zeros when absent; sb may be null).
 template <typename A>
 __device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dtype t, int64_t c0, int n, A* sw,
                                              A* sb) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    sw[i] = w ? load_param<A>(w, t, c0 + i) : A(1);
-    if (sb) sb[i] = b ? load_param<A>(b, t, c0 + i) : A(0);
-  }
+  stage_param_row<A>(w, t, c0, n, n, A(1), A(0), sw);
+  if (sb) stage_param_row<A>(b, t, c0, n, n, A(0), A(0), sb);
   __syncthreads();
 }
 

@@ -33,27 +33,43 @@ __device__ __forceinline__ void fold_partial(A (&acc)[K], A* part, A* ws, const 
   }
 }
 
-// dw[col] = sum over partials p (in order) of ws[p][col]; same for db.
+// dw[col] = sum over partials q of ws[q][col] (same for db), in a fixed order:
+// thread (x, y) of a RED_COLS x RED_SPLIT block sums partials y, y + RED_SPLIT, ...
+// of column x in order, then row y == 0 adds the RED_SPLIT sums in order. A single
+// thread per column would walk ~1000 partials one dependent load after another.
+constexpr int RED_COLS = 32, RED_SPLIT = 16;
+
 template <typename A>
-__global__ void reduce_partials(const A* __restrict__ ws, int64_t nparts, int64_t n, void* dw, void* db,
-                                gn_dtype param_dtype) {
-  const int64_t col = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (col >= n) return;
+__global__ void __launch_bounds__(RED_COLS * RED_SPLIT)
+    reduce_partials(const A* __restrict__ ws, int64_t nparts, int64_t n, void* dw, void* db, gn_dtype param_dtype) {
+  __shared__ A sums[RED_SPLIT][RED_COLS + 1];
+  const int64_t col = (int64_t)blockIdx.x * RED_COLS + threadIdx.x;
   for (int which = 0; which < 2; ++which) {
     void* dst = which ? db : dw;
     if (!dst) continue;
     const A* src = ws + (int64_t)which * nparts * n + col;
     A s = 0;
-    for (int64_t q = 0; q < nparts; ++q) s += src[q * n];
-    store_param<A>(dst, param_dtype, col, s);
+    if (col < n) {
+#pragma unroll 8
+      for (int64_t q = threadIdx.y; q < nparts; q += RED_SPLIT) s += src[q * n];
+    }
+    sums[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < n) {
+      A t = 0;
+#pragma unroll
+      for (int k = 0; k < RED_SPLIT; ++k) t += sums[k][threadIdx.x];
+      store_param<A>(dst, param_dtype, col, t);
+    }
+    __syncthreads();
   }
 }
 
 template <typename A>
 inline void launch_reduce(const void* ws, int64_t nparts, int64_t n, void* dw, void* db, gn_dtype param_dtype,
                           cudaStream_t s) {
-  reduce_partials<A><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(static_cast<const A*>(ws), nparts, n, dw, db,
-                                                                  param_dtype);
+  reduce_partials<A><<<(unsigned)((n + RED_COLS - 1) / RED_COLS), dim3(RED_COLS, RED_SPLIT), 0, s>>>(
+      static_cast<const A*>(ws), nparts, n, dw, db, param_dtype);
 }
 
 }  // namespace gn
