@@ -349,3 +349,18 @@ def test_cuda_more_than_2_31_elements():
     torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
     assert torch.equal(r[tail].cpu(), e_res)
     assert_close(x[tail].cpu(), e_out, tol(torch.bfloat16, n), "input")
+
+
+@pytest.mark.parametrize("use", ["out", "residual"])
+def test_one_output_used(use, device):
+    """Autograd passes None for an unused output's gradient (no zeros materialised)."""
+    x, r, w = inputs((6, 128), torch.float64, device=device)
+    leaves = [t.requires_grad_() for t in (x, r, w)]
+    out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
+    (out if use == "out" else res).square().sum().backward()
+    x64, r64, w64 = [f64(t).detach().requires_grad_() for t in (x, r, w)]
+    h = x64 + r64
+    (rms_norm_ref(h, w64, 1e-6) if use == "out" else h).square().sum().backward()
+    for t, e in zip(leaves, (x64, r64, w64)):
+        expected_grad = e.grad if e.grad is not None else torch.zeros_like(e)  # w: not in the residual's graph
+        assert_close(t.grad.cpu(), expected_grad, 1e-10, "grad")

@@ -84,11 +84,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(residual_out, weight, rstd)
     ctx.gemma = gemma
     ctx.residual_dtype = residual.dtype
+    ctx.x_dtype = x.dtype
     ctx.mark_non_differentiable(rstd)
+    # An unused output's gradient arrives as None, not as a tensor of zeros the
+    # backward would have to read (the residual stream's often is unused: last layer).
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dout, dresidual_out, _drstd):
     h, weight, rstd = ctx.saved_tensors
+    if dout is None:  # only residual_out was used (rare): the kernel needs a dout
+        dout = torch.zeros(h.shape, dtype=ctx.x_dtype, device=h.device)
     dx, dres, dw = _ops.add_rms_norm_bwd(dout, dresidual_out, h, weight, rstd, ctx.gemma)
     need = ctx.needs_input_grad
     return (dx if need[0] else None, dres.to(ctx.residual_dtype) if need[1] else None,

@@ -25,24 +25,58 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const bool team_ok = rl < L.rpi;
   const int64_t N = c.cols, M = c.rows;
   A* sw = reinterpret_cast<A*>(dyn);
+
+  // Aligned rows are software-pipelined as in the forward: the next row's h and
+  // dout are requested (packed) before this row's reduction.
+  const int64_t step = (int64_t)gridDim.y * L.rpi;
+  Packed<R, VEC> ph[NV];
+  Packed<T, VEC> pd[NV];
+  auto prefetch = [&](int64_t rn) {
+    const bool okn = team_ok && rn < M;
+    const R* hp = static_cast<const R*>(a.h) + (okn ? rn : 0) * a.h_stride;
+    const T* dp = static_cast<const T*>(a.dout) + (okn ? rn : 0) * a.dout_stride;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      load_packed<R, VEC>(ph[j], hp, cj, okn ? N : 0);
+      load_packed<T, VEC>(pd[j], dp, cj, okn ? N : 0);
+    }
+  };
+  if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
   stage_weight<A>(c, a.weight, (int)N, sw);
 
   A dw[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = 0;
 
-  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
+  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const int64_t lim = ok ? N : 0, rr = ok ? r : 0;
-    const R* hp = static_cast<const R*>(a.h) + rr * a.h_stride;
-    const T* dp = static_cast<const T*>(a.dout) + rr * a.dout_stride;
     A h[K], g[K];
+    if (ALIGNED) {
 #pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      load_vec<R, VEC>(hp, cj, lim, ALIGNED, &h[j * VEC]);
-      load_vec<T, VEC>(dp, cj, lim, ALIGNED, &g[j * VEC]);
+      for (int j = 0; j < NV; ++j) {
+        unpack<R, VEC>(ph[j], &h[j * VEC]);
+        unpack<T, VEC>(pd[j], &g[j * VEC]);
+      }
+      if (rb + step < M) prefetch(rb + step + rl);
+    } else {
+      const R* hp = static_cast<const R*>(a.h) + rr * a.h_stride;
+      const T* dp = static_cast<const T*>(a.dout) + rr * a.dout_stride;
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+        load_vec<R, VEC>(hp, cj, lim, false, &h[j * VEC]);
+        load_vec<T, VEC>(dp, cj, lim, false, &g[j * VEC]);
+      }
+    }
+    // The residual stream's gradient is requested now, used after the reduction.
+    const R* dro = a.dresidual_out ? static_cast<const R*>(a.dresidual_out) + rr * a.dresidual_out_stride : nullptr;
+    Packed<R, VEC> pdr[NV];
+    if (ALIGNED && dro) {
+#pragma unroll
+      for (int j = 0; j < NV; ++j) load_packed<R, VEC>(pdr[j], dro, (int64_t)(j * L.tpg + lt) * VEC, lim);
     }
     const A rs = ok ? static_cast<const A*>(a.rstd)[r] : A(0);
     // Padding and idle teams hold zeros: they add nothing to dw or the sum.
@@ -65,11 +99,13 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     const A q = rs * rs * (s[0] / (A)N);
 #pragma unroll
     for (int k = 0; k < K; ++k) g[k] = rs * (g[k] - h[k] * q);
-    if (a.dresidual_out) {
-      const R* dro = static_cast<const R*>(a.dresidual_out) + rr * a.dresidual_out_stride;
+    if (dro) {
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
-        load_vec<R, VEC>(dro, (int64_t)(j * L.tpg + lt) * VEC, lim, ALIGNED, &h[j * VEC]);
+        if (ALIGNED)
+          unpack<R, VEC>(pdr[j], &h[j * VEC]);
+        else
+          load_vec<R, VEC>(dro, (int64_t)(j * L.tpg + lt) * VEC, lim, false, &h[j * VEC]);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) g[j * VEC + i] += h[j * VEC + i];
       }
