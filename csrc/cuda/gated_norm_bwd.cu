@@ -122,6 +122,25 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
   A* sw = reinterpret_cast<A*>(dyn);
   A* sb = want_b ? sw + L.gpb * G : nullptr;
+
+  // Aligned rows are software-pipelined as in the forward: the next row's x, z,
+  // dy and statistics are requested (packed) before this row's reductions.
+  const int64_t step = (int64_t)gridDim.y * L.rpi;
+  uint4 px[NV], pz[NV], pdy[NV];
+  A pmean = 0, prstd = 0;
+  auto prefetch = [&](int64_t rn) {
+    const bool okn = team_ok && rn < M;
+    const BwdRow<T> q = bwd_row<T>(a, okn ? rn : 0, col0);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      px[j] = load_raw<T>(q.x, cj, okn ? G : 0);
+      pdy[j] = load_raw<T>(q.dy, cj, okn ? G : 0);
+      pz[j] = gate ? load_raw<T>(q.z, cj, okn ? G : 0) : make_uint4(0, 0, 0, 0);
+    }
+    if (okn) load_stats<A>(a, g, rn, pmean, prstd);
+  };
+  if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
   stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G,
                   (int)(L.gpb * G), sw, sb);
   const A* tw = sw + gl * G;
@@ -131,21 +150,33 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = db[k] = 0;
 
-  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += (int64_t)gridDim.y * L.rpi) {
+  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
     const int64_t lim = ok ? G : 0;
     A x[K], z[K], dy[K];
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      load_vec<T, VEC>(p.x, cj, lim, ALIGNED, &x[j * VEC]);
-      load_vec<T, VEC>(p.dy, cj, lim, ALIGNED, &dy[j * VEC]);
-      if (gate) load_vec<T, VEC>(p.z, cj, lim, ALIGNED, &z[j * VEC]);
-    }
     A mean = 0, rstd = 0;
-    if (ok) load_stats<A>(a, g, r, mean, rstd);
+    if (ALIGNED) {
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        unpack<T, VEC>(px[j], &x[j * VEC]);
+        unpack<T, VEC>(pdy[j], &dy[j * VEC]);
+        if (gate) unpack<T, VEC>(pz[j], &z[j * VEC]);
+      }
+      mean = pmean;
+      rstd = prstd;
+      if (rb + step < M) prefetch(rb + step + rl);
+    } else {
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+        load_vec<T, VEC>(p.x, cj, lim, false, &x[j * VEC]);
+        load_vec<T, VEC>(p.dy, cj, lim, false, &dy[j * VEC]);
+        if (gate) load_vec<T, VEC>(p.z, cj, lim, false, &z[j * VEC]);
+      }
+      if (ok) load_stats<A>(a, g, r, mean, rstd);
+    }
     // Elements past the group (padding, idle teams) contribute nothing.
     A s[2] = {0, 0};
 #pragma unroll
