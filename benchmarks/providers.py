@@ -14,6 +14,16 @@ Gated norm (`provider_fn`), f(x, z, w, b) -> out:
   eager    torch_ops.gated_norm_ref (eager PyTorch, fp32 math)
   compile  torch.compile(gated_norm_ref, dynamic=False), compiled afresh per row
            (eager and compile are n/a when torch_ops does not import)
+
+Fused add + RMSNorm and plain RMSNorm (`norm_provider_fn`), f(x, residual, w) -> (out,
+residual_out); the plain family has residual None and returns (out, None):
+  ours        torch_ops.fused_add_rms_norm (in place: residual <- x + residual, x <- the
+              normalised residual * w; torch.ops.gatednorm.fused_add_rms_norm) / torch_ops.rms_norm
+  flashinfer  flashinfer.norm.fused_add_rmsnorm(input, residual, weight, eps) (in place) /
+              flashinfer.norm.rmsnorm(input, weight, eps); CUDA only, imported on first use
+  eager       torch_ops.add_rms_norm_ref (out of place: h = x + residual rounded to the
+              residual's dtype, RMSNorm of h in fp32) / torch_ops.add_rms_norm.rms_norm_ref
+  compile     torch.compile of eager, dynamic=False, compiled afresh per row
 """
 from __future__ import annotations
 
@@ -39,8 +49,22 @@ class Env:
         except Exception as e:  # not built yet, or broken
             self.ours_err = "torch_ops: " + err(e)
         self.ref = self.ours.gated_norm_ref if self.ours is not None else None
+        # the add-norm references; the package's `add_rms_norm` is the function, the module
+        # of the same name is reached through the import system
+        self.add_ref = self.rms_ref = None
+        self.add_ref_err = self.ours_err
+        if self.ours is not None:
+            try:
+                m = importlib.import_module("torch_ops.add_rms_norm")
+                self.add_ref, self.rms_ref = m.add_rms_norm_ref, m.rms_norm_ref
+            except Exception as e:  # a build older than the add-norm ops
+                self.add_ref_err = "torch_ops.add_rms_norm: " + err(e)
+        self._fi = None
+        self.fi_err = None if device.type == "cuda" else "FlashInfer runs on CUDA only"
+        self.fi_version = ""
+        self.fi_worked = False  # set by the first call that succeeds (addnorm.py)
         self.lg = self.fng = None
-        self.lg_err = self.fng_err = "fla not imported on CPU (Triton peers run on CUDA only)"
+        self.lg_err = self.fng_err = "fla not imported (its Triton peers run on CUDA, for the gated rows)"
         self.fla_version = ""
         if want_fla:
             self.lg, self.lg_err = self._mod(["fla.modules.layernorm_gated", "fla.modules.norm.layernorm_gated"])
@@ -74,6 +98,19 @@ class Env:
             except Exception as e:
                 why = why or err(e)
         return None, why
+
+    def flashinfer(self):
+        """-> (flashinfer.norm, None) or (None, why); imported on first use only: the package
+        is large, absent on most machines, and JIT-compiles its norm kernels on first call."""
+        if self._fi is None and self.fi_err is None:
+            try:
+                import flashinfer
+                import flashinfer.norm
+                self._fi = flashinfer.norm
+                self.fi_version = getattr(flashinfer, "__version__", "")
+            except Exception as e:
+                self.fi_err = "flashinfer: " + err(e)
+        return self._fi, self.fi_err
 
     def has_cuda_kernels(self) -> bool:
         try:
@@ -149,3 +186,38 @@ def provider_fn(name: str, c: Case, env: Env):
         return eager, None
     return torch.compile(eager, dynamic=False), None
 
+
+
+def norm_provider_fn(name: str, c: Case, env: Env):
+    """-> (f(x, residual, w) -> (out, residual_out), None) or (None, reason it does not apply)."""
+    eps, add = c.eps, c.family == "addnorm"
+    if name == "ours":
+        if env.ours is None:
+            return None, env.ours_err
+        if env.device.type == "cuda" and not env.has_cuda_kernels():
+            return None, "torch_ops built without CUDA kernels"
+        fused, plain = env.ours.fused_add_rms_norm, env.ours.rms_norm
+    elif name == "flashinfer":
+        fi, why = env.flashinfer()
+        if fi is None:
+            return None, why
+        fused, plain = fi.fused_add_rmsnorm, fi.rmsnorm
+    elif name in ("eager", "compile"):
+        if env.add_ref is None:
+            return None, env.add_ref_err
+        ref_add, ref_rms = env.add_ref, env.rms_ref
+
+        def eager(x, r, w):
+            return ref_add(x, r, w, eps) if add else (ref_rms(x, w, eps), None)
+        return (eager if name == "eager" else torch.compile(eager, dynamic=False)), None
+    else:
+        raise ValueError(name)
+
+    if add:
+        def f(x, r, w):  # in place: the results are the inputs
+            fused(x, r, w, eps)
+            return x, r
+    else:
+        def f(x, r, w):
+            return plain(x, w, eps), None
+    return f, None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import sys
 
-from .cases import CPU_REQUIRED, PASSES, PROVIDERS
+from .cases import CPU_REQUIRED, FAMILIES, PASSES, family_of, providers_of
 
 
 _PASS_TITLE = {
@@ -13,6 +13,16 @@ _PASS_TITLE = {
     "graph": "decode, CUDA-graph replay: GPU us per forward and fraction of the copy ceiling",
     "host": "decode, host wall per eager call (us)",
 }
+_FAMILY_TITLE = {"addnorm": "fused add + RMSNorm (in place)", "rmsnorm": "RMSNorm, no add"}
+_NORM_PASS_TITLE = {
+    "fwd": "us and fraction of the copy ceiling",
+    "graph": "small M, CUDA-graph replay: GPU us per call and fraction of the copy ceiling",
+    "host": "small M, host wall per eager call (us)",
+}
+
+
+def _title(fam, ps):
+    return _PASS_TITLE[ps] if fam == "gated" else f"{_FAMILY_TITLE[fam]}, {_NORM_PASS_TITLE[ps]}"
 
 
 def _cell(r, frac=True):
@@ -42,11 +52,11 @@ def print_table(rows, file=None):
               f"fla {r['fla'] or '-'}   {r['date']}", file=file)
         print(f"copy ceiling: {r['gbps']:.1f} GB/s ({r['note']}, read + write)", file=file)
     notes = {}
-    for ps in PASSES:
-        sel = [r for r in rows if r["pass"] == ps]
+    for fam, ps in [(f, p) for f in FAMILIES for p in PASSES]:
+        sel = [r for r in rows if r["pass"] == ps and family_of(r["name"]) == fam]
         if not sel:
             continue
-        provs = [p for p in PROVIDERS if any(r["provider"] == p for r in sel)]
+        provs = [p for p in providers_of(fam) if any(r["provider"] == p for r in sel)]
         keys = []
         for r in sel:
             k = (r["name"], r["M"], r["N"], r["dtype"])
@@ -58,7 +68,7 @@ def print_table(rows, file=None):
         extra = ["add_", "ours/add_"] if ps == "host" else []
         head = f"{'row':26} {'M':>7} {'N':>8} {'dtype':5} " + " ".join(f"{p:>{w}}" for p in provs)
         head += "".join(f" {e:>10}" for e in extra) + f" {'vs best':>8} {'vs eager':>11}"
-        print(f"\n== {_PASS_TITLE[ps]}", file=file)
+        print(f"\n== {_title(fam, ps)}", file=file)
         print(head, file=file)
         print("-" * len(head), file=file)
         for k in keys:
@@ -88,7 +98,8 @@ def print_table(rows, file=None):
             line += f" {vs_best:>8} {vs_eager:>11}"
             print(line, file=file)
     if any(r["ok"] is False for r in rows):
-        print("\n! = output or gradient disagrees with the fp32 reference (see the CSV's note column)", file=file)
+        print("\n! = output or gradient disagrees with the reference (gated: fp32 eager; add-norm: fp64; see the CSV's "
+              "note column)", file=file)
     if notes:
         print("\nn/a reasons:", file=file)
         for (p, note), names in notes.items():
