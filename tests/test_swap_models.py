@@ -93,7 +93,8 @@ MODELS = {
     "qwen3_next": (_cfg_qwen3_next, "Qwen3NextRMSNormGated", 1, ("fla", "causal_conv1d")),
     "qwen3_5": (_cfg_qwen3_5, "Qwen3_5RMSNormGated", 1, ("fla", "causal_conv1d")),
     "mamba2": (_cfg_mamba2, "MambaRMSNormGated", 2, ("mamba_ssm", "causal_conv1d")),
-    "nemotron_h": (_cfg_nemotron_h, "NemotronHRMSNormGated", 1, ("mamba_ssm", "causal_conv1d")),
+    # transformers < 5.2x builds NemotronH's mixer norm from Zamba2's class
+    "nemotron_h": (_cfg_nemotron_h, ("NemotronHRMSNormGated", "Zamba2RMSNormGated"), 1, ("mamba_ssm", "causal_conv1d")),
     "zamba2": (_cfg_zamba2, "Zamba2RMSNormGated", 2, ("mamba_ssm", "causal_conv1d")),
     "falcon_h1-norm_before_gate": (_cfg_falcon_h1(True), "FalconH1RMSNormGated", 2, ("mamba_ssm", "causal_conv1d")),
     "falcon_h1-gate_before_norm": (_cfg_falcon_h1(False), "FalconH1RMSNormGated", 2, ("mamba_ssm", "causal_conv1d")),
@@ -117,7 +118,8 @@ def _build(name, device, dtype=torch.float32):
     model.eval()  # no dropout: the two runs must see the same function
     norms = [n for n, m in model.named_modules() if _class_key(m) in SUPPORTED_CLASSES]
     found = {type(model.get_submodule(n)).__name__ for n in norms}
-    assert len(norms) == count and found <= {cls_name, "FusedRMSNormGated"}, f"{name}: {cls_name} x {count}? {norms}"
+    accepted = set(cls_name if isinstance(cls_name, tuple) else (cls_name,)) | {"FusedRMSNormGated"}
+    assert len(norms) == count and found <= accepted, f"{name}: {cls_name} x {count}? {norms}"
     with torch.no_grad():  # weights away from ones, so a kernel that drops them fails
         for n in norms:
             w = model.get_submodule(n).weight
@@ -125,10 +127,21 @@ def _build(name, device, dtype=torch.float32):
     return model, norms, cls_name
 
 
+# FLA's own guard (fla-core 0.6): its gated chunk backward refuses Triton 3.4 - 3.7.0 on
+# Hopper; transformers routes Qwen3-Next's linear attention to FLA whenever it is installed.
+# Not our kernel, and not something a test can fix: reported as a skip with FLA's reason.
+FLA_TRITON_GUARD = "produces incorrect results for gated chunk_bwd"
+
+
 def _run(model, ids):
     model.zero_grad(set_to_none=True)
     out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
+    try:
+        out.loss.backward()
+    except RuntimeError as e:
+        if FLA_TRITON_GUARD in str(e):
+            pytest.skip(f"fla refuses this Triton on this GPU: {e}")
+        raise
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.logits.detach().clone(), out.loss.detach().clone(), grads
 
