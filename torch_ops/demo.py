@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
-from torch import nn
 
 import torch_ops
 from torch_ops.gated_norm import gated_norm_ref
@@ -62,23 +60,23 @@ def self_check(device: str, dtypes) -> bool:
     return ok
 
 
-def add_norm_check(dtypes) -> bool:
-    """Fused add + RMSNorm (CPU kernels so far): in-place serving form and the
-    differentiable training form against the fp64 reference."""
+def add_norm_check(device: str, dtypes) -> bool:
+    """Fused add + RMSNorm: the in-place serving form and the differentiable training
+    form against the fp64 reference."""
     from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
-    print("== fused add + RMSNorm on cpu against the fp64 reference")
+    print(f"== fused add + RMSNorm on {device} against the fp64 reference")
     ok = True
     gen = torch.Generator().manual_seed(1)
     for dtype in dtypes:
-        x, r = (torch.randn(64, 2048, generator=gen).to(dtype) for _ in range(2))
-        w = (1 + 0.1 * torch.randn(2048, generator=gen)).to(dtype)
+        x, r = (torch.randn(64, 2048, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+        w = (1 + 0.1 * torch.randn(2048, generator=gen)).to(device=device, dtype=dtype)
         _, h = add_rms_norm_ref(x, r, None)
         expect = rms_norm_ref(h.double(), w.double())
         xi, ri = x.clone(), r.clone()
         torch_ops.fused_add_rms_norm(xi, ri, w, 1e-6)
         leaves = [t.clone().requires_grad_(True) for t in (x, r, w)]
         out, res = torch_ops.add_rms_norm(*leaves, 1e-6)
-        dout = torch.randn(out.shape, generator=gen).to(dtype)
+        dout = torch.randn(out.shape, generator=gen).to(device=device, dtype=dtype)
         grads = torch.autograd.grad(out, leaves, dout)
         ref = [t.detach().double().requires_grad_(True) for t in (x, r, w)]
         ref_grads = torch.autograd.grad(rms_norm_ref(ref[0] + ref[1], ref[2]), ref, dout.double())
@@ -90,75 +88,21 @@ def add_norm_check(dtypes) -> bool:
     return ok
 
 
-class TinyHybrid(nn.Module):
-    """A toy stack with a Mamba2-style gated norm (gate, groups) in every block."""
-
-    def __init__(self, d: int, layers: int, norm_cls):
-        super().__init__()
-        self.inp = nn.Linear(16, d)
-        self.proj = nn.ModuleList(nn.Linear(d, 2 * d) for _ in range(layers))
-        self.norm = nn.ModuleList(norm_cls(d) for _ in range(layers))
-        self.out = nn.ModuleList(nn.Linear(d, d) for _ in range(layers))
-        self.head = nn.Linear(d, 1)
-
-    def forward(self, x):
-        h = self.inp(x)
-        for proj, norm, out in zip(self.proj, self.norm, self.out):
-            x_, z = proj(h).chunk(2, dim=-1)  # row-strided views, as in Mamba2
-            h = h + out(norm(x_, z))
-        return self.head(h).squeeze(-1)
-
-
-class RefNorm(nn.Module):
-    def __init__(self, d, group_size):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.group_size = group_size
-
-    def forward(self, x, z):
-        return gated_norm_ref(x, self.weight, None, z=z, eps=1e-5, group_size=self.group_size,
-                              norm_before_gate=False, is_rms_norm=True)
-
-
 def train(device: str, steps: int) -> bool:
-    d, group = 256, 64
-    print(f"== tiny training run on {device}: {steps} Adam steps, 2 blocks of d={d}, gated RMSNorm group {group}")
-    torch.manual_seed(0)
-    ours = TinyHybrid(d, 2, lambda n: torch_ops.RMSNormGated(n, group_size=group)).to(device)
-    ref = TinyHybrid(d, 2, lambda n: RefNorm(n, group)).to(device)
-    ref.load_state_dict(ours.state_dict())
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    data = [(torch.randn(64, 16, generator=gen).to(device), torch.randn(64, generator=gen).to(device))
-            for _ in range(8)]
-    losses = {}
-    for name, model in (("ours", ours), ("reference", ref)):
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        curve = []
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for step in range(steps):
-            x, y = data[step % len(data)]
-            loss = (model(x) - y).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            curve.append(loss.item())
-        dt = time.perf_counter() - t0
-        losses[name] = curve
-        print(f"  {name:9s} loss {curve[0]:.4f} -> {curve[-1]:.4f}   {1e3 * dt / steps:.2f} ms/step")
-    # fp32 rounding differences grow through Adam; the curves must still agree closely.
-    gap = max(abs(a - b) / max(abs(b), 1e-3) for a, b in zip(losses["ours"], losses["reference"]))
-    ok = gap < 5e-2 and losses["ours"][-1] < losses["ours"][0]
-    print(f"  max relative loss gap ours vs reference {gap:.1e} (tol 5e-2); loss decreased: "
-          f"{losses['ours'][-1] < losses['ours'][0]} -> {'ok' if ok else 'FAIL'}")
-    return ok
+    """The training example (torch_ops/training_example.py), shortened."""
+    from torch_ops import training_example as te
+    cfg = te.Config()
+    print(f"== tiny training run on {device}: {steps} Adam steps of a {cfg.n_layers}-block hybrid LM "
+          "(fused add + RMSNorm pre-norms, Mamba2- and Qwen3-Next-style gated norms), ours vs the reference")
+    res = te.run(device, steps, 0, cfg)
+    print("\n".join("  " + line for line in te.report(res, max(1, steps // 4), cfg).splitlines()))
+    return res.passed
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when usable)")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--no-bench", action="store_true")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and torch_ops.has_cuda_kernels()
@@ -168,7 +112,7 @@ def main(argv=None) -> int:
           + f" | CUDA kernels built: {torch_ops.has_cuda_kernels()}")
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device == "cuda" else [])
     ok = self_check(device, dtypes)
-    ok &= add_norm_check([torch.float32, torch.bfloat16])
+    ok &= add_norm_check(device, [torch.float32, torch.bfloat16])
     ok &= train(device, args.steps)
     if not args.no_bench:
         try:
