@@ -63,7 +63,7 @@ setup(
     name="gatednorm",
     version="0.1.0",
     description="Gated RMSNorm/LayerNorm and fused add+RMSNorm as PyTorch custom ops (C and CUDA C kernels)",
-    packages=["torch_ops", "torch_ops.integrations"],
+    packages=["torch_ops", "torch_ops.integrations", "torch_ops.integrations.sglang"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     # sglang runs its plugins in every process; ours patches only with GATEDNORM_SGLANG_PATCH=1.

@@ -1,4 +1,4 @@
-"""`torch_ops.integrations.sglang`: the monkey-patch of sglang's gated norms, on REAL sglang
+"""`torch_ops.integrations.sglang`: the monkey-patch of sglang's norms, on REAL sglang
 releases of both module layouts, installed with pip (no dependencies resolved: the release plus
 the few pure-python packages that `import sglang` and the patched modules need):
 
@@ -18,9 +18,12 @@ instances, before the patch), patches, runs sglang's own functions and modules o
 compares them with `torch_ops.gated_norm_ref` (sglang's unpatched functions are Triton kernels:
 they do not run on a CPU; on CUDA the unpatched outputs are compared too), records every
 dispatched op with a TorchDispatchMode (each call must reach `torch.ops.gatednorm`), checks the
-importers' bindings, idempotency and that unpatch() restores every original object (`is`). It
-prints one JSON line; the tests below assert on it. The patch's guards (unknown layout, drifted
-signatures, NPU) run on small fake `sglang` packages; the launcher runs for real.
+importers' bindings, idempotency and that unpatch() restores every original object (`is`). The
+RMSNorm family's patched `forward_cuda` (sglang.srt.layers.layernorm) is checked against
+sglang's own `forward_native` by `sglang_addnorm_checks.py`, in the same subprocess. It prints
+one JSON line; the tests below assert on it. The patch's guards (unknown layout, drifted
+signatures, NPU, a build without CUDA kernels) run on small fake `sglang` packages; the launcher
+runs for real.
 """
 from __future__ import annotations
 
@@ -57,7 +60,6 @@ RELEASES = {
     "srt": ("0.5.15.post1", ("transformers==5.12.1", "tokenizers==0.22.2", "huggingface-hub==1.33.0")),
 }
 LAYOUT_PACKAGE = {"kernels": "sglang.kernels.ops.attention.fla", "srt": "sglang.srt.layers.attention.fla"}
-ADDNORM_REASON = "skipped: CUDA kernels of fused add+RMSNorm not yet available"
 
 
 # =============================================================================================
@@ -70,9 +72,16 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    import sglang_addnorm_checks as addnorm_checks  # tests/ is sys.path[0] of this script
     import torch_ops
     from torch_ops.integrations import sglang as gn
 
+    addnorm_checks.install_sgl_kernel_stub()  # a GPU without sgl_kernel: see that module
+    if not torch_ops.has_cuda_kernels():
+        # patch() replaces forward_cuda only with a build that has CUDA kernels (the skip is
+        # checked by test_forward_cuda_needs_cuda_kernels); here forward_cuda is called directly
+        # with CPU tensors, so pretend
+        gn.checks.has_cuda_kernels = lambda: True
     results: dict = {}
     pkg = LAYOUT_PACKAGE[layout]
     U = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
@@ -136,16 +145,23 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     # ---- the modules, and every patch target's original object, before patch() ----------------
     lg = importlib.import_module(f"{pkg}.layernorm_gated")
     fg = importlib.import_module(f"{pkg}.fused_norm_gate")
-    modules, originals = {}, {}
-    for t in gn._TARGETS:
+    modules, originals, where = {}, {}, {}
+    for t in gn.targets.TARGETS:
         name = t.module.format(fla=pkg)
         if name not in modules:
             try:
                 modules[name] = importlib.import_module(name)
             except Exception:  # noqa: BLE001  (patch() reports it)
                 modules[name] = None
-        if modules[name] is not None and hasattr(modules[name], t.name):
-            originals[f"{name}.{t.name}"] = getattr(modules[name], t.name)
+        holder, attr = modules[name], t.name
+        if holder is not None and "." in attr:  # "Class.method"
+            holder, attr = getattr(holder, attr.split(".")[0], None), attr.split(".")[1]
+        if holder is not None and hasattr(holder, attr):
+            where[f"{name}.{t.name}"] = (holder, attr)
+            originals[f"{name}.{t.name}"] = getattr(holder, attr)
+
+    def bound(key):
+        return getattr(*where[key])
     from sglang.srt.runtime_context import get_parallel
     mixer2 = modules["sglang.srt.layers.attention.mamba.mixer2_rms_norm_gated"]
     real_use_cpu = (lg._use_cpu, fg._use_cpu)
@@ -169,6 +185,9 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     # pin it here as sglang does there, before the patch
     mixer._forward_method = mixer.forward_cuda
     cached_forward = mixer._forward_method
+    # sglang's RMSNorm family (sglang_addnorm_checks.py): live instances, before the patch
+    ln = modules.get("sglang.srt.layers.layernorm")
+    addnorm = None if ln is None else addnorm_checks.AddNormChecks(ln, gn, ["cpu", "cuda"] if cuda else ["cpu"], Skip)
 
     # CUDA: sglang's own (Triton) outputs before the patch, for the unpatched-vs-patched comparison
     cuda_cases = {}
@@ -185,10 +204,11 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     # simulate an AMX CPU (sglang's CPU path): patch() must turn the flag off, unpatch() back on
     lg._use_cpu = fg._use_cpu = True
     originals[f"{pkg}.layernorm_gated._use_cpu"] = originals[f"{pkg}.fused_norm_gate._use_cpu"] = True
+    where[f"{pkg}.layernorm_gated._use_cpu"], where[f"{pkg}.fused_norm_gate._use_cpu"] = (lg, "_use_cpu"), (fg, "_use_cpu")
 
     report = gn.patch()
     results["report"] = report.as_dict()
-    after_first = {k: getattr(modules[k.rsplit(".", 1)[0]], k.rsplit(".", 1)[1]) for k in originals}
+    after_first = {k: bound(k) for k in originals}
 
     # ---- bindings ---------------------------------------------------------------------------------
     @check("bindings")
@@ -438,6 +458,15 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
         after = fg.rms_norm_gated(xg, zc, wc, None, "sigmoid", None, False, False, 1e-6)
         close(after.cpu(), cuda_cases["fused"].cpu().double(), torch.bfloat16, 128, "cuda fused")
 
+    # ---- sglang's RMSNorm family: the patched forward_cuda (sglang_addnorm_checks.py) -------------
+    if addnorm is None:
+        why = report.skipped.get("sglang.srt.layers.layernorm", "not importable")
+        for name in addnorm_checks.CHECKS:
+            results[name] = {"ok": False, "detail": f"sglang.srt.layers.layernorm: {why}"}
+    else:
+        for name, fn in addnorm.checks().items():
+            check(name)(fn)
+
     # ---- idempotency, unpatch, re-patch ---------------------------------------------------------
     @check("idempotent")
     def _():
@@ -445,7 +474,7 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
         assert again.patched == [], again.patched
         assert sorted(again.already_patched) == sorted(report.patched)
         for k, obj in after_first.items():
-            assert getattr(modules[k.rsplit(".", 1)[0]], k.rsplit(".", 1)[1]) is obj, f"{k} changed"
+            assert bound(k) is obj, f"{k} changed"
 
     @check("unpatch")
     def _():
@@ -453,15 +482,19 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
         assert sorted(restored) == sorted(report.patched), (restored, report.patched)
         assert not gn.is_patched()
         for k, obj in originals.items():
-            assert getattr(modules[k.rsplit(".", 1)[0]], k.rsplit(".", 1)[1]) is obj, f"{k} not restored"
+            assert bound(k) is obj, f"{k} not restored"
         assert mixer._forward_method is cached_forward
+        if addnorm is not None:
+            addnorm.check_restored()
         assert gn.unpatch() == []  # nothing left
         # a second cycle
         r2 = gn.patch()
         assert sorted(r2.patched) == sorted(report.patched)
         assert sorted(gn.unpatch()) == sorted(report.patched)
         for k, obj in originals.items():
-            assert getattr(modules[k.rsplit(".", 1)[0]], k.rsplit(".", 1)[1]) is obj, f"{k} not restored (2nd)"
+            assert bound(k) is obj, f"{k} not restored (2nd)"
+        if addnorm is not None:
+            addnorm.check_restored()
 
     lg._use_cpu, fg._use_cpu = real_use_cpu
     return results
@@ -473,6 +506,7 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
 
 if __name__ != "__main__":
     import pytest
+    from sglang_addnorm_checks import CHECKS as ADDNORM_CHECKS
 
     def _torchvision_pin():
         import importlib.util
@@ -572,7 +606,7 @@ if __name__ != "__main__":
     LAYOUTS = pytest.mark.parametrize("layout", list(RELEASES), ids=[f"sglang-{v}" for v, _ in RELEASES.values()])
     CHECKS = ["bindings", "layer_norm_fwd", "rms_norm_gated", "z_3d", "quant_heads", "layernorm_fn", "modules",
               "mixer2", "fused_rms_norm_gated", "fused_module", "mamba_ops", "cuda_unpatched_vs_patched",
-              "idempotent", "unpatch"]
+              *ADDNORM_CHECKS, "idempotent", "unpatch"]
 
     @SLOW_IF_COLD
     @LAYOUTS
@@ -583,7 +617,7 @@ if __name__ != "__main__":
         if res["ok"] is None:
             pytest.skip(res["detail"])
         assert res["ok"], res["detail"]
-        if check not in ("bindings", "idempotent", "unpatch"):
+        if check not in ("bindings", "idempotent", "unpatch", "rmsnorm_bindings", "rmsnorm_fallbacks"):
             ops = json.dumps(res["detail"])
             assert "gatednorm::" in ops, f"no torch.ops.gatednorm op recorded: {ops}"
 
@@ -606,8 +640,10 @@ if __name__ != "__main__":
             must += [f"sglang.srt.layers.attention.mamba.ops.layernorm_gated.{n}" for n in ("_layer_norm_fwd",
                                                                                         "rms_norm_gated")]
         assert not set(must) - set(rep["patched"]), set(must) - set(rep["patched"])
-        for name in ("fused_add_rmsnorm", "rmsnorm"):
-            assert rep["skipped"][f"sglang.srt.layers.layernorm.{name}"] == ADDNORM_REASON
+        # the RMSNorm family (this build may lack CUDA kernels: the check script pretends it has them)
+        must += [f"sglang.srt.layers.layernorm.{c}.forward_cuda" for c in ("RMSNorm", "GemmaRMSNorm")]
+        assert not set(must) - set(rep["patched"]), set(must) - set(rep["patched"])
+        assert rep["rebound"] >= 3, rep["rebound"]  # the live instances' cached bound methods
         assert "sglang.srt.models.qwen3_next.RMSNormGated" in rep["checked"]
         assert "sglang.srt.models.qwen3_next.FusedRMSNormGated" in rep["checked"]
         # anything else skipped must say why (e.g. v0.5.15's bailing_moe_linear imports vllm on a CPU)
@@ -717,6 +753,68 @@ if __name__ != "__main__":
         assert "default" in rep["skipped"][f"{p}.layernorm_fn"]
         assert "sglang.kernels.ops.attention.fla.fused_norm_gate" in rep["absent"]
         assert any("not among the tested releases" in n for n in rep["notes"])
+
+    _FAKE_LAYERNORM = '''
+        import torch
+        {batch_invariant}
+        class RMSNorm(torch.nn.Module):
+            def forward_cuda(self, x, residual=None, post_residual_addition=None):
+                raise NotImplementedError
+        class GemmaRMSNorm(torch.nn.Module):
+            def forward_cuda(self, x, residual=None, post_residual_addition=None, scale=1.0):  # drifted
+                raise NotImplementedError
+    '''
+
+    _FAKE_LAYERNORM_RUN = """
+        import os
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # a CPU process (a CUDA one with a CPU-only build refuses all)
+        import json
+        from torch_ops.integrations import sglang as gn
+        gn.checks.has_cuda_kernels = lambda: {kernels}
+        import sglang.srt.layers.layernorm as ln
+        before = (ln.RMSNorm.forward_cuda, ln.GemmaRMSNorm.forward_cuda)
+        r = gn.patch()
+        rms_patched = ln.RMSNorm.forward_cuda is not before[0]
+        gemma_kept = ln.GemmaRMSNorm.forward_cuda is before[1]
+        restored = gn.unpatch()
+        back = (ln.RMSNorm.forward_cuda, ln.GemmaRMSNorm.forward_cuda) == before
+        print(json.dumps({{"report": r.as_dict(), "rms_patched": rms_patched, "gemma_kept": gemma_kept,
+                          "restored": restored, "back": back}}))
+    """
+
+    @pytest.mark.parametrize("kernels", [False, True], ids=["cpu-only-build", "cuda-build"])
+    def test_forward_cuda_needs_cuda_kernels(tmp_path, kernels):
+        """The RMSNorm family is replaced only by a build with CUDA kernels (else skipped, with the
+        reason); with one, a drifted method signature is left alone and reported."""
+        root = _fake_sglang(tmp_path, {
+            "sglang/__init__.py": "__version__ = '0.5.23'\n",
+            "sglang/kernels/ops/attention/fla/layernorm_gated.py": _FAKE_LG.format(npu=False),
+            "sglang/srt/layers/layernorm.py": _FAKE_LAYERNORM.format(
+                batch_invariant="def is_batch_invariant_mode_enabled(): return False"),
+        })
+        res = _run_fake(root, _FAKE_LAYERNORM_RUN.format(kernels=kernels))
+        rep, p = res["report"], "sglang.srt.layers.layernorm"
+        assert res["back"] and res["gemma_kept"]
+        if not kernels:
+            assert not res["rms_patched"] and f"{p}.RMSNorm.forward_cuda" not in rep["patched"]
+            for c in ("RMSNorm", "GemmaRMSNorm"):
+                assert "no CUDA kernels" in rep["skipped"][f"{p}.{c}.forward_cuda"]
+        else:
+            assert res["rms_patched"] and f"{p}.RMSNorm.forward_cuda" in res["restored"]
+            assert "'scale'" in rep["skipped"][f"{p}.GemmaRMSNorm.forward_cuda"]
+
+    def test_forward_cuda_needs_its_module_globals(tmp_path):
+        """A layernorm module without the global the replacement reads at call time is not the
+        sglang it was written for: left alone, reported."""
+        root = _fake_sglang(tmp_path, {
+            "sglang/__init__.py": "__version__ = '0.5.23'\n",
+            "sglang/kernels/ops/attention/fla/layernorm_gated.py": _FAKE_LG.format(npu=False),
+            "sglang/srt/layers/layernorm.py": _FAKE_LAYERNORM.format(batch_invariant=""),
+        })
+        res = _run_fake(root, _FAKE_LAYERNORM_RUN.format(kernels=True))
+        assert not res["rms_patched"] and res["back"]
+        assert "is_batch_invariant_mode_enabled" in res["report"]["skipped"][
+            "sglang.srt.layers.layernorm.RMSNorm.forward_cuda"]
 
     def test_npu_refused(tmp_path):
         root = _fake_sglang(tmp_path, {
