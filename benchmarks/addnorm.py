@@ -24,7 +24,7 @@ import time
 import torch
 
 from .cases import Case
-from .common import DTYPES, err, free, sync_quietly, tol_check
+from .common import DTYPES, err, free, resolve_provider, rotating_sets, sync_quietly, tol_check
 from .providers import Env, norm_provider_fn
 from .results import row
 
@@ -108,11 +108,7 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
     passes = c.passes()
     nbytes = _bytes(c, es)
     # L2-cold rotation: input sets totalling > 3x L2 (CPU and --l2 flush: one set)
-    set_bytes = c.M * c.N * es * (2 if c.family == "addnorm" else 1)
-    if cuda and timer.l2_mode == "rotate":
-        nsets = max(2, min(128, math.ceil(3 * env.l2_bytes / set_bytes)))
-    else:
-        nsets = 1
+    nsets = rotating_sets(env, timer, c.M * c.N * es * (2 if c.family == "addnorm" else 1))
     torch.manual_seed(0)
     w = (1.0 + 0.1 * torch.randn(c.N, device=env.device)).to(dt)
     sets = _make_sets(c, env.device, nsets)
@@ -120,13 +116,8 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
         torch._dynamo.reset()  # fresh compile per row: no recompile limit, no dynamic shapes
 
     for p in providers:
-        try:
-            f, why = norm_provider_fn(p, c, env)
-        except Exception as e:
-            f, why = None, err(e)
+        f = resolve_provider(norm_provider_fn, p, c, env, sink, row, passes, nbytes, ceiling)
         if f is None:
-            for ps in passes:
-                sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=why))
             continue
 
         def fwd(i, f=f):

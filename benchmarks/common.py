@@ -3,6 +3,7 @@ the relative error, and cleanup after a row or a failed call."""
 from __future__ import annotations
 
 import gc
+import math
 
 import torch
 
@@ -47,3 +48,24 @@ def sync_quietly(device):
             torch.cuda.synchronize()
         except Exception:
             pass
+
+
+def rotating_sets(env, timer, set_bytes: int) -> int:
+    """How many input sets an L2-cold timing rotates through: > 3x L2 in total on CUDA
+    with --l2 rotate (at least 2, at most 128); one set on the CPU or with a flush."""
+    if env.device.type == "cuda" and timer.l2_mode == "rotate":
+        return max(2, min(128, math.ceil(3 * env.l2_bytes / set_bytes)))
+    return 1
+
+
+def resolve_provider(make, p, c, env, sink, row, passes, nbytes, ceiling):
+    """The timed callable of provider p for case c, or None after writing its n/a rows
+    (with the reason) for every pass."""
+    try:
+        f, why = make(p, c, env)
+    except Exception as e:
+        f, why = None, err(e)
+    if f is None:
+        for ps in passes:
+            sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=why))
+    return f

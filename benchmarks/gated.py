@@ -6,13 +6,12 @@ Bytes: forward = (x + z + out), backward = (x + z + dy + dx + dz) elements x ele
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 from .cases import Case
-from .common import DTYPES, err, free, rel, sync_quietly, tol_check
+from .common import DTYPES, err, free, resolve_provider, rotating_sets, rel, sync_quietly, tol_check
 from .providers import Env, provider_fn
 from .results import row
 
@@ -82,11 +81,7 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
     grad = "fwdbwd" in passes
     nbytes = _bytes(c, es)
     # L2-cold rotation: input sets totalling > 3x L2 (CPU and --l2 flush: one set)
-    set_bytes = c.M * c.N * es * ((2 if c.z else 1) + (1 if grad else 0))
-    if cuda and timer.l2_mode == "rotate":
-        nsets = max(2, min(128, math.ceil(3 * env.l2_bytes / set_bytes)))
-    else:
-        nsets = 1
+    nsets = rotating_sets(env, timer, c.M * c.N * es * ((2 if c.z else 1) + (1 if grad else 0)))
     torch.manual_seed(0)
     shared, sets = _make_sets(c, env.device, nsets, grad)
     w, b = shared["w"], shared["b"]
@@ -97,13 +92,8 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
         torch._dynamo.reset()  # fresh compile per row: no recompile limit, no dynamic shapes
 
     for p in providers:
-        try:
-            f, why = provider_fn(p, c, env)
-        except Exception as e:
-            f, why = None, err(e)
+        f = resolve_provider(provider_fn, p, c, env, sink, row, passes, nbytes, ceiling)
         if f is None:
-            for ps in passes:
-                sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=why))
             continue
 
         def fwd(i, f=f):
@@ -136,9 +126,9 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
                 status[kind] = (None, None, err(e))
                 sync_quietly(env.device)
         for ps in passes:
-            ok, note, err = status["fwdbwd" if ps == "fwdbwd" else "fwd"]
-            if err:
-                sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=err))
+            ok, note, failure = status["fwdbwd" if ps == "fwdbwd" else "fwd"]
+            if failure:
+                sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=failure))
                 continue
             try:
                 if ps == "fwd":
