@@ -24,7 +24,7 @@ import time
 import torch
 
 from .cases import Case
-from .common import DTYPES, err, free, resolve_provider, rotating_sets, sync_quietly, tol_check
+from .common import DTYPES, err, free, host_baselines, resolve_provider, rotating_sets, sync_quietly, tol_check
 from .providers import Env, norm_provider_fn
 from .results import row
 
@@ -159,13 +159,7 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
                 sync_quietly(env.device)
             free(env.device)
 
-    if "host" in passes:  # the host cost of native ops on the same machine, for the ratio
-        x = sets[0]["x"]
-        for name, fn in (("add_", lambda: x.add_(1)), ("empty_like", lambda: torch.empty_like(x))):
-            try:
-                t, n = timer.host(fn)
-                sink.add(row(c, env, name, "host", t, None, ceiling, reps=n))
-            except Exception as e:
-                sink.add(row(c, env, name, "host", None, None, ceiling, note=err(e)))
+    if "host" in passes:
+        host_baselines(timer, sets[0]["x"], sink, row, c, env, ceiling)
     del sets, w
     free(env.device)

@@ -69,3 +69,14 @@ def resolve_provider(make, p, c, env, sink, row, passes, nbytes, ceiling):
         for ps in passes:
             sink.add(row(c, env, p, ps, None, nbytes[ps], ceiling, note=why))
     return f
+
+
+def host_baselines(timer, x, sink, row, c, env, ceiling):
+    """Host wall per call of native ops on the same machine (`x.add_(1)`, `empty_like`):
+    the yardstick the host rows are divided by."""
+    for name, fn in (("add_", lambda: x.add_(1)), ("empty_like", lambda: torch.empty_like(x))):
+        try:
+            t, n = timer.host(fn)
+            sink.add(row(c, env, name, "host", t, None, ceiling, reps=n))
+        except Exception as e:
+            sink.add(row(c, env, name, "host", None, None, ceiling, note=err(e)))

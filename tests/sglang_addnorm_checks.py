@@ -110,7 +110,9 @@ def _module_globals(ln, values: dict):
 # helpers
 # =============================================================================================
 
-class _Recorder(TorchDispatchMode):
+class Recorder(TorchDispatchMode):
+    """Records the name of every op dispatched under it (also used by sglang_gated_checks.py)."""
+
     def __init__(self):
         super().__init__()
         self.ops = []
@@ -124,7 +126,7 @@ def _run(fn, *args, ours=True):
     """fn(*args) -> (result, gatednorm ops). ours: it must reach torch.ops.gatednorm and no
     sgl_kernel stand-in; else it must not reach torch.ops.gatednorm."""
     n = len(CALLS)
-    with _Recorder() as rec:
+    with Recorder() as rec:
         out = fn(*args)
     mine = sorted({o for o in rec.ops if o.startswith("gatednorm::")})
     if ours:

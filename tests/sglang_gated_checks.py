@@ -24,7 +24,6 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     import importlib
 
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     import sglang_addnorm_checks as addnorm_checks  # tests/ is sys.path[0] of this script
     import torch_ops
@@ -55,14 +54,7 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     class Skip(Exception):
         pass
 
-    class Recorder(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(func._schema.name)
-            return func(*args, **(kwargs or {}))
+    Recorder = addnorm_checks.Recorder
 
     def via_gatednorm(fn, *args, **kwargs):
         """Run fn under the recorder; it must dispatch at least one torch.ops.gatednorm op."""
