@@ -172,36 +172,36 @@ __device__ __forceinline__ A round_as(A v, gn_dtype t) {
 }
 
 // Stages parameters p[0..n) (dtype P; absent: `fill`) plus `add` into shared
-// memory as A, zeros in [n, padded). Each thread issues its U 16-byte loads
-// before any store: a plain element loop would wait one memory latency per
-// iteration, which dominates a decode-sized launch.
+// memory as A, zeros in [n, padded). 16-byte loads, two in flight per thread
+// before their stores (a decode-sized launch waits on this), and no unrolled
+// scalar guards: this code's register peak is the kernel's (all four parameter
+// dtypes are compiled in), so it must stay below the main loop's.
 template <typename P, typename A>
 __device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, A* s) {
-  constexpr int V = 16 / (int)sizeof(P), U = 4;
-  const bool vec_ok = p && (uintptr_t)p % 16 == 0;
-  const int stride = blockDim.x * V;
-  for (int base = threadIdx.x * V; base < padded; base += stride * U) {
-    P v[U][V];
+  constexpr int V = 16 / (int)sizeof(P);
+  const int bd = blockDim.x;
+  int done = 0;  // elements [0, done) are staged by the vector loop
+  if (p && (uintptr_t)p % 16 == 0) {
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+    const int nv = n / V;
+#pragma unroll 1
+    for (int k = threadIdx.x; k < nv; k += 2 * bd) {
+      union { uint4 u; P e[V]; } u0, u1;
+      u0.u = __ldg(q + k);
+      const bool two = k + bd < nv;
+      u1.u = two ? __ldg(q + k + bd) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int b = base + u * stride;
-      if (vec_ok && b + V <= n) {
-        *reinterpret_cast<uint4*>(v[u]) = __ldg(reinterpret_cast<const uint4*>(p + b));
-      } else if (p) {
+      for (int i = 0; i < V; ++i) s[k * V + i] = (A)to_acc<P>(u0.e[i]) + add;
+      if (two) {
 #pragma unroll
-        for (int i = 0; i < V; ++i)
-          if (b + i < n) v[u][i] = p[b + i];
+        for (int i = 0; i < V; ++i) s[(k + bd) * V + i] = (A)to_acc<P>(u1.e[i]) + add;
       }
     }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int k = base + u * stride + i;
-        if (k < padded) s[k] = k < n ? (p ? (A)to_acc<P>(v[u][i]) : fill) + add : A(0);
-      }
-    }
+    done = nv * V;
   }
+#pragma unroll 1
+  for (int k = done + threadIdx.x; k < padded; k += bd)
+    s[k] = k < n ? (p ? (A)to_acc<P>(p[k]) : fill) + add : A(0);
 }
 
 // stage_typed for a parameter dtype known at run time (p + c0: this block's columns).
@@ -228,6 +228,32 @@ __device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dt
   __syncthreads();
 }
 
+// Asynchronous 16-byte copies global -> shared memory (cp.async, sm_80+). Loads in
+// flight then hold no registers, so how far ahead a kernel reads is bounded by
+// shared memory instead of by occupancy. `valid` false writes zeros and reads
+// nothing (src may then be any mapped address). A thread that reads back only its
+// own copies needs no barrier, only cp_async_wait.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+// 4 or 8 bytes (a row's statistic); src aligned to BYTES.
+template <int BYTES>
+__device__ __forceinline__ void cp_async_small(void* dst, const void* src, bool valid) {
+  static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(BYTES),
+               "r"(valid ? BYTES : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // VEC consecutive values from shared memory; 16-byte loads when ALIGNED.
 template <typename A, int VEC, bool ALIGNED>
 __device__ __forceinline__ void load_smem(const A* p, A* v) {
@@ -246,7 +272,16 @@ __device__ __forceinline__ void load_smem(const A* p, A* v) {
   }
 }
 
-__device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + __expf(-z)); }
+// 1 / (1 + 2^(-z log2(e))) on the approximate MUFU ex2 and rcp (~2 ulp, like Triton's
+// div.full). `1.f / (1.f + __expf(-z))` compiled to ~20 instructions an element (exp's
+// denormal fixups, the IEEE division's range check and slow-path call): the largest
+// per-element cost in these memory-bound kernels. z -> -inf: e = inf, rcp = 0.
+__device__ __forceinline__ float sigmoid(float z) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-1.4426950408889634f * z));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
+  return r;
+}
 __device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
 __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }

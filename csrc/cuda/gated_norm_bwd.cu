@@ -42,13 +42,13 @@ struct Elem {
 };
 
 template <typename A>
-__device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, A x, A z, A dy, A w, A b, A mean,
-                                             A rstd) {
+__device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, bool after, A x, A z, A dy, A w, A b,
+                                             A mean, A rstd) {
   Elem<A> e;
   e.az = A(1);
   e.daz = A(0);
   if (gate) act_fwd_bwd(z, c.act, e.az, e.daz);
-  const bool before = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
+  const bool before = gate && !after;
   const A v = before ? x * e.az : x;
   e.vhat = (v - mean) * rstd;
   const A y0 = e.vhat * w + b;
@@ -61,10 +61,10 @@ __device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, A x,
 // dx and dz of one element once the group sums c1 = mean(vhat*w*dy0) and
 // c2 = mean(w*dy0) (LayerNorm only) are known.
 template <typename A>
-__device__ __forceinline__ void input_grads(const gn_config& c, bool gate, const Elem<A>& e, A x, A w, A c1, A c2,
-                                            A rstd, A& dx, A& dz) {
+__device__ __forceinline__ void input_grads(bool gate, bool after, const Elem<A>& e, A x, A w, A c1, A c2, A rstd,
+                                            A& dx, A& dz) {
   const A dv = (w * e.dy0 - e.vhat * c1 - c2) * rstd;
-  if (gate && !c.norm_before_gate) {
+  if (gate && !after) {
     dx = dv * e.az;
     dz = dv * x * e.daz;
   } else {
@@ -100,13 +100,28 @@ __device__ __forceinline__ void load_weights(const A* tw, const A* tb, int64_t c
   }
 }
 
-// Register path (plan.h): x, z, dy and this thread's dw/db partial sums live in
-// registers; weight and bias are read from shared memory.
-template <typename T, int NV, bool ALIGNED>
+// Bytes of the register path's dynamic shared memory: weight (and bias) as A, then
+// (aligned rows) the cp.async ring: BWD_RING rows of x, dy (and z), one 16-byte
+// slot per (stage, tensor, vector, thread), and the rows' rstd (and mean).
+template <typename A>
+__host__ __device__ inline size_t bwd_params_bytes(int gpb, int64_t G, bool bias) {
+  return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
+}
+template <typename A>
+inline size_t bwd_ring_bytes(int nv, int threads, bool gate) {
+  return (size_t)BWD_RING * threads * ((gate ? 3 : 2) * nv * 16 + 2 * sizeof(A));
+}
+
+// Register path (plan.h). Aligned rows stream through a cp.async ring in shared
+// memory, BWD_RING - 1 rows ahead (see the forward): x, z, dy are read from it
+// twice, for the group sums and then for the gradients, instead of being held in
+// registers across the reduction, which leaves registers for occupancy. This
+// thread's dw/db partial sums stay in registers; weight and bias in shared memory.
+template <typename T, int NV, bool ALIGNED, int MODE>
 __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
     bwd_regs(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = NV * VEC;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC, S = BWD_RING;
   __shared__ A red[2 * 32];
   __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
   extern __shared__ __align__(16) unsigned char dyn[];
@@ -114,33 +129,43 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
-  const int64_t G = c.group_size, M = c.rows, N = c.cols;
+  const int G = (int)c.group_size;  // the register path holds a group: G < 2^31
+  const int64_t M = c.rows, N = c.cols;
   const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
   const int64_t col0 = g * G;
-  const bool gate = a.z != nullptr;
+  const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
   // Bias only enters y0 (gate after the norm, or a recomputed output).
-  const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
+  const bool want_b = a.bias && (a.out || after);
   A* sw = reinterpret_cast<A*>(dyn);
   A* sb = want_b ? sw + L.gpb * G : nullptr;
+  const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
-  // Aligned rows are software-pipelined as in the forward: the next row's x, z,
-  // dy and statistics are requested (packed) before this row's reductions.
-  const int64_t step = (int64_t)gridDim.y * L.rpi;
-  uint4 px[NV], pz[NV], pdy[NV];
-  A pmean = 0, prstd = 0;
-  auto prefetch = [&](int64_t rn) {
+  const int bd = blockDim.x, narr = gate ? 3 : 2;  // ring tensors: x, dy, z
+  uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes<A>(L.gpb, G, want_b));
+  A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
+  auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
+  const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
+  auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && rn < M;
     const BwdRow<T> q = bwd_row<T>(a, okn ? rn : 0, col0);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      px[j] = load_raw<T>(q.x, cj, okn ? G : 0);
-      pdy[j] = load_raw<T>(q.dy, cj, okn ? G : 0);
-      pz[j] = gate ? load_raw<T>(q.z, cj, okn ? G : 0) : make_uint4(0, 0, 0, 0);
+      const int cj = cl + j * cs;
+      const bool in = okn && cj < G;
+      cp_async16(slot(st, 0, j), q.x + (in ? cj : 0), in);
+      cp_async16(slot(st, 1, j), q.dy + (in ? cj : 0), in);
+      if (gate) cp_async16(slot(st, 2, j), q.z + (in ? cj : 0), in);
     }
-    if (okn) load_stats<A>(a, g, rn, pmean, prstd);
+    const int64_t i = g * M + (okn ? rn : 0);
+    cp_async_small<sizeof(A)>(rstats + (st * 2) * bd + threadIdx.x, static_cast<const A*>(a.rstd) + i, okn);
+    if (!c.is_rms_norm) cp_async_small<sizeof(A)>(rstats + (st * 2 + 1) * bd + threadIdx.x,
+                                                  static_cast<const A*>(a.mean) + i, okn);
+    cp_async_commit();
   };
-  if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
+  if (ALIGNED) {
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
+  }
   stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G,
                   (int)(L.gpb * G), sw, sb);
   const A* tw = sw + gl * G;
@@ -150,50 +175,53 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = db[k] = 0;
 
-  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
+  int st = 0;  // the ring slot of this row
+#pragma unroll 1
+  for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
-    const int64_t lim = ok ? G : 0;
-    A x[K], z[K], dy[K];
+    const int lim = ok ? G : 0;
     A mean = 0, rstd = 0;
     if (ALIGNED) {
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        unpack<T, VEC>(px[j], &x[j * VEC]);
-        unpack<T, VEC>(pdy[j], &dy[j * VEC]);
-        if (gate) unpack<T, VEC>(pz[j], &z[j * VEC]);
-      }
-      mean = pmean;
-      rstd = prstd;
-      if (rb + step < M) prefetch(rb + step + rl);
-    } else {
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-        load_vec<T, VEC>(p.x, cj, lim, false, &x[j * VEC]);
-        load_vec<T, VEC>(p.dy, cj, lim, false, &dy[j * VEC]);
-        if (gate) load_vec<T, VEC>(p.z, cj, lim, false, &z[j * VEC]);
-      }
-      if (ok) load_stats<A>(a, g, r, mean, rstd);
+      issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);  // refills the slot read last row
+      cp_async_wait<S - 1>();
+      rstd = rstats[(st * 2) * bd + threadIdx.x];
+      if (!c.is_rms_norm) mean = rstats[(st * 2 + 1) * bd + threadIdx.x];
+    } else if (ok) {
+      load_stats<A>(a, g, r, mean, rstd);
     }
+    // x, dy, z of vector j: from the ring, or (unaligned rows) from global memory,
+    // where the second read hits L1.
+    auto row_vec = [&](int j, A* x, A* dy, A* z) {
+      const int cj = cl + j * cs;
+      if (ALIGNED) {
+        unpack<T, VEC>(*slot(st, 0, j), x);
+        unpack<T, VEC>(*slot(st, 1, j), dy);
+        if (gate) unpack<T, VEC>(*slot(st, 2, j), z);
+      } else {
+        load_vec<T, VEC>(p.x, cj, lim, false, x);
+        load_vec<T, VEC>(p.dy, cj, lim, false, dy);
+        if (gate) load_vec<T, VEC>(p.z, cj, lim, false, z);
+      }
+    };
     // Elements past the group (padding, idle teams) contribute nothing.
     A s[2] = {0, 0};
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      const int cj = cl + j * cs;
       if (cj >= lim) continue;
-      A wv[VEC], bv[VEC];
+      A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
+      row_vec(j, x, dy, z);
       load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const int k = j * VEC + i;
         if (!ALIGNED && cj + i >= lim) continue;
-        const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], wv[i], bv[i], mean, rstd);
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         s[0] += e.vhat * wv[i] * e.dy0;
         s[1] += wv[i] * e.dy0;
-        dw[k] += e.dy0 * e.vhat;
-        db[k] += e.dy0;
+        dw[j * VEC + i] += e.dy0 * e.vhat;
+        db[j * VEC + i] += e.dy0;
       }
     }
     team_sum<2>(s, L.tpg, red);
@@ -201,29 +229,27 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     // Recomputing the per-element terms is cheaper than keeping them in registers.
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
+      const int cj = cl + j * cs;
       if (cj >= lim) continue;
-      A wv[VEC], bv[VEC];
+      A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
+      row_vec(j, x, dy, z);
       load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const int k = j * VEC + i;
-        const Elem<A> e = elem_grad<A>(c, gate, x[k], gate ? z[k] : A(0), dy[k], wv[i], bv[i], mean, rstd);
-        A dxk, dzk;
-        input_grads<A>(c, gate, e, x[k], wv[i], c1, c2, rstd, dxk, dzk);
-        x[k] = dxk;  // reuse registers: x -> dx, z -> dz, dy -> y
-        z[k] = dzk;
-        dy[k] = e.y;
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
+        A dxi, dzi;
+        input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
+        x[i] = dxi;  // reuse registers: x -> dx, z -> dz, dy -> y
+        z[i] = dzi;
+        dy[i] = e.y;
       }
+      store_vec<T, VEC>(p.dx, cj, lim, ALIGNED, x);
+      if (gate) store_vec<T, VEC>(p.dz, cj, lim, ALIGNED, z);
+      if (p.out) store_vec<T, VEC>(p.out, cj, lim, ALIGNED, dy);
     }
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      store_vec<T, VEC>(p.dx, cj, lim, ALIGNED, &x[j * VEC]);
-      if (gate) store_vec<T, VEC>(p.dz, cj, lim, ALIGNED, &z[j * VEC]);
-      if (p.out) store_vec<T, VEC>(p.out, cj, lim, ALIGNED, &dy[j * VEC]);
-    }
+    st = st + 1 == S ? 0 : st + 1;
   }
+  if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
 
   // Teams of different rows in this block own the same columns: fold them into
   // row 0's team in a fixed order, then write this row block's partial.
@@ -243,8 +269,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
   __shared__ A red[2 * 32];
   const gn_config& c = a.cfg;
   const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
-  const bool gate = a.z != nullptr, st = L.staged, al = L.aligned;
-  const bool want_b = a.bias && (a.out || (gate && c.norm_before_gate));
+  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate, st = L.staged, al = L.aligned;
+  const bool want_b = a.bias && (a.out || after);
   // Thread-private staging: each thread re-reads only what it wrote.
   T* sx = reinterpret_cast<T*>(stage_raw);
   T* sdy = sx + G;
@@ -275,7 +301,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
         const bool in = cj + i < G;
         const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
         const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
         s[0] += e.vhat * wi * e.dy0;
         s[1] += wi * e.dy0;
       }
@@ -296,8 +322,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
         const bool in = cj + i < G;
         const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
         const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
-        input_grads<A>(c, gate, e, x[i], wi, c1, c2, rstd, dx[i], dz[i]);
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        input_grads<A>(gate, after, e, x[i], wi, c1, c2, rstd, dx[i], dz[i]);
         y[i] = e.y;
         if (in && a.dw) ws_dw[cj + i] = (first ? A(0) : ws_dw[cj + i]) + e.dy0 * e.vhat;
         if (in && a.db) ws_db[cj + i] = (first ? A(0) : ws_db[cj + i]) + e.dy0;
@@ -309,37 +335,62 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
   }
 }
 
+template <typename T>
+size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
+  const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
+  return bwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size, want_b) +
+         (aligned ? bwd_ring_bytes<acc_t<T>>(p.nv, p.threads, a.z != nullptr) : 0);
+}
+
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
 // partials) it was launched with.
-template <typename T, int NV, bool ALIGNED>
+template <typename T, int NV, bool ALIGNED, int MODE>
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
-  const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
-  const size_t smem = (size_t)p.layout.gpb * a.cfg.group_size * sizeof(A) * (want_b ? 2 : 1);
-  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
+  const size_t smem = bwd_regs_smem<T>(a, p, ALIGNED);
+  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_regs<T, NV, ALIGNED>>(p.threads, smem), dev.sms);
-  bwd_regs<T, NV, ALIGNED><<<grid, p.threads, smem, s>>>(a, p.layout);
+  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
+  bwd_regs<T, NV, ALIGNED, MODE><<<grid, p.threads, smem, s>>>(a, p.layout);
   parts = grid.y;
   return GN_OK;
 }
 
+// The aligned register path per gate mode; fp64 keeps the mode a run-time value.
+template <typename T, int NV>
+gn_status launch_aligned(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
+  if (sizeof(T) == 8) return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s, parts);
+  switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
+    case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s, parts);
+    case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s, parts);
+    default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s, parts);
+  }
+}
+
 template <typename T>
-gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s) {
+gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   using A = acc_t<T>;
-  gn_status st = GN_OK;
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
+  if (p.regs && bwd_regs_smem<T>(a, p, p.layout.aligned) + BWD_BLOCK * p.nv * vec_size<T>() * sizeof(A) >
+                    (size_t)dev.max_smem_optin - 1024) {
+    const bool aligned = p.layout.aligned;  // a GPU with little shared memory: the loop path
+    p = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 3 : 2), dev);
+    p.layout.aligned = aligned;
+  }
   unsigned parts = p.grid.y;
   if (p.regs) {
     constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();
     if (!p.layout.aligned) {
-      st = p.nv == 1 ? launch_regs<T, 1, false>(a, p, s, parts) : GN_ERR_INVALID;
+      st = p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME>(a, p, s, parts) : GN_ERR_INVALID;
     } else {
       switch (p.nv) {
-        case 1: st = launch_regs<T, 1, true>(a, p, s, parts); break;
-        case 2: st = launch_regs<T, (MAX_NV >= 2 ? 2 : 1), true>(a, p, s, parts); break;
-        case 4: st = launch_regs<T, (MAX_NV >= 4 ? 4 : 1), true>(a, p, s, parts); break;
+        case 1: st = launch_aligned<T, 1>(a, p, s, parts); break;
+        case 2: st = launch_aligned<T, (MAX_NV >= 2 ? 2 : 1)>(a, p, s, parts); break;
+        case 4: st = launch_aligned<T, (MAX_NV >= 4 ? 4 : 1)>(a, p, s, parts); break;
         default: st = GN_ERR_INVALID;
       }
     }

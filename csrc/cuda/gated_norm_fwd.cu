@@ -32,75 +32,95 @@ __device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int
   if (a.rstd) static_cast<A*>(a.rstd)[i] = rstd;
 }
 
+// Bytes of the register path's dynamic shared memory: weight (and bias) as A for
+// the block's columns, then (aligned rows) the ring of FWD_RING rows of x (and z),
+// one 16-byte slot per (stage, tensor, vector, thread).
+template <typename A>
+__host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
+  return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
+}
+inline size_t fwd_ring_bytes(int nv, int threads, bool gate) {
+  return (size_t)FWD_RING * (gate ? 2 : 1) * nv * threads * 16;
+}
+
 // Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
 // its group for j < NV, the same for every row it visits. Weight and bias sit in
-// shared memory (fp32), not registers: registers bound occupancy, and occupancy
-// is what keeps enough loads in flight.
-template <typename T, int NV, bool ALIGNED>
+// shared memory (fp32), not registers: registers bound occupancy. Aligned rows
+// stream through a cp.async ring in shared memory, FWD_RING - 1 rows ahead of the
+// one being reduced: the loads in flight per SM are bounded by shared memory, not
+// by registers (a register prefetch needed ~100 registers a thread, which left 16
+// warps per SM and ~16-32 KB in flight: 0.8 of the copy ceiling). The gate mode is
+// a template parameter (GateMode, plan.h) so no mode holds values it does not use.
+template <typename T, int NV, bool ALIGNED, int MODE>
 __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = NV * VEC;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC, S = FWD_RING;
   __shared__ A red[2 * 32];
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
-  const int64_t G = c.group_size, M = c.rows;
+  const int G = (int)c.group_size;  // the register path holds a group: G < 2^31
+  const int64_t M = c.rows;
   const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
   const int64_t col0 = g * G;
-  const bool gate = a.z != nullptr, gate_after = gate && c.norm_before_gate;
+  const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
   A* sw = reinterpret_cast<A*>(dyn);
   A* sb = a.bias ? sw + L.gpb * G : nullptr;
   const A* tw = sw + gl * G;
   const A* tb = sb ? sb + gl * G : nullptr;
+  const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
-  // Aligned rows are software-pipelined: the next row's x and z are requested
-  // (kept packed) before this row's reductions, so a warp always has loads in
-  // flight instead of waiting a full memory latency per row.
-  const int64_t step = (int64_t)gridDim.y * L.rpi;
-  uint4 px[NV], pz[NV];
-  auto prefetch = [&](int64_t rnext) {
-    const bool okn = team_ok && rnext < M;
-    const FwdRow<T> q = fwd_row<T>(a, okn ? rnext : 0, col0);
+  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<A>(L.gpb, G, a.bias != nullptr));
+  const int narr = gate ? 2 : 1;
+  auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
+  const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
+  auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
+    const bool okn = team_ok && rn < M;
+    const FwdRow<T> q = fwd_row<T>(a, okn ? rn : 0, col0);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      px[j] = load_raw<T>(q.x, cj, okn ? G : 0);
-      pz[j] = gate ? load_raw<T>(q.z, cj, okn ? G : 0) : make_uint4(0, 0, 0, 0);
+      const int cj = cl + j * cs;
+      const bool in = okn && cj < G;
+      cp_async16(slot(st, 0, j), q.x + (in ? cj : 0), in);
+      if (gate) cp_async16(slot(st, 1, j), q.z + (in ? cj : 0), in);
     }
+    cp_async_commit();
   };
-  if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
-  // Staged after the first prefetch is issued: both loads are in flight at once
-  // (with one row per block, as in decode, this halves the latency).
+  if (ALIGNED) {
+#pragma unroll
+    for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
+  }
+  // Staged after the first rows are requested: both are in flight at once (with
+  // one row per block, as in decode, this halves the latency).
   stage_params<A>(a.weight, a.bias, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G), sw, sb);
 
-  for (int64_t rb = (int64_t)blockIdx.y * L.rpi; rb < M; rb += step) {
+  int st = 0;  // the ring slot of this row
+#pragma unroll 1
+  for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const FwdRow<T> p = fwd_row<T>(a, ok ? r : 0, col0);
-    const int64_t lim = ok ? G : 0;  // idle teams read nothing but still reduce
-    A v[K], az[K];
+    const int lim = ok ? G : 0;  // idle teams read nothing but still reduce
     if (ALIGNED) {
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        unpack<T, VEC>(px[j], &v[j * VEC]);
-        if (gate) unpack<T, VEC>(pz[j], &az[j * VEC]);
-      }
-      if (rb + step < M) prefetch(rb + step + rl);
-    } else {
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-        load_vec<T, VEC>(p.x, cj, lim, false, &v[j * VEC]);
-        if (gate) load_vec<T, VEC>(p.z, cj, lim, false, &az[j * VEC]);
-      }
+      // The slot refilled here was read in the previous iteration, whose values
+      // were all consumed (stored) before this point: no overwrite hazard.
+      issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);
+      cp_async_wait<S - 1>();
     }
-    if (gate) {
+    A v[K];
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        az[k] = act_fwd(az[k], c.act);
-        if (!c.norm_before_gate) v[k] *= az[k];
+    for (int j = 0; j < NV; ++j) {
+      const int cj = cl + j * cs;
+      if (ALIGNED) unpack<T, VEC>(*slot(st, 0, j), &v[j * VEC]);
+      else load_vec<T, VEC>(p.x, cj, lim, false, &v[j * VEC]);
+      if (gate && !after) {
+        A zz[VEC];
+        if (ALIGNED) unpack<T, VEC>(*slot(st, 1, j), zz);
+        else load_vec<T, VEC>(p.z, cj, lim, false, zz);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[j * VEC + i] *= act_fwd(zz[i], c.act);
       }
     }
     A mean = 0;
@@ -114,7 +134,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, co
       for (int j = 0; j < NV; ++j)
 #pragma unroll
         for (int i = 0; i < VEC; ++i)
-          if ((int64_t)(j * L.tpg + lt) * VEC + i < lim) v[j * VEC + i] -= mean;  // padding stays 0
+          if (cl + j * cs + i < lim) v[j * VEC + i] -= mean;  // padding stays 0
     }
     A ss[1] = {0};
 #pragma unroll
@@ -123,30 +143,35 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, co
     const A rstd = rsqrt_acc(ss[0] / (A)G + (A)c.eps);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
-      if (ALIGNED ? cj >= lim : cj + VEC > lim) {  // padding: scalar guard (unaligned tails)
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          if (cj + i >= lim) continue;
-          const A y = v[j * VEC + i] * rstd * tw[cj + i] + (tb ? tb[cj + i] : A(0));
-          v[j * VEC + i] = gate_after ? y * az[j * VEC + i] : y;
-        }
-        continue;
+      const int cj = cl + j * cs;
+      if (cj >= lim) continue;
+      A zz[VEC];
+      if (after) {  // z of a gate after the norm is read only now
+        if (ALIGNED) unpack<T, VEC>(*slot(st, 1, j), zz);
+        else load_vec<T, VEC>(p.z, cj, lim, false, zz);  // unaligned rows: read again (L1)
       }
       A wv[VEC], bv[VEC];
-      load_smem<A, VEC, ALIGNED>(tw + cj, wv);
-      if (tb) load_smem<A, VEC, ALIGNED>(tb + cj, bv);
+      if (ALIGNED) {
+        load_smem<A, VEC, true>(tw + cj, wv);
+        if (tb) load_smem<A, VEC, true>(tb + cj, bv);
+      } else {  // unaligned rows: scalar reads, guarded at the row's end
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+          wv[i] = cj + i < lim ? tw[cj + i] : A(0);
+          bv[i] = tb && cj + i < lim ? tb[cj + i] : A(0);
+        }
+      }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const A y = v[j * VEC + i] * rstd * wv[i] + (tb ? bv[i] : A(0));
-        v[j * VEC + i] = gate_after ? y * az[j * VEC + i] : y;
+        v[j * VEC + i] = after ? y * act_fwd(zz[i], c.act) : y;
       }
+      store_vec<T, VEC>(p.out, cj, lim, ALIGNED, &v[j * VEC]);
     }
-#pragma unroll
-    for (int j = 0; j < NV; ++j)
-      store_vec<T, VEC>(p.out, (int64_t)(j * L.tpg + lt) * VEC, lim, ALIGNED, &v[j * VEC]);
     if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
+    st = st + 1 == S ? 0 : st + 1;
   }
+  if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
 }
 
 // Loop path: a block per (row, group); the group is walked in chunks of
@@ -231,32 +256,56 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
   }
 }
 
-template <typename T, int NV, bool ALIGNED>
+template <typename T>
+size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned) {
+  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size, a.bias != nullptr) +
+         (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr) : 0);
+}
+
+template <typename T, int NV, bool ALIGNED, int MODE>
 gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  using A = acc_t<T>;
-  const size_t smem = (size_t)p.layout.gpb * a.cfg.group_size * sizeof(A) * (a.bias ? 2 : 1);
-  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED>>(smem);
+  const size_t smem = fwd_regs_smem<T>(a, p, NV, ALIGNED);
+  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED, MODE>>(smem);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED>>(p.threads, smem), dev.sms);
-  fwd_regs<T, NV, ALIGNED><<<grid, p.threads, smem, s>>>(a, p.layout);
+  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
+  fwd_regs<T, NV, ALIGNED, MODE><<<grid, p.threads, smem, s>>>(a, p.layout);
   return GN_OK;
 }
 
+// The aligned register path per gate mode; fp64 (correctness, not speed) keeps
+// the mode a run-time value: fewer instantiations to compile.
+template <typename T, int NV>
+gn_status launch_aligned(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  if (sizeof(T) == 8) return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s);
+  switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
+    case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s);
+    case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s);
+    default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s);
+  }
+}
+
 template <typename T>
-gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
+  if (p.regs && fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned) > (size_t)dev.max_smem_optin - 1024) {
+    const bool aligned = p.layout.aligned;  // a GPU with little shared memory: the loop path
+    p = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+    p.layout.aligned = aligned;
+  }
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
-    if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false>(a, p, s) : GN_ERR_INVALID;
+    if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME>(a, p, s) : GN_ERR_INVALID;
     switch (p.nv) {
-      case 1: return launch_regs<T, 1, true>(a, p, s);
-      case 2: return launch_regs<T, 2, true>(a, p, s);
+      case 1: return launch_aligned<T, 1>(a, p, s);
+      case 2: return launch_aligned<T, 2>(a, p, s);
       default: return GN_ERR_INVALID;
     }
   }
-  gn_status st = allow_smem<fwd_loop<T>>(p.smem);
-  if (st != GN_OK) return st;
+  if ((st = allow_smem<fwd_loop<T>>(p.smem)) != GN_OK) return st;
   fwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
   return GN_OK;
 }

@@ -35,6 +35,25 @@ struct Plan {
   size_t smem;    // dynamic shared memory (loop path staging)
 };
 
+// How z enters, as a kernel template parameter: fewer live registers, and no
+// per-element branches, than deciding at run time. GATE_RUNTIME (fp64, the
+// unaligned path) reads it from the arguments.
+enum GateMode { GATE_NONE, GATE_BEFORE, GATE_AFTER, GATE_RUNTIME };
+
+inline GateMode gate_mode(const void* z, int norm_before_gate) {
+  return !z ? GATE_NONE : (norm_before_gate ? GATE_AFTER : GATE_BEFORE);
+}
+
+// The kernel's view: is there a gate, and does it come after the norm.
+template <int MODE>
+__host__ __device__ __forceinline__ bool gate_on(const void* z) {
+  return MODE == GATE_RUNTIME ? z != nullptr : MODE != GATE_NONE;
+}
+template <int MODE>
+__host__ __device__ __forceinline__ bool gate_after(const void* z, int norm_before_gate) {
+  return MODE == GATE_RUNTIME ? z != nullptr && norm_before_gate : MODE == GATE_AFTER;
+}
+
 struct DeviceInfo {
   int sms;
   int max_smem_optin;
@@ -48,6 +67,9 @@ gn_status device_info(DeviceInfo* out);
 // x, z, dy and its dw/db partial sums). Forward: 16-byte vectors per tensor;
 // backward: elements per tensor.
 constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
+// Rows in the forward's cp.async ring (aligned register path): this row and the
+// next RING - 1 ones in flight.
+constexpr int FWD_RING = 3, BWD_RING = 3;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 constexpr int LOOP_BLOCK = 512;
 
