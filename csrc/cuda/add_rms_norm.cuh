@@ -98,9 +98,10 @@ __host__ __device__ inline size_t staged_weight_bytes(int64_t n) {
   return (size_t)((n + 15) / 16 * 16) * sizeof(A);
 }
 
+// vec: the ParamLayout the kernel reads (0 = linear); nvecs = padded / vec.
 template <typename A>
-__device__ __forceinline__ void stage_weight(const gn_addnorm_config& c, const void* w, int n, A* sw) {
-  stage_param_row<A>(w, c.param_dtype, 0, n, (n + 15) / 16 * 16, A(c.gemma ? 0 : 1), A(c.gemma ? 1 : 0), sw);
+__device__ __forceinline__ void stage_weight(const gn_addnorm_config& c, const void* w, int n, A* sw, int vec) {
+  stage_param_row<A>(w, c.param_dtype, 0, n, (n + 15) / 16 * 16, A(c.gemma ? 0 : 1), A(c.gemma ? 1 : 0), sw, vec);
   __syncthreads();
 }
 

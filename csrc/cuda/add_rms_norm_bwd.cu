@@ -43,7 +43,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     }
   };
   if (ALIGNED) prefetch((int64_t)blockIdx.y * L.rpi + rl);
-  stage_weight<A>(c, a.weight, (int)N, sw);
+  stage_weight<A>(c, a.weight, (int)N, sw, ALIGNED ? VEC : 0);
 
   A dw[K];
 #pragma unroll
@@ -86,7 +86,9 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       const int64_t cj = (int64_t)(j * L.tpg + lt) * VEC;
       if (cj >= lim) continue;
       A wv[VEC];
-      load_smem<A, VEC, ALIGNED>(sw + cj, wv);  // cj < N: in the zero-padded staging
+      // cj < N: in the zero-padded staging (planar when aligned: ParamLayout)
+      if (ALIGNED) load_param_vec<A, VEC>(sw, (N + 15) / 16 * 16 / VEC, cj / VEC, wv);
+      else load_smem<A, VEC, false>(sw + cj, wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int k = j * VEC + i;

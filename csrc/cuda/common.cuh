@@ -171,13 +171,49 @@ __device__ __forceinline__ A round_as(A v, gn_dtype t) {
   }
 }
 
+// Where staged parameter k sits in shared memory. A thread reads the VEC
+// parameters of one of its vectors as 16-byte chunks; when VEC * sizeof(A) > 16
+// (fp32 parameters beside 16-bit activations: 32 bytes a vector) a linear layout
+// puts a warp's chunks 32 bytes apart, a two-way bank conflict on every read
+// (Nsight Compute: 24% excess shared wavefronts; MIO throttle and short scoreboard
+// the top stalls). Planar instead: chunk h of vector v at 16-byte word
+// h * nvecs + v, so a warp reading one chunk touches consecutive words.
+// vec == 0: linear (kernels that read parameters one by one).
+struct ParamLayout {
+  int vec;    // elements per thread vector (a power of two), or 0
+  int nvecs;  // vectors staged (padded / vec)
+};
+
+template <typename A>
+__device__ __forceinline__ int param_pos(ParamLayout pl, int k) {
+  constexpr int PER = 16 / (int)sizeof(A);
+  if (pl.vec * (int)sizeof(A) <= 16) return k;
+  const int v = k / pl.vec, e = k % pl.vec;
+  return ((e / PER) * pl.nvecs + v) * PER + e % PER;
+}
+
+// The VEC staged parameters of vector v (elements v * VEC ...), written by
+// stage_* with ParamLayout{VEC, nvecs}.
+template <typename A, int VEC>
+__device__ __forceinline__ void load_param_vec(const A* s, int nvecs, int v, A* out) {
+  constexpr int PER = 16 / (int)sizeof(A), H = VEC / PER;
+  static_assert(VEC % PER == 0, "whole 16-byte chunks");
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    union { uint4 u; A e[PER]; } pack;
+    pack.u = *reinterpret_cast<const uint4*>(s + (h * nvecs + v) * PER);
+#pragma unroll
+    for (int k = 0; k < PER; ++k) out[h * PER + k] = pack.e[k];
+  }
+}
+
 // Stages parameters p[0..n) (dtype P; absent: `fill`) plus `add` into shared
 // memory as A, zeros in [n, padded). 16-byte loads, two in flight per thread
 // before their stores (a decode-sized launch waits on this), and no unrolled
 // scalar guards: this code's register peak is the kernel's (all four parameter
 // dtypes are compiled in), so it must stay below the main loop's.
 template <typename P, typename A>
-__device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, A* s) {
+__device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, A* s, ParamLayout pl) {
   constexpr int V = 16 / (int)sizeof(P);
   const int bd = blockDim.x;
   int done = 0;  // elements [0, done) are staged by the vector loop
@@ -191,40 +227,46 @@ __device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fil
       const bool two = k + bd < nv;
       u1.u = two ? __ldg(q + k + bd) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int i = 0; i < V; ++i) s[k * V + i] = (A)to_acc<P>(u0.e[i]) + add;
+      for (int i = 0; i < V; ++i) s[param_pos<A>(pl, k * V + i)] = (A)to_acc<P>(u0.e[i]) + add;
       if (two) {
 #pragma unroll
-        for (int i = 0; i < V; ++i) s[(k + bd) * V + i] = (A)to_acc<P>(u1.e[i]) + add;
+        for (int i = 0; i < V; ++i) s[param_pos<A>(pl, (k + bd) * V + i)] = (A)to_acc<P>(u1.e[i]) + add;
       }
     }
     done = nv * V;
   }
 #pragma unroll 1
   for (int k = done + threadIdx.x; k < padded; k += bd)
-    s[k] = k < n ? (p ? (A)to_acc<P>(p[k]) : fill) + add : A(0);
+    s[param_pos<A>(pl, k)] = k < n ? (p ? (A)to_acc<P>(p[k]) : fill) + add : A(0);
 }
 
-// stage_typed for a parameter dtype known at run time (p + c0: this block's columns).
+// stage_typed for a parameter dtype known at run time (p + c0: this block's columns),
+// in layout `vec` (ParamLayout; 0 = linear).
 template <typename A>
 __device__ __forceinline__ void stage_param_row(const void* p, gn_dtype t, int64_t c0, int n, int padded, A fill,
-                                                A add, A* s) {
+                                                A add, A* s, int vec) {
+  const ParamLayout pl{vec, vec ? padded / vec : 0};
   switch (t) {
-    case GN_FLOAT16: return stage_typed<__half, A>(p ? static_cast<const __half*>(p) + c0 : nullptr, n, padded, fill, add, s);
+    case GN_FLOAT16:
+      return stage_typed<__half, A>(p ? static_cast<const __half*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
     case GN_BFLOAT16:
       return stage_typed<__nv_bfloat16, A>(p ? static_cast<const __nv_bfloat16*>(p) + c0 : nullptr, n, padded, fill,
-                                           add, s);
-    case GN_FLOAT64: return stage_typed<double, A>(p ? static_cast<const double*>(p) + c0 : nullptr, n, padded, fill, add, s);
-    default: return stage_typed<float, A>(p ? static_cast<const float*>(p) + c0 : nullptr, n, padded, fill, add, s);
+                                           add, s, pl);
+    case GN_FLOAT64:
+      return stage_typed<double, A>(p ? static_cast<const double*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
+    default:
+      return stage_typed<float, A>(p ? static_cast<const float*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
   }
 }
 
 // Copies a block's n weight / bias columns starting at column c0 into shared
-// memory in the accumulation type (ones / zeros when absent; sb may be null).
+// memory in the accumulation type (ones / zeros when absent; sb may be null),
+// in layout `vec` (ParamLayout).
 template <typename A>
 __device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dtype t, int64_t c0, int n, A* sw,
-                                             A* sb) {
-  stage_param_row<A>(w, t, c0, n, n, A(1), A(0), sw);
-  if (sb) stage_param_row<A>(b, t, c0, n, n, A(0), A(0), sb);
+                                             A* sb, int vec) {
+  stage_param_row<A>(w, t, c0, n, n, A(1), A(0), sw, vec);
+  if (sb) stage_param_row<A>(b, t, c0, n, n, A(0), A(0), sb, vec);
   __syncthreads();
 }
 

@@ -80,21 +80,23 @@ __device__ __forceinline__ void load_stats(const gn_bwd_args& a, int64_t g, int6
   rstd = static_cast<const A*>(a.rstd)[i];
 }
 
-// Weight and bias of columns cj..cj+VEC of this team's group from shared memory
-// (bias 0 when it is not needed); columns past `lim` read as 0.
+// Weight and bias of columns cj..cj+VEC of this team's group (its first staged
+// column: gc0) from shared memory (bias 0 when it is not needed); columns past
+// `lim` read as 0. Aligned kernels staged them planar (ParamLayout, nvt vectors).
 template <typename A, int VEC, bool ALIGNED>
-__device__ __forceinline__ void load_weights(const A* tw, const A* tb, int64_t cj, int64_t lim, A* wv, A* bv) {
+__device__ __forceinline__ void load_weights(const A* sw, const A* sb, int gc0, int nvt, int cj, int lim, A* wv,
+                                             A* bv) {
   if (ALIGNED) {
-    load_smem<A, VEC, true>(tw + cj, wv);
-    if (tb) load_smem<A, VEC, true>(tb + cj, bv);
+    load_param_vec<A, VEC>(sw, nvt, (gc0 + cj) / VEC, wv);
+    if (sb) load_param_vec<A, VEC>(sb, nvt, (gc0 + cj) / VEC, bv);
   } else {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      wv[i] = cj + i < lim ? tw[cj + i] : A(0);
-      if (tb) bv[i] = cj + i < lim ? tb[cj + i] : A(0);
+      wv[i] = cj + i < lim ? sw[gc0 + cj + i] : A(0);
+      if (sb) bv[i] = cj + i < lim ? sb[gc0 + cj + i] : A(0);
     }
   }
-  if (!tb) {
+  if (!sb) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) bv[i] = 0;
   }
@@ -167,9 +169,8 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
   }
   stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G,
-                  (int)(L.gpb * G), sw, sb);
-  const A* tw = sw + gl * G;
-  const A* tb = sb ? sb + gl * G : nullptr;
+                  (int)(L.gpb * G), sw, sb, ALIGNED ? VEC : 0);
+  const int gc0 = gl * G, nvt = L.gpb * G / VEC;
 
   A dw[K], db[K];
 #pragma unroll
@@ -213,7 +214,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       if (cj >= lim) continue;
       A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
       row_vec(j, x, dy, z);
-      load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
+      load_weights<A, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         if (!ALIGNED && cj + i >= lim) continue;
@@ -233,7 +234,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       if (cj >= lim) continue;
       A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
       row_vec(j, x, dy, z);
-      load_weights<A, VEC, ALIGNED>(tw, tb, cj, lim, wv, bv);
+      load_weights<A, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
@@ -361,11 +362,14 @@ gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsig
 // The aligned register path per gate mode; fp64 keeps the mode a run-time value.
 template <typename T, int NV>
 gn_status launch_aligned(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
-  if (sizeof(T) == 8) return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s, parts);
-  switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
-    case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s, parts);
-    case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s, parts);
-    default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s, parts);
+  if constexpr (sizeof(T) == 8) {
+    return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s, parts);
+  } else {
+    switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
+      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s, parts);
+      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s, parts);
+      default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s, parts);
+    }
   }
 }
 

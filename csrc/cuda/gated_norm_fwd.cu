@@ -52,7 +52,7 @@ inline size_t fwd_ring_bytes(int nv, int threads, bool gate) {
 // warps per SM and ~16-32 KB in flight: 0.8 of the copy ceiling). The gate mode is
 // a template parameter (GateMode, plan.h) so no mode holds values it does not use.
 template <typename T, int NV, bool ALIGNED, int MODE>
-__global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, const Layout L) {
+__global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = FWD_RING;
   __shared__ A red[2 * 32];
@@ -94,7 +94,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, co
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
-  stage_params<A>(a.weight, a.bias, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G), sw, sb);
+  stage_params<A>(a.weight, a.bias, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G), sw, sb,
+                  ALIGNED ? VEC : 0);
 
   int st = 0;  // the ring slot of this row
 #pragma unroll 1
@@ -152,8 +153,9 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM) fwd_regs(const gn_fwd_args a, co
       }
       A wv[VEC], bv[VEC];
       if (ALIGNED) {
-        load_smem<A, VEC, true>(tw + cj, wv);
-        if (tb) load_smem<A, VEC, true>(tb + cj, bv);
+        const int nvt = L.gpb * G / VEC, v = (gl * G + cj) / VEC;  // planar staging (ParamLayout)
+        load_param_vec<A, VEC>(sw, nvt, v, wv);
+        if (tb) load_param_vec<A, VEC>(sb, nvt, v, bv);
       } else {  // unaligned rows: scalar reads, guarded at the row's end
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
@@ -278,11 +280,14 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
 // the mode a run-time value: fewer instantiations to compile.
 template <typename T, int NV>
 gn_status launch_aligned(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  if (sizeof(T) == 8) return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s);
-  switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
-    case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s);
-    case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s);
-    default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s);
+  if constexpr (sizeof(T) == 8) {
+    return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s);
+  } else {
+    switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
+      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s);
+      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s);
+      default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s);
+    }
   }
 }
 

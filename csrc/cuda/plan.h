@@ -70,6 +70,10 @@ constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
 // Rows in the forward's cp.async ring (aligned register path): this row and the
 // next RING - 1 ones in flight.
 constexpr int FWD_RING = 3, BWD_RING = 3;
+// Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
+// per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
+// varying with unrelated code changes); 64 costs no spills.
+constexpr int FWD_MIN_BLOCKS = 2;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 constexpr int LOOP_BLOCK = 512;
 
