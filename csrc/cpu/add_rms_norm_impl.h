@@ -53,42 +53,52 @@ static GN_T* FN(an_weight)(const gn_an_prob* p, const void* weight) {
 /* ------------------------------------------------------------------------ */
 /* Forward: per row, H = residual (+ x) in GN_T, rounded to residual's dtype
  * (h_s, stored as residual_out), rstd from mean(h_s^2), out = h_s*rstd*w'. */
-static gn_status FN(an_fwd)(const gn_an_prob* p, const gn_addnorm_fwd_args* a) {
+/* One thread's share of the forward (rows taken per_grab at a time): run by every
+ * thread of the parallel region, or alone when the problem is too small for
+ * threads (see fwd_team in gated_norm_impl.h: a serialised region costs ~0.5-1 us). */
+static void FN(an_fwd_team)(const gn_an_prob* p, const gn_addnorm_fwd_args* a, const GN_T* w, int64_t per_grab,
+                            int* failed) {
   const int64_t n = p->cols, rows = p->rows;
   const GN_T inv_n = (GN_T)1 / (GN_T)n;
   const GN_T eps = (GN_T)p->eps;
+  GN_T* rstd = (GN_T*)a->rstd;
+  GN_T* H = (GN_T*)gn_thread_scratch((size_t)n * sizeof(GN_T), failed);
+  int64_t r;
+  (void)per_grab; /* unused without OpenMP */
+  if (H != NULL) {
+    GN_PRAGMA(omp for schedule(dynamic, per_grab))
+    for (r = 0; r < rows; r++) {
+      GN_T rs;
+      int64_t j;
+      LOAD(H, gn_at(a->residual, r * a->residual_stride, p->resz), p->rdt, n);
+      if (a->x != NULL) ADD(H, gn_at(a->x, r * a->x_stride, p->esz), p->dt, n);
+      ROUND(H, p->rdt, n); /* h_s: stores to rdt exactly from here on */
+      if (a->residual_out != NULL)
+        STORE((void*)gn_at(a->residual_out, r * a->residual_out_stride, p->resz), H, p->rdt, n);
+      rs = (GN_T)1 / GN_SQRT(FN(sum_sq_dev)(H, (GN_T)0, n) * inv_n + eps);
+      GN_PRAGMA(omp simd)
+      for (j = 0; j < n; j++) H[j] = H[j] * rs * w[j];
+      STORE((void*)gn_at(a->out, r * a->out_stride, p->esz), H, p->dt, n);
+      if (rstd != NULL) rstd[r] = rs;
+    }
+  }
+  free(H);
+}
+
+static gn_status FN(an_fwd)(const gn_an_prob* p, const gn_addnorm_fwd_args* a) {
+  const int64_t n = p->cols, rows = p->rows;
   const int par = rows * n >= GN_PAR_MIN_ELEMS && rows > 1;
   /* Dynamic: a thread slowed down (shared machine) does not hold the others
    * up. No cross-row reduction, so order is irrelevant. */
   const int64_t per_grab = n >= 16384 ? 1 : 16384 / n;
   GN_T* w = FN(an_weight)(p, a->weight);
-  GN_T* rstd = (GN_T*)a->rstd;
   int failed = 0;
-  (void)par, (void)per_grab; /* unused without OpenMP */
   if (w == NULL) return GN_ERR_UNSUPPORTED;
-
-  GN_PRAGMA(omp parallel if (par))
-  {
-    GN_T* H = (GN_T*)gn_thread_scratch((size_t)n * sizeof(GN_T), &failed);
-    int64_t r;
-    if (H != NULL) {
-      GN_PRAGMA(omp for schedule(dynamic, per_grab))
-      for (r = 0; r < rows; r++) {
-        GN_T rs;
-        int64_t j;
-        LOAD(H, gn_at(a->residual, r * a->residual_stride, p->resz), p->rdt, n);
-        if (a->x != NULL) ADD(H, gn_at(a->x, r * a->x_stride, p->esz), p->dt, n);
-        ROUND(H, p->rdt, n); /* h_s: stores to rdt exactly from here on */
-        if (a->residual_out != NULL)
-          STORE((void*)gn_at(a->residual_out, r * a->residual_out_stride, p->resz), H, p->rdt, n);
-        rs = (GN_T)1 / GN_SQRT(FN(sum_sq_dev)(H, (GN_T)0, n) * inv_n + eps);
-        GN_PRAGMA(omp simd)
-        for (j = 0; j < n; j++) H[j] = H[j] * rs * w[j];
-        STORE((void*)gn_at(a->out, r * a->out_stride, p->esz), H, p->dt, n);
-        if (rstd != NULL) rstd[r] = rs;
-      }
-    }
-    free(H);
+  if (par) {
+    GN_PRAGMA(omp parallel)
+    FN(an_fwd_team)(p, a, w, per_grab, &failed);
+  } else {
+    FN(an_fwd_team)(p, a, w, per_grab, &failed);
   }
   free(w);
   return failed ? GN_ERR_UNSUPPORTED : GN_OK;

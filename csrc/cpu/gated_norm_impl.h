@@ -136,42 +136,53 @@ static void FN(fwd_group)(const gn_prob* p, GN_T* GN_RESTRICT X, const GN_T* GN_
   *rstd_out = rstd;
 }
 
-static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
+/* One thread's share of the forward (items taken per_grab at a time): run by every
+ * thread of the parallel region, or alone, outside any, when the problem is too
+ * small for threads. An `omp parallel` disabled by its `if` still sets up a team of
+ * one (~0.5-1 us a call, a third of a small eager call); the orphaned `omp for` and
+ * barrier here cost ~0.1 us outside a region. */
+static void FN(fwd_team)(const gn_prob* p, const gn_fwd_args* a, const GN_T* wb, int64_t per_grab, int* failed) {
   const int64_t G = p->G, ng = p->ngroups, items = p->rows * ng;
   const int gated = a->z != NULL;
+  GN_T* mean = (GN_T*)a->mean;
+  GN_T* rstd = (GN_T*)a->rstd;
+  GN_T* X = (GN_T*)gn_thread_scratch((size_t)G * (gated ? 2 : 1) * sizeof(GN_T), failed);
+  GN_T* A = gated && X != NULL ? X + G : NULL;
+  int64_t i;
+  (void)per_grab; /* unused without OpenMP */
+  if (X != NULL) {
+    GN_PRAGMA(omp for schedule(dynamic, per_grab))
+    for (i = 0; i < items; i++) {
+      const int64_t r = i / ng, g = i % ng, off = g * G;
+      GN_T mu, rs;
+      LOAD(X, gn_at(a->x, r * a->x_stride + off, p->esz), p->dt, G);
+      if (gated) {
+        LOAD(A, gn_at(a->z, r * a->z_stride + off, p->esz), p->dt, G);
+        FN(act_fwd)(A, G, p->act);
+      }
+      FN(fwd_group)(p, X, A, wb + off, wb + p->cols + off, &mu, &rs);
+      STORE((void*)gn_at(a->out, r * a->out_stride + off, p->esz), X, p->dt, G);
+      if (mean != NULL) mean[g * p->rows + r] = mu;
+      if (rstd != NULL) rstd[g * p->rows + r] = rs;
+    }
+  }
+  free(X);
+}
+
+static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
+  const int64_t G = p->G, items = p->rows * p->ngroups;
   const int par = p->rows * p->cols >= GN_PAR_MIN_ELEMS && items > 1;
   /* Dynamic: a thread slowed down (shared machine) does not hold the others
    * up. The forward has no cross-item reduction, so order is irrelevant. */
   const int64_t per_grab = G >= 16384 ? 1 : 16384 / G;
   GN_T* wb = FN(params)(p, a->weight, a->bias);
-  GN_T* mean = (GN_T*)a->mean;
-  GN_T* rstd = (GN_T*)a->rstd;
   int failed = 0;
-  (void)par, (void)per_grab; /* unused without OpenMP */
   if (wb == NULL) return GN_ERR_UNSUPPORTED;
-
-  GN_PRAGMA(omp parallel if (par))
-  {
-    GN_T* X = (GN_T*)gn_thread_scratch((size_t)G * (gated ? 2 : 1) * sizeof(GN_T), &failed);
-    GN_T* A = gated && X != NULL ? X + G : NULL;
-    int64_t i;
-    if (X != NULL) {
-      GN_PRAGMA(omp for schedule(dynamic, per_grab))
-      for (i = 0; i < items; i++) {
-        const int64_t r = i / ng, g = i % ng, off = g * G;
-        GN_T mu, rs;
-        LOAD(X, gn_at(a->x, r * a->x_stride + off, p->esz), p->dt, G);
-        if (gated) {
-          LOAD(A, gn_at(a->z, r * a->z_stride + off, p->esz), p->dt, G);
-          FN(act_fwd)(A, G, p->act);
-        }
-        FN(fwd_group)(p, X, A, wb + off, wb + p->cols + off, &mu, &rs);
-        STORE((void*)gn_at(a->out, r * a->out_stride + off, p->esz), X, p->dt, G);
-        if (mean != NULL) mean[g * p->rows + r] = mu;
-        if (rstd != NULL) rstd[g * p->rows + r] = rs;
-      }
-    }
-    free(X);
+  if (par) {
+    GN_PRAGMA(omp parallel)
+    FN(fwd_team)(p, a, wb, per_grab, &failed);
+  } else {
+    FN(fwd_team)(p, a, wb, per_grab, &failed);
   }
   free(wb);
   return failed ? GN_ERR_UNSUPPORTED : GN_OK;
