@@ -35,13 +35,18 @@ using namespace gn_shim;
 TORCH_LIBRARY(gatednorm, m) {
   // gated_norm: the differentiable forward (autograd registered from Python);
   // gated_norm_fwd: the same computation with no autograd in the call path, for
-  // inference (a Python autograd kernel costs ~20 us of host time per call).
+  // inference (a Python autograd kernel costs ~20 us of host time per call);
+  // gated_norm_infer: the same out without the statistics (none allocated), what
+  // the Python functions call when no gradient is needed.
   m.def(
       "gated_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? z, float eps, int? group_size, "
       "bool norm_before_gate, bool is_rms_norm, str activation) -> (Tensor out, Tensor mean, Tensor rstd)");
   m.def(
       "gated_norm_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? z, float eps, int? group_size, "
       "bool norm_before_gate, bool is_rms_norm, str activation) -> (Tensor out, Tensor mean, Tensor rstd)");
+  m.def(
+      "gated_norm_infer(Tensor x, Tensor? weight, Tensor? bias, Tensor? z, float eps, int? group_size, "
+      "bool norm_before_gate, bool is_rms_norm, str activation) -> Tensor");
   m.def(
       "gated_norm_fwd_out(Tensor x, Tensor? weight, Tensor? bias, Tensor? z, float eps, int? group_size, "
       "bool norm_before_gate, bool is_rms_norm, str activation, Tensor(a!) out) -> (Tensor mean, Tensor rstd)");
@@ -59,10 +64,15 @@ TORCH_LIBRARY(gatednorm, m) {
   m.def("rms_norm(Tensor input, Tensor? weight, float eps, bool gemma=False) -> Tensor");
   m.def("rms_norm_out(Tensor input, Tensor? weight, float eps, Tensor(a!) out, bool gemma=False) -> ()");
   m.def("fused_add_rms_norm(Tensor(a!) input, Tensor(b!) residual, Tensor? weight, float eps, bool gemma=False) -> ()");
-  // add_rms_norm: differentiable, out of place (autograd registered from Python).
+  // add_rms_norm: differentiable, out of place (autograd registered from Python);
+  // add_rms_norm_infer: its (out, residual_out) with no autograd in the call path and
+  // no rstd, for inference.
   m.def(
       "add_rms_norm(Tensor x, Tensor residual, Tensor? weight, float eps, bool residual_in_fp32=False, "
       "bool gemma=False) -> (Tensor out, Tensor residual_out, Tensor rstd)");
+  m.def(
+      "add_rms_norm_infer(Tensor x, Tensor residual, Tensor? weight, float eps, bool residual_in_fp32=False, "
+      "bool gemma=False) -> (Tensor out, Tensor residual_out)");
   m.def(
       "add_rms_norm_bwd(Tensor dout, Tensor? dresidual_out, Tensor h, Tensor? weight, Tensor rstd, bool gemma)"
       " -> (Tensor dx, Tensor dresidual, Tensor? dw)");
@@ -72,6 +82,7 @@ TORCH_LIBRARY(gatednorm, m) {
 static void register_impls(torch::Library& m) {
   m.impl("gated_norm", &gated_norm_fwd);
   m.impl("gated_norm_fwd", &gated_norm_fwd);
+  m.impl("gated_norm_infer", &gated_norm_infer);
   m.impl("gated_norm_fwd_out", &gated_norm_fwd_out);
   m.impl("gated_norm_bwd", &gated_norm_bwd);
   m.impl("gated_norm_bwd_out", &gated_norm_bwd_out);
@@ -79,6 +90,7 @@ static void register_impls(torch::Library& m) {
   m.impl("rms_norm_out", &rms_norm_out);
   m.impl("fused_add_rms_norm", &fused_add_rms_norm);
   m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("add_rms_norm_infer", &add_rms_norm_infer);
   m.impl("add_rms_norm_bwd", &add_rms_norm_bwd);
 }
 

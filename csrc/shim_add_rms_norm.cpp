@@ -133,8 +133,12 @@ void fused_add_rms_norm(Tensor input, Tensor residual, OptTensor weight, double 
   forward(c, input, &input, residual, &residual, weight, input, nullptr);
 }
 
-std::tuple<Tensor, Tensor, Tensor> add_rms_norm(Tensor x, Tensor residual, OptTensor weight, double eps,
-                                                bool residual_in_fp32, bool gemma) {
+namespace {
+
+// (out, residual_out) and, with `stats`, rstd (without: not allocated, not stored).
+std::tuple<Tensor, Tensor, Tensor> add_rms_norm_impl(const Tensor& x, const Tensor& residual,
+                                                     const OptTensor& weight, double eps, bool residual_in_fp32,
+                                                     bool gemma, bool stats) {
   gn_addnorm_config c = make_config(x, residual, weight, eps, gemma, "x", "residual");
   // The kernels read and write the residual stream in one dtype. With
   // residual_in_fp32 the stream is fp32 from the second layer on; only a first
@@ -144,9 +148,23 @@ std::tuple<Tensor, Tensor, Tensor> add_rms_norm(Tensor x, Tensor residual, OptTe
   c.residual_dtype = *to_gn_dtype(res.scalar_type());
   Tensor out = at::empty(x.sizes(), x.options());
   Tensor residual_out = at::empty(x.sizes(), res.options());
-  Tensor rstd = at::empty({c.rows}, x.options().dtype(stat_type(c)));
-  forward(c, x, &x, res, &residual_out, weight, out, &rstd);
+  Tensor rstd;
+  if (stats) rstd = at::empty({c.rows}, x.options().dtype(stat_type(c)));
+  forward(c, x, &x, res, &residual_out, weight, out, stats ? &rstd : nullptr);
   return {out, residual_out, rstd};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> add_rms_norm(Tensor x, Tensor residual, OptTensor weight, double eps,
+                                                bool residual_in_fp32, bool gemma) {
+  return add_rms_norm_impl(x, residual, weight, eps, residual_in_fp32, gemma, true);
+}
+
+std::tuple<Tensor, Tensor> add_rms_norm_infer(Tensor x, Tensor residual, OptTensor weight, double eps,
+                                              bool residual_in_fp32, bool gemma) {
+  auto [out, residual_out, rstd] = add_rms_norm_impl(x, residual, weight, eps, residual_in_fp32, gemma, false);
+  return {out, residual_out};
 }
 
 std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dresidual_out, Tensor h,

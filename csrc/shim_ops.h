@@ -16,6 +16,9 @@ std::tuple<Tensor, Tensor, Tensor> gated_norm_fwd(Tensor x, OptTensor weight, Op
                                                   double eps, std::optional<int64_t> group_size,
                                                   bool norm_before_gate, bool is_rms_norm,
                                                   c10::string_view activation);
+Tensor gated_norm_infer(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
+                        std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm,
+                        c10::string_view activation);
 std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
                                               std::optional<int64_t> group_size, bool norm_before_gate,
                                               bool is_rms_norm, c10::string_view activation, Tensor out);
@@ -34,6 +37,8 @@ void rms_norm_out(Tensor input, OptTensor weight, double eps, Tensor out, bool g
 void fused_add_rms_norm(Tensor input, Tensor residual, OptTensor weight, double eps, bool gemma);
 std::tuple<Tensor, Tensor, Tensor> add_rms_norm(Tensor x, Tensor residual, OptTensor weight, double eps,
                                                 bool residual_in_fp32, bool gemma);
+std::tuple<Tensor, Tensor> add_rms_norm_infer(Tensor x, Tensor residual, OptTensor weight, double eps,
+                                              bool residual_in_fp32, bool gemma);
 std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dresidual_out, Tensor h,
                                                        OptTensor weight, Tensor rstd, bool gemma);
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C  # noqa: F401  (registers torch.ops.gatednorm)
+from .gated_norm import _compiling, _entry, _grad_enabled
 
 _ops = torch.ops.gatednorm
 
@@ -69,6 +70,14 @@ def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
     return out, res, x.new_empty((rows,), dtype=_stat_dtype(x))
 
 
+@torch.library.register_fake("gatednorm::add_rms_norm_infer")
+def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    res = torch.empty_like(x, dtype=torch.float32 if residual_in_fp32 else residual.dtype,
+                           memory_format=torch.contiguous_format)
+    return out, res
+
+
 @torch.library.register_fake("gatednorm::add_rms_norm_bwd")
 def _(dout, dresidual_out, h, weight, rstd, gemma):
     dw = None if weight is None else weight.new_empty(weight.shape)
@@ -105,19 +114,28 @@ torch.library.register_autograd("gatednorm::add_rms_norm", _backward, setup_cont
 
 
 # ---------------------------------------------------------------- functional API
+# Eager calls go through the ops' C++ entry points and, without a gradient to compute,
+# to the op with no autograd kernel (docs/design.md, "Host time per eager call").
+
+_RMS_NORM = _entry(_ops.rms_norm)
+_RMS_NORM_OUT = _entry(_ops.rms_norm_out)
+_FUSED_ADD_RMS_NORM = _entry(_ops.fused_add_rms_norm)
+_ADD_RMS_NORM_INFER = _entry(_ops.add_rms_norm_infer)
+
 
 def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None, gemma: bool = False) -> Tensor:
     """sgl-kernel / FlashInfer `rmsnorm(input, weight, eps, out=None)` (inference)."""
+    c = _compiling()
     if out is None:
-        return _ops.rms_norm(input, weight, eps, gemma)
-    _ops.rms_norm_out(input, weight, eps, out, gemma)
+        return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
+    (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
 
 
 def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-6, gemma: bool = False) -> None:
     """sgl-kernel `fused_add_rmsnorm` / vLLM `fused_add_rms_norm`, in place:
     residual <- input + residual; input <- rmsnorm(residual) * weight."""
-    _ops.fused_add_rms_norm(input, residual, weight, eps, gemma)
+    (_ops.fused_add_rms_norm if _compiling() else _FUSED_ADD_RMS_NORM)(input, residual, weight, eps, gemma)
 
 
 def gemma_rms_norm(input, weight, eps=1e-6, out=None):
@@ -133,9 +151,14 @@ def gemma_fused_add_rms_norm(input, residual, weight, eps=1e-6):
 def add_rms_norm(x: Tensor, residual: Tensor, weight, eps: float = 1e-6, residual_in_fp32: bool = False,
                  gemma: bool = False):
     """Differentiable, out of place -> (out, residual_out); gradients flow into x,
-    residual and weight, including the residual stream's own incoming gradient."""
-    out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)
-    return out, residual_out
+    residual and weight, including the residual stream's own incoming gradient.
+    Without a gradient to compute: `add_rms_norm_infer` (no autograd kernel, no rstd)."""
+    if _grad_enabled() and (x.requires_grad or residual.requires_grad
+                            or (weight is not None and weight.requires_grad)):
+        out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)
+        return out, residual_out
+    return (_ops.add_rms_norm_infer if _compiling() else _ADD_RMS_NORM_INFER)(
+        x, residual, weight, eps, residual_in_fp32, gemma)
 
 
 class FusedAddRMSNorm(nn.Module):

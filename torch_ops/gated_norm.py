@@ -91,6 +91,11 @@ torch.library.register_fake("gatednorm::gated_norm", _fake_forward)
 torch.library.register_fake("gatednorm::gated_norm_fwd", _fake_forward)
 
 
+@torch.library.register_fake("gatednorm::gated_norm_infer")
+def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("gatednorm::gated_norm_fwd_out")
 def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out):
     return _stats_like(x, group_size, is_rms_norm)
@@ -139,10 +144,36 @@ torch.library.register_autograd("gatednorm::gated_norm", _backward, setup_contex
 
 # ---------------------------------------------------------------- functional API
 
+# Host time per call is what a decode step pays for every norm (docs/design.md, "Host
+# time per eager call"): when no gradient is needed the functions below call `gated_norm_infer`
+# (no autograd kernel in its call path, no statistics allocated), and they call it
+# through the op packet's C++ entry point (`_op`), which is what the packet's Python
+# `__call__` forwards to (same schema matching, same __torch_function__ handling,
+# one Python frame less). Under torch.compile the packet itself is called: dynamo
+# traces op packets, not their entry points.
+_grad_enabled = torch.is_grad_enabled
+_compiling = torch.compiler.is_compiling
+
+
+def _entry(packet):
+    """The C++ entry point behind `packet(...)` (the packet itself if a torch lacks it)."""
+    return getattr(packet, "_op", packet)
+
+
+_INFER = _entry(_ops.gated_norm_infer)
+
+
+def _needs_grad(x, weight, bias, z):
+    """Will autograd need the backward of this call?"""
+    return _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                or (bias is not None and bias.requires_grad) or (z is not None and z.requires_grad))
+
+
 def _forward_op(*tensors):
     """The differentiable op when autograd will need it, else the one without an
-    autograd kernel in its call path (much less host time per call)."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    autograd kernel in its call path (much less host time per call); both return
+    (out, mean, rstd)."""
+    if _grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _ops.gated_norm
     return _ops.gated_norm_fwd
 
@@ -150,8 +181,10 @@ def _forward_op(*tensors):
 def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
                  activation="swish"):
     """FLA / mamba_ssm `layernorm_fn`; differentiable."""
-    op = _forward_op(x, weight, bias, z)
-    return op(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
+    if _needs_grad(x, weight, bias, z):
+        return _ops.gated_norm(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
+    return (_ops.gated_norm_infer if _compiling() else _INFER)(
+        x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
 
 
 def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, activation="swish"):
@@ -179,7 +212,7 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
     """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     if out is None:
-        out, mean, rstd = _forward_op(x, weight, bias, z)(*args)
+        out, mean, rstd = (_ops.gated_norm if _needs_grad(x, weight, bias, z) else _ops.gated_norm_fwd)(*args)
     else:
         mean, rstd = _ops.gated_norm_fwd_out(*args, out)
     return out, (None if is_rms_norm else mean), rstd

@@ -34,9 +34,8 @@ class _GatedNorm(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x, z=None):
-        return layernorm_fn(x, self.weight, self.bias, z=z, eps=self.eps, group_size=self.group_size,
-                            norm_before_gate=self.norm_before_gate, is_rms_norm=self.is_rms_norm,
-                            activation=self.activation)
+        return layernorm_fn(x, self.weight, self.bias, z, self.eps, self.group_size, self.norm_before_gate,
+                            self.is_rms_norm, self.activation)
 
     def extra_repr(self):
         return (f"{self.hidden_size}, eps={self.eps}, group_size={self.group_size}, "

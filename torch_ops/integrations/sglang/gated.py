@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...gated_norm import _forward_op
+from ...gated_norm import _forward_op, layernorm_fn as _layernorm_fn
 
 _ops = torch.ops.gatednorm
 
@@ -81,8 +81,9 @@ def _gated(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, a
     n = shape[-1]
     if z is not None and z.shape != shape:
         z = _z_rows(z, x.numel() // n if n else 0, n, "rms_norm_gated") if x.dim() == 2 else z
-    op = _forward_op(x, weight, bias, z)
-    return op(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
+    # torch_ops' layernorm_fn: gated_norm_infer (no statistics: sglang drops them here)
+    # unless a gradient is needed
+    return _layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
 
 
 def rms_norm_gated(*, x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
