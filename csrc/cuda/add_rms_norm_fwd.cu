@@ -63,6 +63,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     }
     cp_async_commit();
   };
+  pdl_wait();
   if (ALIGNED) {
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
@@ -142,6 +143,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     st = st + 1 == S ? 0 : st + 1;
   }
   if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
+  pdl_trigger();
 }
 
 // Loop path: a block per row, elements one by one (dtypes known at run time).
@@ -187,15 +189,21 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   const size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
-  // A block per row block, not a resident-sized persistent grid: measured on the
-  // H100 (bf16, N = 4096) 0.86 vs 0.82 of the copy ceiling at M = 4096 and 0.97 vs
-  // 0.93 at M = 65536. (The gated forward measured the other way on most rows.)
-  // The kernel still loops, so rows beyond grid.y's limit are covered.
-  dim3 grid = p.grid;
-  const int64_t want = (a.cfg.rows + p.layout.rpi - 1) / p.layout.rpi;
-  grid.y = (unsigned)(want < 65535 ? want : 65535);
-  kernel<<<grid, p.threads, smem, s>>>(a, p.layout);
-  return GN_OK;
+  // With 3 or more resident blocks per SM, a block per row block rather than a
+  // resident-sized persistent grid (the resident blocks overlap one another's
+  // latency); with fewer, the persistent ring keeps the loads in flight. H100, bf16:
+  // N = 4096 (3 blocks) 0.86 vs 0.82 of the copy ceiling at M = 4096, 0.97 vs 0.93 at
+  // M = 65536; N = 8192 (1 block of 512) 0.76 vs 0.89 and 0.82 vs 0.95 the other way.
+  // The kernel loops, so rows beyond grid.y's limit are covered either way.
+  DeviceInfo dev;
+  if ((st = device_info(&dev)) != GN_OK) return st;
+  const int per_sm = resident_blocks<kernel>(p.threads, smem);
+  dim3 grid = resident_grid(p.grid, per_sm, dev.sms);
+  if (per_sm >= 3) {
+    const int64_t want = (a.cfg.rows + p.layout.rpi - 1) / p.layout.rpi;
+    grid.y = (unsigned)(want < 65535 ? want : 65535);
+  }
+  return launch_pdl(kernel, grid, p.threads, smem, s, "add_rms_norm forward launch", a, p.layout);
 }
 
 template <typename A>

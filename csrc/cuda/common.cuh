@@ -296,6 +296,21 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// Programmatic dependent launch (launch_pdl, plan.h; no-ops before sm_90). A kernel
+// launched that way waits for the previous grid in the stream (completed, its
+// writes visible) before its first global access, and signals, once its rows are
+// done, that the next kernel may start launching (it waits likewise).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // VEC consecutive values from shared memory; 16-byte loads when ALIGNED.
 template <typename A, int VEC, bool ALIGNED>
 __device__ __forceinline__ void load_smem(const A* p, A* v) {

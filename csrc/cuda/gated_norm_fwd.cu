@@ -88,6 +88,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     }
     cp_async_commit();
   };
+  pdl_wait();
   if (ALIGNED) {
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
@@ -174,6 +175,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     st = st + 1 == S ? 0 : st + 1;
   }
   if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
+  pdl_trigger();
 }
 
 // Loop path: a block per (row, group); the group is walked in chunks of
@@ -272,8 +274,8 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
-  fwd_regs<T, NV, ALIGNED, MODE><<<grid, p.threads, smem, s>>>(a, p.layout);
-  return GN_OK;
+  return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, "gated_norm forward launch", a,
+                    p.layout);
 }
 
 // The aligned register path per gate mode; fp64 (correctness, not speed) keeps
