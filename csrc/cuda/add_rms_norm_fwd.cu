@@ -189,17 +189,19 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   const size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
-  // With 3 or more resident blocks per SM, a block per row block rather than a
-  // resident-sized persistent grid (the resident blocks overlap one another's
-  // latency); with fewer, the persistent ring keeps the loads in flight. H100, bf16:
-  // N = 4096 (3 blocks) 0.86 vs 0.82 of the copy ceiling at M = 4096, 0.97 vs 0.93 at
-  // M = 65536; N = 8192 (1 block of 512) 0.76 vs 0.89 and 0.82 vs 0.95 the other way.
+  // The fused add with 3 or more resident blocks per SM takes a block per row block
+  // rather than a resident-sized persistent grid (the resident blocks overlap one
+  // another's latency); otherwise the persistent ring keeps the loads in flight.
+  // H100, bf16: N = 4096 (3 blocks) 0.86 vs 0.82 of the copy ceiling at M = 4096,
+  // 0.97 vs 0.93 at M = 65536; N = 8192 (1 block of 512) 0.76 vs 0.89 and 0.82 vs
+  // 0.95 the other way; plain RMSNorm (no add, more blocks) measured 0.60-0.76 at
+  // M = 4096 and 0.72-0.88 at 65536 that way, below its earlier persistent 0.72-0.91.
   // The kernel loops, so rows beyond grid.y's limit are covered either way.
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
   dim3 grid = resident_grid(p.grid, per_sm, dev.sms);
-  if (per_sm >= 3) {
+  if (a.x && per_sm >= 3) {
     const int64_t want = (a.cfg.rows + p.layout.rpi - 1) / p.layout.rpi;
     grid.y = (unsigned)(want < 65535 ? want : 65535);
   }
