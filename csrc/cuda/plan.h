@@ -2,10 +2,11 @@
 //
 // Two kernel shapes:
 //  - register path (group_size up to ~8K elements): a team of `tpg` threads holds
-//    one (row, group) in registers, NV 16-byte vectors per thread. A block holds
-//    `gpb` groups x `rpi` rows of teams and keeps the SAME columns for its whole
-//    life (grid.x picks the groups, grid.y walks rows persistently), so weight and
-//    bias stay in registers and the backward accumulates dw/db in registers.
+//    one (row, group), NV 16-byte vectors per thread. A block holds `gpb` groups x
+//    `rpi` rows of teams and keeps the SAME columns for its whole life (grid.x picks
+//    the groups, grid.y walks rows persistently), so weight and bias are staged once
+//    (shared memory) and the backward accumulates dw/db in registers. Aligned rows
+//    stream through a cp.async ring in shared memory (FWD_RING / BWD_RING rows).
 //    (grid.x picks the groups because ngroups can exceed grid.y's 65535 limit.)
 //  - loop path (larger groups): one block per (row, group), looping over the
 //    group in block-wide chunks, staged in shared memory when it fits.
