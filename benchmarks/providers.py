@@ -2,7 +2,7 @@
 line) and the providers, each a callable built per row or a reason it does not apply.
 
 Gated norm (`provider_fn`), f(x, z, w, b) -> out:
-  ours     torch_ops.layernorm_fn: torch.ops.gatednorm.gated_norm_fwd for the forward,
+  ours     torch_ops.layernorm_fn: torch.ops.gatednorm.gated_norm_infer for the forward,
            gated_norm (autograd -> gated_norm_bwd) for forward+backward
   triton   FLA fla.modules.layernorm_gated.layernorm_fn (Tri Dao's kernel, as mamba_ssm):
            layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None,
@@ -144,7 +144,7 @@ def provider_fn(name: str, c: Case, env: Env):
             return None, env.ours_err
         if env.device.type == "cuda" and not env.has_cuda_kernels():
             return None, "torch_ops built without CUDA kernels"
-        fn = env.ours.layernorm_fn  # gated_norm_fwd, or gated_norm when grads are needed
+        fn = env.ours.layernorm_fn  # gated_norm_infer, or gated_norm when grads are needed
 
         def f(x, z, w, b):
             return fn(x, w, b, z=z, eps=eps, group_size=g, norm_before_gate=nbg, is_rms_norm=rms, activation=act)
