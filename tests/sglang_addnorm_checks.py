@@ -12,12 +12,13 @@ on the CPU only: they are decided before any device work.
 sgl_kernel (the functions the original forward_cuda calls) is a GPU-only wheel, not installed:
 `standins()` are eager PyTorch versions with its signatures and in-place semantics, recording
 their calls. On the CPU they become the layernorm module's globals (which sglang binds only on
-CUDA); on a GPU without sgl_kernel, a stub `sgl_kernel` module holds them so that the layernorm
-module can be imported at all.
+CUDA); on a GPU without sgl_kernel, a stub `sgl_kernel` package holds them (and placeholders
+for the rest of it) so that the layernorm module and the models can be imported at all.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import inspect
@@ -68,15 +69,61 @@ def _standins() -> dict:
 STANDINS = _standins()
 
 
+class _Missing:
+    """A name of sgl_kernel that the stub does not have: attributes are more of them (module
+    level code reads e.g. `scalar_types.uint4b8`), calling one raises."""
+
+    def __init__(self, qualname):
+        self._qualname = qualname
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Missing(f"{self._qualname}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        raise NotImplementedError(f"{self._qualname}: sgl_kernel is not installed (tests/sglang_addnorm_checks.py stub)")
+
+    def __repr__(self):
+        return f"<sgl_kernel stub: {self._qualname}>"
+
+
+class _StubModule(types.ModuleType):
+    """`sgl_kernel` (or one of its submodules) without the wheel: any other name imported from
+    it is a _Missing. On CUDA, sglang's modules import sgl_kernel kernels at import time
+    (activation, sampler, quantization, ...: in the import chains of the models and of mixer2);
+    none of them runs in the checks."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Missing(f"{self.__name__}.{name}")
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith("sgl_kernel."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _StubModule(spec.name)
+
+    def exec_module(self, module):
+        module.__path__ = []
+
+
 def install_sgl_kernel_stub() -> bool:
-    """Before sglang is imported: on a GPU without sgl_kernel, a stub module with the four
-    stand-ins (other `from sgl_kernel import X` still fail, as without the stub)."""
+    """Before sglang is imported: on a GPU without sgl_kernel, a stub package with the four
+    stand-ins; any other name (or submodule) imported from it raises when called."""
     if not torch.cuda.is_available() or importlib.util.find_spec("sgl_kernel") is not None:
         return False
-    stub = types.ModuleType("sgl_kernel")
-    stub.__spec__ = importlib.machinery.ModuleSpec("sgl_kernel", None)
+    stub = _StubModule("sgl_kernel")
+    stub.__spec__ = importlib.machinery.ModuleSpec("sgl_kernel", _StubFinder(), is_package=True)
+    stub.__path__ = []
     stub.__dict__.update(STANDINS)
     sys.modules["sgl_kernel"] = stub
+    sys.meta_path.insert(0, _StubFinder())
     return True
 
 

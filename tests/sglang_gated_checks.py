@@ -5,9 +5,10 @@ with one real sglang release first on sys.path:
 
 It builds sglang's modules (live instances, before the patch), patches, runs sglang's own
 functions and modules and compares them with `torch_ops.gated_norm_ref`, records every
-dispatched op (each call must reach `torch.ops.gatednorm`), checks the importers' bindings,
-idempotency and that unpatch() restores every original object, runs the RMSNorm-family checks
-of sglang_addnorm_checks.py, and prints one `RESULT <json>` line that the tests assert on.
+dispatched op (each call must reach `torch.ops.gatednorm`; on a GPU torch.profiler must see it
+too: sglang_profiler_check.py), checks the importers' bindings, idempotency and that unpatch()
+restores every original object, runs the RMSNorm-family checks of sglang_addnorm_checks.py,
+and prints one `RESULT <json>` line that the tests assert on.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ import traceback
 LAYOUT_PACKAGE = {"kernels": "sglang.kernels.ops.attention.fla", "srt": "sglang.srt.layers.attention.fla"}
 
 
-
 def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
     import importlib
 
     import torch
 
     import sglang_addnorm_checks as addnorm_checks  # tests/ is sys.path[0] of this script
+    import sglang_profiler_check as profiler_check
     import torch_ops
     from torch_ops.integrations import sglang as gn
 
@@ -146,6 +147,7 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
                 norm_before_gate=nbg, is_rms_norm=rms, activation=act).clone())
         xg = xc.clone()
         cuda_cases["fused"] = fg.rms_norm_gated(xg, zc, wc, None, "sigmoid", None, False, False, 1e-6).clone()
+        unpatched_prof = profiler_check.profile_ops(profiler_check.gated_call(lg, xc, zc, wc))
 
     # simulate an AMX CPU (sglang's CPU path): patch() must turn the flag off, unpatch() back on
     lg._use_cpu = fg._use_cpu = True
@@ -403,6 +405,12 @@ def _check_main(layout: str) -> dict:  # noqa: C901  (one linear script)
         xg = xc.clone()
         after = fg.rms_norm_gated(xg, zc, wc, None, "sigmoid", None, False, False, 1e-6)
         close(after.cpu(), cuda_cases["fused"].cpu().double(), torch.bfloat16, 128, "cuda fused")
+
+    @check("cuda_profiler")  # torch.profiler: the patched calls go through torch.ops.gatednorm
+    def _():
+        if not cuda:
+            raise Skip("needs a GPU and a CUDA build of gatednorm")
+        return profiler_check.check(unpatched_prof, lg, ln, xc, zc, wc)
 
     # ---- sglang's RMSNorm family: the patched forward_cuda (sglang_addnorm_checks.py) -------------
     if addnorm is None:

@@ -10,14 +10,16 @@ into `~/.cache/gatednorm-test/sglang-<version>` (GATEDNORM_TEST_CACHE overrides 
 ~340 MB each on disk). A cold install of both takes ~65 s: while the cache is cold these tests
 are marked `slow` (deselected by `run.sh test`; `pytest -m slow tests/test_sglang_patch.py`
 fills the cache), once it is warm they run by default (~55 s for the whole file). No network:
-they are skipped with pip's reason.
+they are skipped with pip's reason. The offline GPU machine gets both trees pre-installed and
+trimmed (scripts/fetch_sglang.py; requirements and markers: sglang_requirements.py).
 
 Each release is imported in its own subprocess, which runs `tests/sglang_gated_checks.py
 --check <layout>`: it builds sglang's modules (live
 instances, before the patch), patches, runs sglang's own functions and modules on the CPU and
 compares them with `torch_ops.gated_norm_ref` (sglang's unpatched functions are Triton kernels:
 they do not run on a CPU; on CUDA the unpatched outputs are compared too), records every
-dispatched op with a TorchDispatchMode (each call must reach `torch.ops.gatednorm`), checks the
+dispatched op with a TorchDispatchMode (each call must reach `torch.ops.gatednorm`; on CUDA
+torch.profiler must see it too), checks the
 importers' bindings, idempotency and that unpatch() restores every original object (`is`). The
 RMSNorm family's patched `forward_cuda` (sglang.srt.layers.layernorm) is checked against
 sglang's own `forward_native` by `sglang_addnorm_checks.py`, in the same subprocess. It prints
@@ -38,48 +40,21 @@ from pathlib import Path
 import pytest
 from sglang_addnorm_checks import CHECKS as ADDNORM_CHECKS
 from sglang_gated_checks import LAYOUT_PACKAGE
+from sglang_requirements import MARKER, RELEASES, marker_ok, requirements
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("GATEDNORM_TEST_CACHE", Path.home() / ".cache" / "gatednorm-test"))
 
-# What `import sglang` and the patched modules import beyond torch / triton / numpy / pydantic /
-# transformers (found by importing them one missing module at a time; all pure Python or small
-# wheels). Pinned: a new release of one of them could need more. torchvision is added below,
-# matched to the installed torch, unless it is importable already.
-COMMON_DEPS = (
-    "aiohappyeyeballs==2.7.1", "aiohttp==3.14.5", "aiosignal==1.4.0", "anyio==4.12.1",
-    "apache-tvm-ffi==0.1.15.post2", "attrs==26.1.0", "certifi==2026.10.18", "charset-normalizer==3.5.2",
-    "compressed-tensors==0.20.0", "dill==0.4.1", "einops==0.8.2", "fastapi==0.165.0", "frozenlist==1.8.0",
-    "gguf==0.19.0", "h11==0.16.0", "httpcore==1.0.9", "httpx==0.28.1", "idna==3.20", "ipython==9.18.1",
-    "loguru==0.7.3", "msgspec==0.22.0", "multidict==7.2.1", "openai==3.54.0", "opentelemetry-api==1.45.2",
-    "orjson==3.13.0", "partial-json-parser==0.2.1.1.post7", "propcache==0.5.4", "psutil==7.2.2",
-    "pybase64==1.5.1", "pyzmq==27.3.0", "requests==2.34.2", "sentencepiece==0.2.3", "sniffio==1.3.1",
-    "starlette==1.10.0", "traitlets==5.16.1", "urllib3==2.8.0", "uvicorn==0.54.0", "yarl==1.25.1",
-)
-RELEASES = {
-    # layout: (sglang release, extra pins)
-    "kernels": ("0.5.23", ()),
-    "srt": ("0.5.15.post1", ("transformers==5.12.1", "tokenizers==0.22.2", "huggingface-hub==1.33.0")),
-}
 CHECK_SCRIPT = Path(__file__).with_name("sglang_gated_checks.py")  # runs in the subprocesses
 
 
-def _torchvision_pin():
-    import importlib.util
-    if importlib.util.find_spec("torchvision") is not None:
-        return ()
-    import torch
-    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
-    # pillow: torchvision's own dependency (installed --no-deps here).
-    return (f"torchvision==0.{minor + 15}.*", "pillow==13.0.0") if major == 2 else ()
-
 def _requirements(layout: str) -> list:
-    version, extra = RELEASES[layout]
-    return [f"sglang=={version}", *COMMON_DEPS, *extra, *_torchvision_pin()]
+    return requirements(layout)
 
 def _cached(layout: str) -> bool:
-    marker = CACHE / f"sglang-{RELEASES[layout][0]}" / ".gatednorm-complete"
-    return marker.exists() and marker.read_text() == "\n".join(_requirements(layout))
+    """A tree installed here, or one carried with its own torchvision (scripts/fetch_sglang.py)."""
+    marker = CACHE / f"sglang-{RELEASES[layout][0]}" / MARKER
+    return marker.exists() and marker_ok(marker.read_text(), layout)
 
 # A cold install (both releases) takes ~65 s here: those tests are `slow` until the cache is
 # warm (`pytest -m slow tests/test_sglang_patch.py` fills it), then ~55 s in all, in the default run.
@@ -100,8 +75,10 @@ def _install(layout: str) -> tuple[Path | None, str, float]:
     if proc.returncode != 0:
         subprocess.run(["rm", "-rf", str(tmp)])
         tail = " ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return None, f"pip could not install sglang {version} (offline?): {tail}", time.time() - t0
-    (tmp / ".gatednorm-complete").write_text("\n".join(reqs))
+        stale = (target / MARKER).exists()  # e.g. a tree carried for another torch (scripts/fetch_sglang.py)
+        why = f"{target / MARKER} lists other requirements than this machine's ({reqs[-2:]}); " if stale else ""
+        return None, f"{why}pip could not install sglang {version} (offline?): {tail}", time.time() - t0
+    (tmp / MARKER).write_text("\n".join(reqs))
     if target.exists():
         subprocess.run(["rm", "-rf", str(target)])
     try:
@@ -161,7 +138,7 @@ def _results(sglang_runs, layout) -> dict:
 
 LAYOUTS = pytest.mark.parametrize("layout", list(RELEASES), ids=[f"sglang-{v}" for v, _ in RELEASES.values()])
 CHECKS = ["bindings", "layer_norm_fwd", "rms_norm_gated", "z_3d", "quant_heads", "layernorm_fn", "modules",
-          "mixer2", "fused_rms_norm_gated", "fused_module", "mamba_ops", "cuda_unpatched_vs_patched",
+          "mixer2", "fused_rms_norm_gated", "fused_module", "mamba_ops", "cuda_unpatched_vs_patched", "cuda_profiler",
           *ADDNORM_CHECKS, "idempotent", "unpatch"]
 
 @SLOW_IF_COLD
