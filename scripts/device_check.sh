@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (see docs/testing.md): build, the test suite on
-# CUDA, compute-sanitizer over the CUDA kernel tests, optionally the benchmark.
+# CUDA, compute-sanitizer over the CUDA kernel tests, the sglang patch tests on the
+# carried sglang releases, optionally the benchmark.
 # Logs go to $OUT (the device tool's return folder) or /tmp/gatednorm-out.
-#   bash scripts/device_check.sh [tests] [sanitize] [bench] [bench-args...]
+#   bash scripts/device_check.sh [tests] [sanitize] [sglang] [bench] [bench-args...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gatednorm-out}"
@@ -43,6 +44,27 @@ if [ -f .whl_fi/requirements.txt ]; then
   python3 -c "import flashinfer; print('flashinfer', flashinfer.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.txt"
 fi
 
+# sglang 0.5.23 and 0.5.15.post1 for tests/test_sglang_patch.py (the machine is offline): the
+# trimmed CPython 3.12 trees of scripts/fetch_sglang.py, unpacked into the test's cache folder.
+if ls .whl_sgl/*.tar.xz >/dev/null 2>&1; then
+  export GATEDNORM_TEST_CACHE="${GATEDNORM_TEST_CACHE:-/tmp/gatednorm-test}"
+  mkdir -p "$GATEDNORM_TEST_CACHE"
+  for t in .whl_sgl/*.tar.xz; do
+    for d in $(tar -tJf "$t" | cut -d/ -f1 | sort -u); do rm -rf "${GATEDNORM_TEST_CACHE:?}/$d"; done
+    tar -xJf "$t" -C "$GATEDNORM_TEST_CACHE"
+  done
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
+import os, sys
+sys.path.insert(0, "tests")
+import sglang_requirements as r
+for layout, (version, _) in r.RELEASES.items():
+    marker = os.path.join(os.environ["GATEDNORM_TEST_CACHE"], f"sglang-{version}", r.MARKER)
+    ok = os.path.exists(marker) and r.marker_ok(open(marker).read(), layout)
+    print(f"sglang {version}: carried tree", "ready" if ok else "NOT usable here (its marker lists other "
+          "requirements: rebuild with scripts/fetch_sglang.py --python/--torch of this machine)")
+PY
+fi
+
 t0=$(date +%s)
 MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
@@ -61,7 +83,11 @@ case " $steps " in *" sanitize "*)
     grep -m5 -E "ERROR SUMMARY|RACECHECK SUMMARY|Invalid|Race" "$OUT/sanitizer-$tool.log"
   done ;;
 esac
+case " $steps " in *" sglang "*)
+  python3 -m pytest -p no:cacheprovider ${SGLANG_PYTEST_ARGS:--q -rfEs} tests/test_sglang_patch.py tests/test_inplace_out.py \
+    2>&1 | tee "$OUT/sglang.log" | tail -40 ;;
+esac
 case " $steps " in *" bench "*)
-  shift_args=$(echo "$steps" | sed 's/\btests\b//; s/\bsanitize\b//; s/\bbench\b//')
+  shift_args=$(echo "$steps" | sed 's/\btests\b//; s/\bsanitize\b//; s/\bsglang\b//; s/\bbench\b//')
   python3 -m benchmarks.bench --csv "$OUT/bench.csv" $shift_args 2>&1 | tee "$OUT/bench.log" | tail -70 ;;
 esac
