@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       A wv[VEC];
       // cj < N: in the zero-padded staging (planar when aligned: ParamLayout)
       if (ALIGNED) load_param_vec<A, VEC>(sw, (N + 15) / 16 * 16 / VEC, cj / VEC, wv);
-      else load_smem<A, VEC, false>(sw + cj, wv);
+      else load_smem<A, VEC>(sw + cj, wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const int k = j * VEC + i;

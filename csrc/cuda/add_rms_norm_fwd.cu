@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
       A wv[VEC];
       // cj < N: in the zero-padded staging (planar when aligned: ParamLayout)
       if (ALIGNED) load_param_vec<A, VEC>(sw, (N + 15) / 16 * 16 / VEC, cj / VEC, wv);
-      else load_smem<A, VEC, false>(sw + cj, wv);
+      else load_smem<A, VEC>(sw + cj, wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) h[j * VEC + i] *= rstd * wv[i];
       store_vec<T, VEC>(out, cj, lim, ALIGNED, &h[j * VEC]);
@@ -205,7 +205,7 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
     const int64_t want = (a.cfg.rows + p.layout.rpi - 1) / p.layout.rpi;
     grid.y = (unsigned)(want < 65535 ? want : 65535);
   }
-  return launch_pdl(kernel, grid, p.threads, smem, s, "add_rms_norm forward launch", a, p.layout);
+  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }
 
 template <typename A>
@@ -217,10 +217,9 @@ gn_status launch_fast(const gn_addnorm_fwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  if (fwd_regs_smem<T, R>(a, p, p.layout.aligned) > (size_t)dev.max_smem_optin - 1024) {
-    // a GPU with little shared memory: the loop path
-    return launch_loop<acc_t<T>>(a, loop_plan(plan_config(a.cfg), a.cfg.cols * sizeof(acc_t<T>), dev), s);
-  }
+  p = fit_smem(p, fwd_regs_smem<T, R>(a, p, p.layout.aligned), plan_config(a.cfg), a.cfg.cols * sizeof(acc_t<T>),
+               dev);
+  if (!p.regs) return launch_loop<acc_t<T>>(a, p, s);
   if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, R, 1, false>(a, p, s) : GN_ERR_INVALID;
   switch (p.nv) {
     case 1: return launch_regs<T, R, 1, true>(a, p, s);

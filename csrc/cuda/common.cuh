@@ -311,22 +311,12 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-// VEC consecutive values from shared memory; 16-byte loads when ALIGNED.
-template <typename A, int VEC, bool ALIGNED>
+// VEC consecutive values from linearly staged shared memory (unaligned rows; the
+// aligned kernels read planar staging with load_param_vec).
+template <typename A, int VEC>
 __device__ __forceinline__ void load_smem(const A* p, A* v) {
-  if constexpr (ALIGNED && (VEC * sizeof(A)) % 16 == 0) {
-    constexpr int PER = 16 / sizeof(A);
 #pragma unroll
-    for (int i = 0; i < VEC; i += PER) {
-      union { uint4 u; A e[PER]; } pack;
-      pack.u = *reinterpret_cast<const uint4*>(p + i);
-#pragma unroll
-      for (int k = 0; k < PER; ++k) v[i + k] = pack.e[k];
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = p[i];
-  }
+  for (int i = 0; i < VEC; ++i) v[i] = p[i];
 }
 
 // 1 / (1 + 2^(-z log2(e))) on the approximate MUFU ex2 and rcp (~2 ulp, like Triton's

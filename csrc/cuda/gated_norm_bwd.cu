@@ -379,12 +379,8 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  if (p.regs && bwd_regs_smem<T>(a, p, p.layout.aligned) + BWD_BLOCK * p.nv * vec_size<T>() * sizeof(A) >
-                    (size_t)dev.max_smem_optin - 1024) {
-    const bool aligned = p.layout.aligned;  // a GPU with little shared memory: the loop path
-    p = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 3 : 2), dev);
-    p.layout.aligned = aligned;
-  }
+  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned) + BWD_BLOCK * p.nv * vec_size<T>() * sizeof(A), a.cfg,
+               (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 3 : 2), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {
     constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();
@@ -434,10 +430,10 @@ extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   gn::DeviceInfo dev;
   if (gn::device_info(&dev) != GN_OK) return 16;
   size_t parts = 0;
-  for (bool aligned : {false, true}) {
-    const gn::Plan p = gn::make_plan(*c, true, 3, aligned, dev);
+  // ... and for the loop path a device short of shared memory falls back to (fit_smem).
+  for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev), gn::make_plan(*c, true, 3, true, dev),
+                            gn::loop_plan(*c, 0, dev)})
     parts = p.grid.y > parts ? p.grid.y : parts;
-  }
   const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
   return 2 * parts * (size_t)c->cols * acc;
 }

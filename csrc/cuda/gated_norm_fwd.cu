@@ -274,7 +274,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
-  return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, "gated_norm forward launch", a,
+  return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
                     p.layout);
 }
 
@@ -298,11 +298,8 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  if (p.regs && fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned) > (size_t)dev.max_smem_optin - 1024) {
-    const bool aligned = p.layout.aligned;  // a GPU with little shared memory: the loop path
-    p = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
-    p.layout.aligned = aligned;
-  }
+  p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
+               (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME>(a, p, s) : GN_ERR_INVALID;

@@ -81,9 +81,28 @@ constexpr int LOOP_BLOCK = 512;
 
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev);
 
+// `p`, unless it is a register-path plan whose kernel needs `regs_smem` bytes of
+// shared memory (staged parameters, the cp.async ring) and the device has fewer
+// (GPUs smaller than an A100 / H100): then the loop path, staging `stage_bytes` a
+// row. Its grid.y may exceed the register plan's: backward workspaces are sized
+// for both (gn_cuda_bwd_workspace_bytes).
+
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
 // `stage_bytes` per row in shared memory when they fit.
 Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev);
+
+// `p`, unless it is a register-path plan whose kernel needs `regs_smem` bytes of
+// shared memory (staged parameters, the cp.async ring) and the device has fewer
+// (GPUs smaller than an A100 / H100): then the loop path, staging `stage_bytes` a
+// row. Its grid.y may exceed the register plan's: backward workspaces are sized
+// for both (gn_cuda_bwd_workspace_bytes).
+inline Plan fit_smem(const Plan& p, size_t regs_smem, const gn_config& cfg, size_t stage_bytes,
+                     const DeviceInfo& dev) {
+  if (!p.regs || regs_smem <= (size_t)dev.max_smem_optin - 1024) return p;
+  Plan loop = loop_plan(cfg, stage_bytes, dev);
+  loop.layout.aligned = p.layout.aligned;
+  return loop;
+}
 
 // True when every pointer is 16-byte aligned and every row stride keeps it so.
 bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n);
@@ -125,11 +144,8 @@ inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
 // done): a decode step's back-to-back kernels then overlap one's launch with the
 // previous one's tail, ~1 us of a 2-4 us launch. Elsewhere a plain launch.
 template <typename... P, typename... Args>
-gn_status launch_pdl(void (*kernel)(P...), dim3 grid, int threads, size_t smem, cudaStream_t s, const char* what,
-                     Args&&... args) {
-  DeviceInfo dev;
-  gn_status st = device_info(&dev);
-  if (st != GN_OK) return st;
+gn_status launch_pdl(void (*kernel)(P...), dim3 grid, int threads, size_t smem, cudaStream_t s, const DeviceInfo& dev,
+                     const char* what, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads, 1, 1);
