@@ -63,6 +63,10 @@ ENV_EXTRAS = ("pydantic==2.14.3", "pydantic-core==2.50.4", "annotated-types==0.8
               "annotated-doc==0.0.7", "typing-extensions==4.16.0")
 # What the GPU image has (with their dependencies); --verify's stand-in environment holds only these.
 DEVICE_HAS = ("torch", "triton", "transformers", "numpy", "einops", "pytest", "hypothesis")
+# ... but not these, which this machine's newer huggingface-hub pulls in and the GPU image's
+# older one does not (openai 3.x imports httpx2 at module level: found on the H100, where the
+# stand-in environment had hidden it).
+DEVICE_LACKS = ("httpx2", "httpcore2", "truststore")
 # Packages of which only these extension modules are kept, whatever the audit saw (it ran
 # another version): torchvision's ops (its import registers fake kernels for them and fails
 # without them), not its image / video decoders (loaded in try blocks, unused).
@@ -394,7 +398,7 @@ def device_like_python(work) -> str:
     """A venv holding only DEVICE_HAS and their dependencies (symlinked from this Python's),
     without ENV_EXTRAS unless torch needs one -> its python."""
     extras = {e.split("==")[0] for e in ENV_EXTRAS}
-    dists = _requires_closure(DEVICE_HAS, extras) | _requires_closure(["torch"], set())
+    dists = _requires_closure(DEVICE_HAS, extras | set(DEVICE_LACKS)) | _requires_closure(["torch"], set())
     env = os.path.join(work, "device-like")
     shutil.rmtree(env, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", env], check=True)

@@ -19,12 +19,14 @@ import importlib.util
 COMMON_DEPS = (
     "aiohappyeyeballs==2.7.1", "aiohttp==3.14.5", "aiosignal==1.4.0", "anyio==4.12.1",
     "apache-tvm-ffi==0.1.15.post2", "attrs==26.1.0", "certifi==2026.10.18", "charset-normalizer==3.5.2",
-    "compressed-tensors==0.20.0", "dill==0.4.1", "einops==0.8.2", "fastapi==0.165.0", "frozenlist==1.8.0",
-    "gguf==0.19.0", "h11==0.16.0", "httpcore==1.0.9", "httpx==0.28.1", "idna==3.20", "ipython==9.18.1",
-    "loguru==0.7.3", "msgspec==0.22.0", "multidict==7.2.1", "openai==3.54.0", "opentelemetry-api==1.45.2",
+    "compressed-tensors==0.20.0", "dill==0.4.1", "einops==0.8.2", "fastapi==0.165.0",
+    "frozenlist==1.8.0", "gguf==0.19.0", "h11==0.16.0", "httpcore==1.0.9", "httpcore2==2.16.2",
+    "httpx==0.28.1", "httpx2==2.16.2", "idna==3.20", "ipython==9.18.1", "loguru==0.7.3",
+    "msgspec==0.22.0", "multidict==7.2.1", "openai==3.54.0", "opentelemetry-api==1.45.2",
     "orjson==3.13.0", "partial-json-parser==0.2.1.1.post7", "propcache==0.5.4", "psutil==7.2.2",
     "pybase64==1.5.1", "pyzmq==27.3.0", "requests==2.34.2", "sentencepiece==0.2.3", "sniffio==1.3.1",
-    "starlette==1.10.0", "traitlets==5.16.1", "urllib3==2.8.0", "uvicorn==0.54.0", "yarl==1.25.1",
+    "starlette==1.10.0", "traitlets==5.16.1", "truststore==0.10.5", "urllib3==2.8.0", "uvicorn==0.54.0",
+    "yarl==1.25.1",
 )
 RELEASES = {
     # layout: (sglang release, extra pins)
