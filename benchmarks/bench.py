@@ -70,14 +70,16 @@ except ImportError:  # run as a script: python benchmarks/bench.py (ROOT is on s
 # ---------------------------------------------------------------- the run
 
 def run(device=None, quick=False, dtypes=None, only=None, reps=None, providers=None, compile=None,
-        l2="rotate", csv_path=None, check=True, copy_gib=None, budget_s=None, log=sys.stderr, families=None):
+        l2="rotate", csv_path=None, check=True, copy_gib=None, budget_s=None, log=sys.stderr, families=None,
+        passes=None):
     """Run the benchmark; returns one dict per row x provider x pass (the CSV's lines).
 
     device: None = cuda if available, else cpu.  quick: a short subset.  dtypes: e.g.
     ["bf16", "fp16"] (CUDA default ["bf16"], CPU ["fp32"]).  only: regex on row names.
     providers: subset of ALL_PROVIDERS.  compile: include torch.compile (default: on CUDA only).
     l2: "rotate" (default) or "flush".  csv_path: also write the CSV, line by line.
-    families: subset of FAMILIES (default all: gated, addnorm, rmsnorm).
+    families: subset of FAMILIES (default all: gated, addnorm, rmsnorm).  passes: subset of
+    PASSES (default: each row's own).
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -88,7 +90,8 @@ def run(device=None, quick=False, dtypes=None, only=None, reps=None, providers=N
     families = tuple(families or FAMILIES)
     dtypes = dtypes or (["bf16"] if cuda else ["fp32"])
     base = cuda_cases(quick, families) if cuda else cpu_cases(quick, families)
-    cases = [replace(c, dtype=d) for d in dtypes for c in base]
+    cases = [replace(c, dtype=d, only_passes=tuple(passes) if passes else None) for d in dtypes for c in base]
+    cases = [c for c in cases if c.passes()]
     if only:
         rx = re.compile(only)
         cases = [c for c in cases if rx.search(c.name)]
@@ -167,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--family", default=None, metavar="LIST",
                     help=f"comma list of {','.join(FAMILIES)} (default all): gated norm, fused add + RMSNorm, "
                          "plain RMSNorm")
+    ap.add_argument("--passes", default=None, metavar="LIST",
+                    help=f"comma list of {','.join(PASSES)}: only these passes of each row")
     ap.add_argument("--reps", type=int, default=None, help="max timed reps per measurement")
     ap.add_argument("--budget", type=float, default=None, help="seconds per measurement that cap reps")
     ap.add_argument("--compile", dest="compile", action="store_true", default=None,
@@ -196,6 +201,10 @@ def main(argv=None):
     for p in providers or []:
         if p not in ALL_PROVIDERS:
             ap.error(f"unknown provider {p!r}; choose from {', '.join(ALL_PROVIDERS)}")
+    passes = a.passes.split(",") if a.passes else None
+    for p in passes or []:
+        if p not in PASSES:
+            ap.error(f"unknown pass {p!r}; choose from {', '.join(PASSES)}")
     families = a.family.split(",") if a.family else None
     for f in families or []:
         if f not in FAMILIES:
@@ -213,7 +222,7 @@ def main(argv=None):
         csv_path = None
     rows = run(device=a.device, quick=a.quick, dtypes=dtypes, only=a.only, reps=a.reps, providers=providers,
                compile=a.compile, l2=a.l2, csv_path=csv_path, check=a.check, copy_gib=a.copy_gib,
-               budget_s=a.budget, families=families)
+               budget_s=a.budget, families=families, passes=passes)
     print_table(rows)
     if csv_path:
         print(f"\nCSV: {csv_path}")

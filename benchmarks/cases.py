@@ -43,6 +43,8 @@ class Case:
     kind: str = "bw"  # "bw": fwd (+ fwdbwd for the gated family) passes; "decode": graph + host passes
     eps: float = 1e-6
     family: str = "gated"  # see the module docstring
+    only_passes: tuple | None = None  # --passes: a subset of what this row measures
+
 
     @property
     def order(self) -> str:
@@ -50,8 +52,10 @@ class Case:
 
     def passes(self):
         if self.kind == "decode":
-            return ("graph", "host")
-        return ("fwd", "fwdbwd") if self.family == "gated" else ("fwd",)  # add-norm: inference only
+            ps = ("graph", "host")
+        else:
+            ps = ("fwd", "fwdbwd") if self.family == "gated" else ("fwd",)  # add-norm: inference only
+        return ps if self.only_passes is None else tuple(p for p in ps if p in self.only_passes)
 
     def describe(self) -> str:
         if self.family != "gated":

@@ -17,7 +17,8 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     an_bwd_regs(const gn_addnorm_bwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T, R>(), K = NV * VEC;
-  __shared__ A red[32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   __shared__ A part[BWD_BLOCK * K];  // cross-row fold of dw inside the block
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_addnorm_config& c = a.cfg;
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
         s[0] += g[k] * h[k];
       }
     }
-    team_sum<1>(s, L.tpg, red);
+    team_sum<1>(s, L.tpg, red, phase);
     const A q = rs * rs * (s[0] / (A)N);
 #pragma unroll
     for (int k = 0; k < K; ++k) g[k] = rs * (g[k] - h[k] * q);
@@ -129,7 +130,8 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 template <typename A>
 __global__ void __launch_bounds__(LOOP_BLOCK) an_bwd_loop(const gn_addnorm_bwd_args a, const Layout L) {
   extern __shared__ __align__(16) unsigned char stage_raw[];
-  __shared__ A red[32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   const gn_addnorm_config& c = a.cfg;
   const int64_t N = c.cols, M = c.rows;
   const size_t es = dtype_bytes(c.dtype), rsz = dtype_bytes(c.residual_dtype);
@@ -151,7 +153,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) an_bwd_loop(const gn_addnorm_bwd_a
       if (a.dw) ws[j] = (first ? A(0) : ws[j]) + d * (h * rs);
       s[0] += d * weight_at<A>(c, a.weight, j) * h;
     }
-    team_sum<1>(s, blockDim.x, red);
+    team_sum<1>(s, blockDim.x, red, phase);
     const A q = rs * rs * (s[0] / (A)N);
     const void* dro = row_of(a.dresidual_out, r, a.dresidual_out_stride, rsz);
     void* dx = row_of(a.dx, r, a.dx_stride, es);

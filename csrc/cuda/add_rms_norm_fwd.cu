@@ -30,7 +30,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T, R>(), K = NV * VEC, S = FWD_RING;
   constexpr int NUR = Packed<R, VEC>::NU, NUT = Packed<T, VEC>::NU;
-  __shared__ A red[32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_addnorm_config& c = a.cfg;
   const int rl = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
 #pragma unroll
       for (int j = 0; j < NV; ++j) store_vec<R, VEC>(ro, cl + j * cs, lim, ALIGNED, &h[j * VEC]);
     }
-    team_sum<1>(ss, L.tpg, red);
+    team_sum<1>(ss, L.tpg, red, phase);
     const A rstd = rsqrt_acc(ss[0] / (A)N + (A)c.eps);
     T* out = static_cast<T*>(a.out) + rr * a.out_stride;
 #pragma unroll
@@ -152,7 +153,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
 template <typename A>
 __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_args a, const Layout L) {
   extern __shared__ __align__(16) unsigned char stage_raw[];
-  __shared__ A red[32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   const gn_addnorm_config& c = a.cfg;
   const int64_t N = c.cols, M = c.rows;
   const size_t es = dtype_bytes(c.dtype), rs = dtype_bytes(c.residual_dtype);
@@ -173,7 +175,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_a
       if (L.staged) sh[j] = h;
       ss[0] += h * h;
     }
-    team_sum<1>(ss, blockDim.x, red);
+    team_sum<1>(ss, blockDim.x, red, phase);
     const A rstd = rsqrt_acc(ss[0] / (A)N + (A)c.eps);
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
       const A h = L.staged ? sh[j] : (ro ? load_param<A>(ro, c.residual_dtype, j) : h_at(j));
@@ -200,11 +202,8 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
-  dim3 grid = resident_grid(p.grid, per_sm, dev.sms);
-  if (a.x && per_sm >= 3) {
-    const int64_t want = (a.cfg.rows + p.layout.rpi - 1) / p.layout.rpi;
-    grid.y = (unsigned)(want < 65535 ? want : 65535);
-  }
+  const int iters = row_iters_override() ? row_iters_override() : (a.x && per_sm >= 3 ? 1 : -1);
+  const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }
 

@@ -351,23 +351,35 @@ __device__ __forceinline__ void act_fwd_bwd(A z, gn_act act, A& a, A& da) {
   }
 }
 
+// Shared scratch of team_sum for NVAL values: two halves used alternately, so a
+// call need not wait for every thread to have read the previous call's partials
+// before the next call overwrites them (one barrier per call, not two: a thread
+// writing half h in call k+2 has passed call k+1's barrier, which every reader of
+// call k reached only after its reads).
+template <int NVAL, typename A>
+struct TeamScratch {
+  A part[2][NVAL * 32];
+};
+
 // Sums NVAL values over a team of `tpg` consecutive threads (a power of two).
 // Teams of <= 32 threads reduce with shuffles inside their warp; larger teams
-// (whole warps) go through shared memory `red` (>= NVAL * blockDim/32 slots).
-// Every thread of the block must call it (it may hit __syncthreads); all team
-// members get the same, order-fixed result.
+// (whole warps) go through `red`. Every thread of the block must make the same
+// sequence of calls with the same `phase` (a per-thread counter starting at 0):
+// it may hit __syncthreads. All team members get the same, order-fixed result.
 template <int NVAL, typename A>
-__device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, A* red) {
+__device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
   const int width = tpg < 32 ? tpg : 32;
   for (int off = width >> 1; off > 0; off >>= 1) {
 #pragma unroll
     for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
   }
   if (tpg <= 32) return;
+  A* part = red.part[phase];
+  phase ^= 1;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) {
 #pragma unroll
-    for (int k = 0; k < NVAL; ++k) red[k * 32 + warp] = v[k];
+    for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];
   }
   __syncthreads();
   const int wpt = tpg >> 5;                 // warps per team
@@ -375,10 +387,9 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, A* red) {
 #pragma unroll
   for (int k = 0; k < NVAL; ++k) {
     A s = 0;
-    for (int w = 0; w < wpt; ++w) s += red[k * 32 + first + w];
+    for (int w = 0; w < wpt; ++w) s += part[k * 32 + first + w];
     v[k] = s;
   }
-  __syncthreads();  // `red` is reused by the next call
 }
 
 }  // namespace gn

@@ -124,7 +124,8 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     bwd_regs(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = BWD_RING;
-  __shared__ A red[2 * 32];
+  __shared__ TeamScratch<2, A> red;
+  int phase = 0;
   __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
@@ -225,7 +226,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
         db[j * VEC + i] += e.dy0;
       }
     }
-    team_sum<2>(s, L.tpg, red);
+    team_sum<2>(s, L.tpg, red, phase);
     const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
     // Recomputing the per-element terms is cheaper than keeping them in registers.
 #pragma unroll
@@ -267,7 +268,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   extern __shared__ __align__(16) unsigned char stage_raw[];
-  __shared__ A red[2 * 32];
+  __shared__ TeamScratch<2, A> red;
+  int phase = 0;
   const gn_config& c = a.cfg;
   const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
   const bool gate = a.z != nullptr, after = gate && c.norm_before_gate, st = L.staged, al = L.aligned;
@@ -307,7 +309,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, cons
         s[1] += wi * e.dy0;
       }
     }
-    team_sum<2>(s, blockDim.x, red);
+    team_sum<2>(s, blockDim.x, red, phase);
     const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
     const T* xs = st ? sx : p.x;
     const T* dys = st ? sdy : p.dy;

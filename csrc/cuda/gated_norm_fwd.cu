@@ -55,7 +55,8 @@ template <typename T, int NV, bool ALIGNED, int MODE>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = FWD_RING;
-  __shared__ A red[2 * 32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       A s[1] = {0};
 #pragma unroll
       for (int k = 0; k < K; ++k) s[0] += v[k];
-      team_sum<1>(s, L.tpg, red);
+      team_sum<1>(s, L.tpg, red, phase);
       mean = s[0] / (A)G;
 #pragma unroll
       for (int j = 0; j < NV; ++j)
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     A ss[1] = {0};
 #pragma unroll
     for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
-    team_sum<1>(ss, L.tpg, red);
+    team_sum<1>(ss, L.tpg, red, phase);
     const A rstd = rsqrt_acc(ss[0] / (A)G + (A)c.eps);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -186,7 +187,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   extern __shared__ __align__(16) unsigned char stage_raw[];
-  __shared__ A red[2 * 32];
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
   const gn_config& c = a.cfg;
   const int64_t G = c.group_size, M = c.rows, g = blockIdx.x, col0 = g * G;
   const bool gate = a.z != nullptr, use_stage = L.staged;
@@ -216,7 +218,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
         s[0] += c.is_rms_norm ? vi * vi : vi;
       }
     }
-    team_sum<1>(s, blockDim.x, red);
+    team_sum<1>(s, blockDim.x, red, phase);
     const T* xs = use_stage ? sx : p.x;
     const T* zs = use_stage ? sz : p.z;
     A mean = 0, var = s[0] / (A)G;
@@ -234,7 +236,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
           q[0] += d * d;
         }
       }
-      team_sum<1>(q, blockDim.x, red);
+      team_sum<1>(q, blockDim.x, red, phase);
       var = q[0] / (A)G;
     }
     const A rstd = rsqrt_acc(var + (A)c.eps);
@@ -273,7 +275,9 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
+  const int per_sm = resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem);
+  const int iters = row_iters_override() ? row_iters_override() : -1;
+  const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
   return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
                     p.layout);
 }

@@ -1,5 +1,6 @@
 // Launch planning and error reporting for the CUDA kernels (host code only).
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "plan.h"
 
@@ -94,6 +95,21 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   Plan loop = loop_plan(cfg, (size_t)G * gn_dtype_size(cfg.dtype) * narrays, dev);
   loop.layout.aligned = aligned;
   return loop;
+}
+
+int row_iters_override() {
+  static const int v = [] {
+    const char* e = getenv("GATEDNORM_ROW_ITERS");
+    return e ? atoi(e) : 0;
+  }();
+  return v;
+}
+
+dim3 rows_grid(dim3 grid, int per_sm, int sms, int64_t rows, int rpi, int iters) {
+  if (iters <= 0) return resident_grid(grid, per_sm, sms);
+  const int64_t blocks = (rows + (int64_t)rpi * iters - 1) / ((int64_t)rpi * iters);
+  grid.y = (unsigned)(blocks < 65535 ? blocks : 65535);
+  return grid;
 }
 
 Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev) {

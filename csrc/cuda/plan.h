@@ -81,12 +81,6 @@ constexpr int LOOP_BLOCK = 512;
 
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev);
 
-// `p`, unless it is a register-path plan whose kernel needs `regs_smem` bytes of
-// shared memory (staged parameters, the cp.async ring) and the device has fewer
-// (GPUs smaller than an A100 / H100): then the loop path, staging `stage_bytes` a
-// row. Its grid.y may exceed the register plan's: backward workspaces are sized
-// for both (gn_cuda_bwd_workspace_bytes).
-
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
 // `stage_bytes` per row in shared memory when they fit.
 Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev);
@@ -138,6 +132,15 @@ inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
   grid.y = (unsigned)(cap < 1 ? 1 : (cap < grid.y ? cap : grid.y));
   return grid;
 }
+
+// Row blocks per block of the register-path forward kernels, a tuning override read
+// once from GATEDNORM_ROW_ITERS (docs/design.md, "Grids"): 0 (unset) = the launcher's
+// own policy, -1 = a persistent resident-sized grid, k > 0 = ceil(row blocks / k)
+// blocks that each walk about k row blocks.
+int row_iters_override();
+// grid.y for `iters` row blocks per block (iters <= 0: resident_grid). grid.y stays
+// within its 65535 limit: the kernels loop, so every row is still covered.
+dim3 rows_grid(dim3 grid, int per_sm, int sms, int64_t rows, int rpi, int iters);
 
 // Launches KERNEL with programmatic dependent launch on sm_90+ (the kernel calls
 // pdl_wait() before its first global access and pdl_trigger() when its rows are
