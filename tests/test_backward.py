@@ -117,6 +117,17 @@ def test_grads_plan_edges(case, nbg, device):
     grads_vs_reference(shape, torch.bfloat16, device, g, nbg, True, "silu")
 
 
+# CUDA loop path with more rows than blocks, so blocks carry dw/db across rows: in
+# shared memory (N = 8192 with z: 48 KB staged + 64 KB of dw/db sums) and, when the
+# sums do not fit (N = 32768: 256 KB), in the block's workspace row.
+@pytest.mark.parametrize("shape", [(300, 8192), (270, 32768)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_grads_loop_path_many_rows(shape, rms, device):
+    if device == "cpu":
+        pytest.skip("a CUDA launch-plan case (blocks walking several rows); the CPU kernels have no such plan")
+    grads_vs_reference(shape, torch.bfloat16, device, None, True, rms, "silu")
+
+
 @pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
                                              (torch.float32, torch.bfloat16)],
                          ids=["bf16-w32", "fp16-w32", "fp32-wbf16"])

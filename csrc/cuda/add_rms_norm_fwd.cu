@@ -191,18 +191,17 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   const size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
-  // The fused add with 3 or more resident blocks per SM takes a block per row block
-  // rather than a resident-sized persistent grid (the resident blocks overlap one
-  // another's latency); otherwise the persistent ring keeps the loads in flight.
-  // H100, bf16: N = 4096 (3 blocks) 0.86 vs 0.82 of the copy ceiling at M = 4096,
-  // 0.97 vs 0.93 at M = 65536; N = 8192 (1 block of 512) 0.76 vs 0.89 and 0.82 vs
-  // 0.95 the other way; plain RMSNorm (no add, more blocks) measured 0.60-0.76 at
-  // M = 4096 and 0.72-0.88 at 65536 that way, below its earlier persistent 0.72-0.91.
-  // The kernel loops, so rows beyond grid.y's limit are covered either way.
+  // Grid (plan.h, pick_row_iters), as measured on the H100 over GATEDNORM_ROW_ITERS
+  // (docs/data/h100_row_iters_sweep.txt, bf16, M = 65536, with and without the add):
+  // 2 row blocks per block with 3+ resident blocks per SM (N = 2048, 4096: 0.97-0.99 vs
+  // 0.83-0.94 persistent), 3 with fewer (N = 8192: 0.99 vs 0.89-0.96); rows leaving
+  // many idle lanes (N = 5120) stay persistent (0.89-0.94, the best measured).
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
-  const int iters = row_iters_override() ? row_iters_override() : (a.x && per_sm >= 3 ? 1 : -1);
+  constexpr int VEC = vec_of<T, R>();
+  const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1 : (per_sm >= 3 ? 2 : 3);
+  const int iters = pick_row_iters(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
   const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }

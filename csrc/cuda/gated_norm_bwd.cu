@@ -3,82 +3,11 @@
 // the saved statistics, and writes one fp32 dw/db partial per row block; a tiny
 // second kernel sums the partials in a fixed order, so dw/db are bitwise
 // deterministic (no float atomics).
-#include "common.cuh"
+#include "gated_norm_bwd.cuh"
 #include "partials.cuh"
-#include "plan.h"
 
 namespace gn {
 namespace {
-
-template <typename T>
-struct BwdRow {
-  const T* x;
-  const T* z;
-  const T* dy;
-  T* dx;
-  T* dz;
-  T* out;
-};
-
-template <typename T>
-__device__ __forceinline__ BwdRow<T> bwd_row(const gn_bwd_args& a, int64_t r, int64_t col0) {
-  BwdRow<T> p;
-  p.x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
-  p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
-  p.dy = static_cast<const T*>(a.dy) + r * a.dy_stride + col0;
-  p.dx = static_cast<T*>(a.dx) + r * a.dx_stride + col0;
-  p.dz = a.z ? static_cast<T*>(a.dz) + r * a.dz_stride + col0 : nullptr;
-  p.out = a.out ? static_cast<T*>(a.out) + r * a.out_stride + col0 : nullptr;
-  return p;
-}
-
-// The per-element part shared by both paths. In: x, z (raw), dy, w, b, the
-// statistics. Out: dy0 (gradient w.r.t. the affine output before the gate),
-// vhat, act(z), act'(z), and y (the forward output, for recompute) / dz for a
-// gate after the norm.
-template <typename A>
-struct Elem {
-  A vhat, dy0, az, daz, y, dz_after;
-};
-
-template <typename A>
-__device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, bool after, A x, A z, A dy, A w, A b,
-                                             A mean, A rstd) {
-  Elem<A> e;
-  e.az = A(1);
-  e.daz = A(0);
-  if (gate) act_fwd_bwd(z, c.act, e.az, e.daz);
-  const bool before = gate && !after;
-  const A v = before ? x * e.az : x;
-  e.vhat = (v - mean) * rstd;
-  const A y0 = e.vhat * w + b;
-  e.y = after ? y0 * e.az : y0;
-  e.dz_after = after ? dy * y0 * e.daz : A(0);
-  e.dy0 = after ? dy * e.az : dy;
-  return e;
-}
-
-// dx and dz of one element once the group sums c1 = mean(vhat*w*dy0) and
-// c2 = mean(w*dy0) (LayerNorm only) are known.
-template <typename A>
-__device__ __forceinline__ void input_grads(bool gate, bool after, const Elem<A>& e, A x, A w, A c1, A c2, A rstd,
-                                            A& dx, A& dz) {
-  const A dv = (w * e.dy0 - e.vhat * c1 - c2) * rstd;
-  if (gate && !after) {
-    dx = dv * e.az;
-    dz = dv * x * e.daz;
-  } else {
-    dx = dv;
-    dz = e.dz_after;
-  }
-}
-
-template <typename A>
-__device__ __forceinline__ void load_stats(const gn_bwd_args& a, int64_t g, int64_t r, A& mean, A& rstd) {
-  const int64_t i = g * a.cfg.rows + r;
-  mean = a.cfg.is_rms_norm ? A(0) : static_cast<const A*>(a.mean)[i];
-  rstd = static_cast<const A*>(a.rstd)[i];
-}
 
 // Weight and bias of columns cj..cj+VEC of this team's group (its first staged
 // column: gc0) from shared memory (bias 0 when it is not needed); columns past
@@ -260,84 +189,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   if (a.db) fold_partial<A, K, VEC>(db, part, ws_dw + (int64_t)gridDim.y * N, L, rl, lt, G);
 }
 
-// Loop path: a block per (row, group), two passes over the group (sums, then
-// gradients); x, z, dy staged in shared memory when they fit. The block owns its
-// columns of its workspace row, so dw/db accumulate there without atomics.
-template <typename T>
-__global__ void __launch_bounds__(LOOP_BLOCK) bwd_loop(const gn_bwd_args a, const Layout L) {
-  using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>();
-  extern __shared__ __align__(16) unsigned char stage_raw[];
-  __shared__ TeamScratch<2, A> red;
-  int phase = 0;
-  const gn_config& c = a.cfg;
-  const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
-  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate, st = L.staged, al = L.aligned;
-  const bool want_b = a.bias && (a.out || after);
-  // Thread-private staging: each thread re-reads only what it wrote.
-  T* sx = reinterpret_cast<T*>(stage_raw);
-  T* sdy = sx + G;
-  T* sz = sdy + G;
-  A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
-  A* ws_db = ws_dw + (int64_t)gridDim.y * N;
-  const int64_t step = (int64_t)blockDim.x * VEC;
-
-  for (int64_t r = blockIdx.y; r < M; r += gridDim.y) {
-    const bool first = r == (int64_t)blockIdx.y;
-    const BwdRow<T> p = bwd_row<T>(a, r, col0);
-    A mean, rstd;
-    load_stats<A>(a, g, r, mean, rstd);
-    A s[2] = {0, 0};
-    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
-      A x[VEC], z[VEC], dy[VEC];
-      load_vec<T, VEC>(p.x, cj, G, al, x);
-      load_vec<T, VEC>(p.dy, cj, G, al, dy);
-      if (gate) load_vec<T, VEC>(p.z, cj, G, al, z);
-      if (st) {
-        store_vec<T, VEC>(sx, cj, G, al, x);
-        store_vec<T, VEC>(sdy, cj, G, al, dy);
-        if (gate) store_vec<T, VEC>(sz, cj, G, al, z);
-      }
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const int64_t col = col0 + cj + i;
-        const bool in = cj + i < G;
-        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
-        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
-        s[0] += e.vhat * wi * e.dy0;
-        s[1] += wi * e.dy0;
-      }
-    }
-    team_sum<2>(s, blockDim.x, red, phase);
-    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
-    const T* xs = st ? sx : p.x;
-    const T* dys = st ? sdy : p.dy;
-    const T* zs = st ? sz : p.z;
-    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
-      A x[VEC], z[VEC], dy[VEC], dx[VEC], dz[VEC], y[VEC];
-      load_vec<T, VEC, false>(xs, cj, G, al, x);
-      load_vec<T, VEC, false>(dys, cj, G, al, dy);
-      if (gate) load_vec<T, VEC, false>(zs, cj, G, al, z);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const int64_t col = col0 + cj + i;
-        const bool in = cj + i < G;
-        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
-        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
-        input_grads<A>(gate, after, e, x[i], wi, c1, c2, rstd, dx[i], dz[i]);
-        y[i] = e.y;
-        if (in && a.dw) ws_dw[cj + i] = (first ? A(0) : ws_dw[cj + i]) + e.dy0 * e.vhat;
-        if (in && a.db) ws_db[cj + i] = (first ? A(0) : ws_db[cj + i]) + e.dy0;
-      }
-      store_vec<T, VEC>(p.dx, cj, G, al, dx);
-      if (gate) store_vec<T, VEC>(p.dz, cj, G, al, dz);
-      if (p.out) store_vec<T, VEC>(p.out, cj, G, al, y);
-    }
-  }
-}
-
 template <typename T>
 size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
   const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
@@ -397,8 +248,7 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
       }
     }
   } else {
-    st = allow_smem<bwd_loop<T>>(p.smem);
-    if (st == GN_OK) bwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+    st = launch_bwd_loop(a, p, s, parts);
   }
   if (st != GN_OK) return st;
   if (a.dw || a.db) {

@@ -275,8 +275,19 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
+  // Grid (plan.h, pick_row_iters), as measured on the H100 over GATEDNORM_ROW_ITERS
+  // (docs/data/h100_row_iters_sweep.txt, bf16 fractions of the copy ceiling): with 3+
+  // resident blocks per SM, a block per 2 row blocks, whose starts overlap the other
+  // blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); one 512-thread
+  // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); two blocks per SM (LN
+  // with bias at 4096: 0.94 persistent vs 0.91 at best otherwise) and teams with many
+  // idle lanes (G = 5000, 5120 with one block per SM: 0.79-0.81 persistent vs 0.76 at
+  // best; G = 1200 with four: 0.86 at 8 vs 0.80) as shown.
   const int per_sm = resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem);
-  const int iters = row_iters_override() ? row_iters_override() : -1;
+  constexpr int VEC = vec_size<T>();
+  const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
+  const int preferred = per_sm >= 3 ? (full ? 2 : 8) : (per_sm == 1 && full ? 8 : -1);
+  const int iters = pick_row_iters(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
   const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
   return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
                     p.layout);
@@ -314,7 +325,9 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
     }
   }
   if ((st = allow_smem<fwd_loop<T>>(p.smem)) != GN_OK) return st;
-  fwd_loop<T><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+  // No second wave of blocks (G = 32K staged took one block per SM, the plan's grid two).
+  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_loop<T>>(p.threads, p.smem), dev.sms);
+  fwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
   return GN_OK;
 }
 

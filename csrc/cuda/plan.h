@@ -25,6 +25,7 @@ struct Layout {
   int rpi;      // rows per block iteration
   int aligned;  // every row/group start is 16-byte aligned: vector loads
   int staged;   // loop path: rows are staged in shared memory (else re-read)
+  int acc_smem; // loop-path backward: dw/db sums in shared memory (else in the workspace)
 };
 
 struct Plan {
@@ -141,6 +142,22 @@ int row_iters_override();
 // grid.y for `iters` row blocks per block (iters <= 0: resident_grid). grid.y stays
 // within its 65535 limit: the kernels loop, so every row is still covered.
 dim3 rows_grid(dim3 grid, int per_sm, int sms, int64_t rows, int rpi, int iters);
+// Row blocks per block for a register-path forward: `preferred` (the kernel's
+// measured choice for many rows; <= 0 = persistent) unless that grid would be
+// fewer than 4 waves of resident blocks: then persistent, as a partial last wave
+// costs more than the overlap of starting blocks gains (H100, M = 4096:
+// docs/data/h100_row_iters_sweep.txt). GATEDNORM_ROW_ITERS overrides.
+inline int pick_row_iters(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms) {
+  if (const int o = row_iters_override()) return o;
+  if (preferred <= 0) return -1;
+  const int64_t row_blocks = (rows + rpi - 1) / rpi;
+  return row_blocks * grid.x >= (int64_t)4 * preferred * per_sm * sms ? preferred : -1;
+}
+// Do at least 3/4 of a team's vector slots (tpg * nv) hold data? Groups like 1200 or
+// 5120 leave 37-41% of the team idle; such kernels preferred other grids (plan.cu).
+inline bool team_mostly_full(int64_t group, int vec, int tpg, int nv) {
+  return ((group + vec - 1) / vec) * 4 >= (int64_t)3 * tpg * nv;
+}
 
 // Launches KERNEL with programmatic dependent launch on sm_90+ (the kernel calls
 // pdl_wait() before its first global access and pdl_trigger() when its rows are

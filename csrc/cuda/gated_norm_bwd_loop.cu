@@ -1,0 +1,161 @@
+// Gated norm backward, loop path: groups too long for the register path (bf16 /
+// fp16 above 4K elements, fp32 above 8K). One block per (row, group) walks the
+// group in chunks of LOOP_BLOCK * VEC elements, twice: the group sums, then the
+// gradients. Every row a block visits maps a thread to the same columns, so its
+// dw/db sums are thread-private: they live in shared memory across rows (planar,
+// conflict-free) and reach the block's workspace row once at the end. (They used
+// to be read-modify-written in the workspace row for every row: 8-16 bytes of L2
+// traffic and a dependent L2 load per element on top of ~10 bytes of real data.)
+#include "gated_norm_bwd.cuh"
+
+namespace gn {
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, const Layout L) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  extern __shared__ __align__(16) unsigned char stage_raw[];
+  __shared__ TeamScratch<2, A> red;
+  int phase = 0;
+  const gn_config& c = a.cfg;
+  const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
+  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate, st = L.staged, al = L.aligned;
+  const bool want_b = a.bias && (a.out || after);
+  // Thread-private staging: each thread re-reads only what it wrote.
+  T* sx = reinterpret_cast<T*>(stage_raw);
+  T* sdy = sx + G;
+  T* sz = sdy + G;
+  const int64_t nvec = (G + VEC - 1) / VEC;  // accumulator slot of (vector v, lane i): i * nvec + v
+  A* acc_dw = reinterpret_cast<A*>(stage_raw + (st ? ((G * sizeof(T) * (gate ? 3 : 2) + 15) / 16 * 16) : 0));
+  A* acc_db = acc_dw + (a.dw ? VEC * nvec : 0);
+  A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
+  A* ws_db = ws_dw + (int64_t)gridDim.y * N;
+  const int64_t step = (int64_t)blockDim.x * VEC;
+
+  if (L.acc_smem) {  // each thread zeroes the slots it will own: no barrier
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        if (a.dw) acc_dw[i * nvec + cj / VEC] = 0;
+        if (a.db) acc_db[i * nvec + cj / VEC] = 0;
+      }
+    }
+  }
+  for (int64_t r = blockIdx.y; r < M; r += gridDim.y) {
+    const bool first = r == (int64_t)blockIdx.y;
+    const BwdRow<T> p = bwd_row<T>(a, r, col0);
+    A mean, rstd;
+    load_stats<A>(a, g, r, mean, rstd);
+    A s[2] = {0, 0};
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A x[VEC], z[VEC], dy[VEC];
+      load_vec<T, VEC>(p.x, cj, G, al, x);
+      load_vec<T, VEC>(p.dy, cj, G, al, dy);
+      if (gate) load_vec<T, VEC>(p.z, cj, G, al, z);
+      if (st) {
+        store_vec<T, VEC>(sx, cj, G, al, x);
+        store_vec<T, VEC>(sdy, cj, G, al, dy);
+        if (gate) store_vec<T, VEC>(sz, cj, G, al, z);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int64_t col = col0 + cj + i;
+        const bool in = cj + i < G;
+        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
+        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        s[0] += e.vhat * wi * e.dy0;
+        s[1] += wi * e.dy0;
+      }
+    }
+    team_sum<2>(s, blockDim.x, red, phase);
+    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
+    const T* xs = st ? sx : p.x;
+    const T* dys = st ? sdy : p.dy;
+    const T* zs = st ? sz : p.z;
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      A x[VEC], z[VEC], dy[VEC];  // become dx, dz, y (registers: see LOOP_BLOCK)
+      load_vec<T, VEC, false>(xs, cj, G, al, x);
+      load_vec<T, VEC, false>(dys, cj, G, al, dy);
+      if (gate) load_vec<T, VEC, false>(zs, cj, G, al, z);
+      const int64_t v = cj / VEC;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const int64_t col = col0 + cj + i;
+        const bool in = cj + i < G;
+        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
+        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        A dxi, dzi;
+        input_grads<A>(gate, after, e, x[i], wi, c1, c2, rstd, dxi, dzi);
+        if (L.acc_smem) {  // padding columns add 0 (dy0 of a column past G is 0)
+          if (a.dw) acc_dw[i * nvec + v] += in ? e.dy0 * e.vhat : A(0);
+          if (a.db) acc_db[i * nvec + v] += in ? e.dy0 : A(0);
+        } else {
+          if (in && a.dw) ws_dw[cj + i] = (first ? A(0) : ws_dw[cj + i]) + e.dy0 * e.vhat;
+          if (in && a.db) ws_db[cj + i] = (first ? A(0) : ws_db[cj + i]) + e.dy0;
+        }
+        x[i] = dxi;
+        z[i] = dzi;
+        dy[i] = e.y;
+      }
+      store_vec<T, VEC>(p.dx, cj, G, al, x);
+      if (gate) store_vec<T, VEC>(p.dz, cj, G, al, z);
+      if (p.out) store_vec<T, VEC>(p.out, cj, G, al, dy);
+    }
+  }
+  if (L.acc_smem) {  // each thread flushes exactly the slots it accumulated: no barrier
+    for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
+      const int64_t v = cj / VEC;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        if (cj + i >= G) continue;
+        if (a.dw) ws_dw[cj + i] = acc_dw[i * nvec + v];
+        if (a.db) ws_db[cj + i] = acc_db[i * nvec + v];
+      }
+    }
+  }
+}
+
+template <typename T>
+gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
+  // Shared memory: the accumulators save the most, then the staged rows (else the
+  // second pass re-reads them, from L2 mostly). Within half an SM's shared memory
+  // if they fit there (two blocks of 512 threads resident), else within a block's.
+  const int64_t G = a.cfg.group_size;
+  const size_t fixed = sizeof(TeamScratch<2, A>) + 1024;
+  const size_t whole = (size_t)dev.max_smem_optin - fixed, half = ((size_t)dev.max_smem_optin + 1024) / 2 - fixed;
+  const size_t acc = (size_t)((G + VEC - 1) / VEC) * VEC * sizeof(A) * ((a.dw ? 1 : 0) + (a.db ? 1 : 0));
+  const size_t stage = ((size_t)G * sizeof(T) * (a.z ? 3 : 2) + 15) / 16 * 16;
+  const size_t cap = acc + stage <= half || acc <= half ? half : whole;
+  p.layout.acc_smem = acc > 0 && acc <= cap;
+  const size_t acc_used = p.layout.acc_smem ? acc : 0;
+  p.layout.staged = stage + acc_used <= cap;
+  p.smem = (p.layout.staged ? stage : 0) + acc_used;
+  if ((st = allow_smem<bwd_loop<T>>(p.smem, fixed)) != GN_OK) return st;
+  // No second wave: the blocks walk their rows persistently (fewer partials are fine).
+  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_loop<T>>(p.threads, p.smem), dev.sms);
+  bwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
+  parts = grid.y;
+  return GN_OK;
+}
+
+}  // namespace
+
+gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
+  switch (a.cfg.dtype) {
+    case GN_FLOAT32: return launch<float>(a, p, s, parts);
+    case GN_FLOAT16: return launch<__half>(a, p, s, parts);
+    case GN_BFLOAT16: return launch<__nv_bfloat16>(a, p, s, parts);
+    case GN_FLOAT64: return launch<double>(a, p, s, parts);
+    default: return GN_ERR_INVALID;
+  }
+}
+
+}  // namespace gn
