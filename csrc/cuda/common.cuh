@@ -150,6 +150,48 @@ __device__ __forceinline__ A load_param(const void* p, gn_dtype t, int64_t i) {
   }
 }
 
+// Parameters c..c+VEC-1 (limit: the end of the group's columns): out[i] = the value,
+// `none` where p is null, 0 past limit. `vec` (uniform) promises p is 16-byte aligned
+// and c a multiple of VEC: whole vectors then take one or two 8/16-byte loads instead of
+// VEC scalar loads behind a dtype switch (the loop kernels read a parameter per
+// element per row: the scalar form made them instruction-bound).
+template <typename P, typename A, int VEC>
+__device__ __forceinline__ bool params_vec(const void* p, int64_t c, A* out) {
+  if constexpr ((VEC * sizeof(P)) % 16 == 0 && sizeof(acc_t<P>) == sizeof(A)) {
+    load_vec<P, VEC>(static_cast<const P*>(p), c, c + VEC, true, out);
+    return true;
+  } else if constexpr (VEC * sizeof(P) == 8 && sizeof(P) == 2 && sizeof(A) == 4) {  // 4 halves / bf16s
+    union { uint2 u; P e[VEC]; } pack;
+    pack.u = __ldg(reinterpret_cast<const uint2*>(static_cast<const P*>(p) + c));
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) out[i] = to_acc<P>(pack.e[i]);
+    return true;
+  } else {
+    return false;
+  }
+}
+template <typename A, int VEC>
+__device__ __forceinline__ void load_params(const void* p, gn_dtype t, int64_t c, int64_t limit, bool vec, A none,
+                                            A* out) {
+  if (p && vec && c + VEC <= limit) {
+    bool done = false;
+    switch (t) {
+      case GN_FLOAT16: done = params_vec<__half, A, VEC>(p, c, out); break;
+      case GN_BFLOAT16: done = params_vec<__nv_bfloat16, A, VEC>(p, c, out); break;
+      case GN_FLOAT64: done = params_vec<double, A, VEC>(p, c, out); break;
+      default: done = params_vec<float, A, VEC>(p, c, out); break;
+    }
+    if (done) return;
+  }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) out[i] = c + i < limit ? (p ? load_param<A>(p, t, c + i) : none) : A(0);
+}
+// May load_params take whole vectors for columns col0 + k * VEC of this pointer?
+template <int VEC>
+__device__ __forceinline__ bool params_vec_ok(const void* p, int64_t col0, int64_t group) {
+  return p && (uintptr_t)p % 16 == 0 && col0 % VEC == 0 && group % VEC == 0;
+}
+
 template <typename A>
 __device__ __forceinline__ void store_param(void* p, gn_dtype t, int64_t i, A v) {
   switch (t) {

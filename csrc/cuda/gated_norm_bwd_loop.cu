@@ -11,6 +11,9 @@
 namespace gn {
 namespace {
 
+// Compiled for 2 blocks per SM (64 registers, ~100 bytes of spills) rather than 1
+// without spills (109 registers): H100 bf16 forward+backward 0.41-0.53 vs 0.31-0.42
+// for groups of 5000-16384.
 template <typename T>
 __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
@@ -32,6 +35,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
   A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
   A* ws_db = ws_dw + (int64_t)gridDim.y * N;
   const int64_t step = (int64_t)blockDim.x * VEC;
+  const bool wvec = params_vec_ok<VEC>(a.weight, col0, G), bvec = params_vec_ok<VEC>(a.bias, col0, G);
 
   if (L.acc_smem) {  // each thread zeroes the slots it will own: no barrier
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
@@ -58,15 +62,13 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
         store_vec<T, VEC>(sdy, cj, G, al, dy);
         if (gate) store_vec<T, VEC>(sz, cj, G, al, z);
       }
+      A wv[VEC];  // the sums need no bias (it enters y and dz only)
+      load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + G, wvec, A(1), wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const int64_t col = col0 + cj + i;
-        const bool in = cj + i < G;
-        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
-        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
-        s[0] += e.vhat * wi * e.dy0;
-        s[1] += wi * e.dy0;
+        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], A(0), mean, rstd);
+        s[0] += e.vhat * wv[i] * e.dy0;
+        s[1] += wv[i] * e.dy0;
       }
     }
     team_sum<2>(s, blockDim.x, red, phase);
@@ -80,15 +82,16 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
       load_vec<T, VEC, false>(dys, cj, G, al, dy);
       if (gate) load_vec<T, VEC, false>(zs, cj, G, al, z);
       const int64_t v = cj / VEC;
+      A wv[VEC], bv[VEC];
+      load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + G, wvec, A(1), wv);
+      load_params<A, VEC>(want_b ? a.bias : nullptr, c.param_dtype, col0 + cj, col0 + G, bvec, A(0), bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const int64_t col = col0 + cj + i;
         const bool in = cj + i < G;
-        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(in ? 1 : 0);
-        const A bi = in && want_b ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wi, bi, mean, rstd);
+        const Elem<A> e =
+            elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         A dxi, dzi;
-        input_grads<A>(gate, after, e, x[i], wi, c1, c2, rstd, dxi, dzi);
+        input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
         if (L.acc_smem) {  // padding columns add 0 (dy0 of a column past G is 0)
           if (a.dw) acc_dw[i * nvec + v] += in ? e.dy0 * e.vhat : A(0);
           if (a.db) acc_db[i * nvec + v] += in ? e.dy0 : A(0);

@@ -198,6 +198,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
   T* sz = sx + G;
   const bool al = L.aligned;
   const int64_t step = (int64_t)blockDim.x * VEC;
+  const bool wvec = params_vec_ok<VEC>(a.weight, col0, G), bvec = params_vec_ok<VEC>(a.bias, col0, G);
 
   for (int64_t r = blockIdx.y; r < M; r += gridDim.y) {
     const FwdRow<T> p = fwd_row<T>(a, r, col0);
@@ -242,18 +243,16 @@ __global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, cons
     const A rstd = rsqrt_acc(var + (A)c.eps);
     // last pass: normalise, affine, gate, store
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
-      A v[VEC], zz[VEC];
+      A v[VEC], zz[VEC], wv[VEC], bv[VEC];
       load_vec<T, VEC, false>(xs, cj, G, al, v);
       if (gate) load_vec<T, VEC, false>(zs, cj, G, al, zz);
+      load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + G, wvec, A(1), wv);
+      load_params<A, VEC>(a.bias, c.param_dtype, col0 + cj, col0 + G, bvec, A(0), bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const int64_t col = col0 + cj + i;
-        const bool in = cj + i < G;
         const A az = gate ? act_fwd(zz[i], c.act) : A(1);
         A vi = (gate && !c.norm_before_gate) ? v[i] * az : v[i];
-        const A wi = in && a.weight ? load_param<A>(a.weight, c.param_dtype, col) : A(1);
-        const A bi = in && a.bias ? load_param<A>(a.bias, c.param_dtype, col) : A(0);
-        vi = (vi - mean) * rstd * wi + bi;
+        vi = (vi - mean) * rstd * wv[i] + bv[i];
         v[i] = (gate && c.norm_before_gate) ? vi * az : vi;
       }
       store_vec<T, VEC>(p.out, cj, G, al, v);
