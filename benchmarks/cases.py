@@ -45,7 +45,6 @@ class Case:
     family: str = "gated"  # see the module docstring
     only_passes: tuple | None = None  # --passes: a subset of what this row measures
 
-
     @property
     def order(self) -> str:
         return "" if not self.z else ("after" if self.nbg else "before")

@@ -191,7 +191,7 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   const size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
-  // Grid (plan.h, pick_row_iters), as measured on the H100 over GATEDNORM_ROW_ITERS
+  // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS
   // (docs/data/h100_row_iters_sweep.txt, bf16, M = 65536, with and without the add):
   // 2 row blocks per block with 3+ resident blocks per SM (N = 2048, 4096: 0.97-0.99 vs
   // 0.83-0.94 persistent), 3 with fewer (N = 8192: 0.99 vs 0.89-0.96); rows leaving
@@ -201,8 +201,7 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
   constexpr int VEC = vec_of<T, R>();
   const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1 : (per_sm >= 3 ? 2 : 3);
-  const int iters = pick_row_iters(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-  const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
+  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }
 

@@ -233,7 +233,7 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
   p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned) + BWD_BLOCK * p.nv * vec_size<T>() * sizeof(A), a.cfg,
-               (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 3 : 2), dev);
+               bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {
     constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();

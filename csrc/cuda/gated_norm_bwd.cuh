@@ -77,6 +77,13 @@ __device__ __forceinline__ void load_stats(const gn_bwd_args& a, int64_t g, int6
   rstd = static_cast<const A*>(a.rstd)[i];
 }
 
+// Bytes of a row of x, dy (and z) staged by the loop path, rounded to 16 (its dw/db
+// sums follow them in shared memory).
+template <typename T>
+__host__ __device__ inline size_t bwd_loop_stage_bytes(int64_t G, bool gate) {
+  return ((size_t)G * sizeof(T) * (gate ? 3 : 2) + 15) / 16 * 16;
+}
+
 // The loop path (groups too long for the register path): one block per (row,
 // group); see gated_norm_bwd_loop.cu. `parts` gets the number of dw/db partials it
 // writes (its grid.y, at most p.grid.y).

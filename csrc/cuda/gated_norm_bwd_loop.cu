@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
   T* sdy = sx + G;
   T* sz = sdy + G;
   const int64_t nvec = (G + VEC - 1) / VEC;  // accumulator slot of (vector v, lane i): i * nvec + v
-  A* acc_dw = reinterpret_cast<A*>(stage_raw + (st ? ((G * sizeof(T) * (gate ? 3 : 2) + 15) / 16 * 16) : 0));
+  A* acc_dw = reinterpret_cast<A*>(stage_raw + (st ? bwd_loop_stage_bytes<T>(G, gate) : 0));
   A* acc_db = acc_dw + (a.dw ? VEC * nvec : 0);
   A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
   A* ws_db = ws_dw + (int64_t)gridDim.y * N;
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
     const T* dys = st ? sdy : p.dy;
     const T* zs = st ? sz : p.z;
     for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
-      A x[VEC], z[VEC], dy[VEC];  // become dx, dz, y (registers: see LOOP_BLOCK)
+      A x[VEC], z[VEC], dy[VEC];  // become dx, dz, y (registers: see the launch bounds)
       load_vec<T, VEC, false>(xs, cj, G, al, x);
       load_vec<T, VEC, false>(dys, cj, G, al, dy);
       if (gate) load_vec<T, VEC, false>(zs, cj, G, al, z);
@@ -135,7 +135,7 @@ gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) 
   const size_t fixed = sizeof(TeamScratch<2, A>) + 1024;
   const size_t whole = (size_t)dev.max_smem_optin - fixed, half = ((size_t)dev.max_smem_optin + 1024) / 2 - fixed;
   const size_t acc = (size_t)((G + VEC - 1) / VEC) * VEC * sizeof(A) * ((a.dw ? 1 : 0) + (a.db ? 1 : 0));
-  const size_t stage = ((size_t)G * sizeof(T) * (a.z ? 3 : 2) + 15) / 16 * 16;
+  const size_t stage = bwd_loop_stage_bytes<T>(G, a.z != nullptr);
   const size_t cap = acc + stage <= half || acc <= half ? half : whole;
   p.layout.acc_smem = acc > 0 && acc <= cap;
   const size_t acc_used = p.layout.acc_smem ? acc : 0;

@@ -274,7 +274,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  // Grid (plan.h, pick_row_iters), as measured on the H100 over GATEDNORM_ROW_ITERS
+  // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS
   // (docs/data/h100_row_iters_sweep.txt, bf16 fractions of the copy ceiling): with 3+
   // resident blocks per SM, a block per 2 row blocks, whose starts overlap the other
   // blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); one 512-thread
@@ -286,8 +286,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
   const int preferred = per_sm >= 3 ? (full ? 2 : 8) : (per_sm == 1 && full ? 8 : -1);
-  const int iters = pick_row_iters(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-  const dim3 grid = rows_grid(p.grid, per_sm, dev.sms, a.cfg.rows, p.layout.rpi, iters);
+  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
   return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
                     p.layout);
 }

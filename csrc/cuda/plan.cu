@@ -97,7 +97,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   return loop;
 }
 
-int row_iters_override() {
+static int row_iters_override() {
   static const int v = [] {
     const char* e = getenv("GATEDNORM_ROW_ITERS");
     return e ? atoi(e) : 0;
@@ -105,9 +105,12 @@ int row_iters_override() {
   return v;
 }
 
-dim3 rows_grid(dim3 grid, int per_sm, int sms, int64_t rows, int rpi, int iters) {
+dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms) {
+  const int64_t row_blocks = (rows + rpi - 1) / rpi;
+  int iters = row_iters_override();
+  if (!iters) iters = preferred > 0 && row_blocks * grid.x >= (int64_t)4 * preferred * per_sm * sms ? preferred : -1;
   if (iters <= 0) return resident_grid(grid, per_sm, sms);
-  const int64_t blocks = (rows + (int64_t)rpi * iters - 1) / ((int64_t)rpi * iters);
+  const int64_t blocks = (row_blocks + iters - 1) / iters;
   grid.y = (unsigned)(blocks < 65535 ? blocks : 65535);
   return grid;
 }

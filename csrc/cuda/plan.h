@@ -4,7 +4,7 @@
 //  - register path (group_size up to ~8K elements): a team of `tpg` threads holds
 //    one (row, group), NV 16-byte vectors per thread. A block holds `gpb` groups x
 //    `rpi` rows of teams and keeps the SAME columns for its whole life (grid.x picks
-//    the groups, grid.y walks rows persistently), so weight and bias are staged once
+//    the groups, grid.y walks rows: forward_grid), so weight and bias are staged once
 //    (shared memory) and the backward accumulates dw/db in registers. Aligned rows
 //    stream through a cp.async ring in shared memory (FWD_RING / BWD_RING rows).
 //    (grid.x picks the groups because ngroups can exceed grid.y's 65535 limit.)
@@ -134,27 +134,18 @@ inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
   return grid;
 }
 
-// Row blocks per block of the register-path forward kernels, a tuning override read
-// once from GATEDNORM_ROW_ITERS (docs/design.md, "Grids"): 0 (unset) = the launcher's
-// own policy, -1 = a persistent resident-sized grid, k > 0 = ceil(row blocks / k)
-// blocks that each walk about k row blocks.
-int row_iters_override();
-// grid.y for `iters` row blocks per block (iters <= 0: resident_grid). grid.y stays
-// within its 65535 limit: the kernels loop, so every row is still covered.
-dim3 rows_grid(dim3 grid, int per_sm, int sms, int64_t rows, int rpi, int iters);
-// Row blocks per block for a register-path forward: `preferred` (the kernel's
-// measured choice for many rows; <= 0 = persistent) unless that grid would be
-// fewer than 4 waves of resident blocks: then persistent, as a partial last wave
-// costs more than the overlap of starting blocks gains (H100, M = 4096:
-// docs/data/h100_row_iters_sweep.txt). GATEDNORM_ROW_ITERS overrides.
-inline int pick_row_iters(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms) {
-  if (const int o = row_iters_override()) return o;
-  if (preferred <= 0) return -1;
-  const int64_t row_blocks = (rows + rpi - 1) / rpi;
-  return row_blocks * grid.x >= (int64_t)4 * preferred * per_sm * sms ? preferred : -1;
-}
+// The grid of a register-path forward kernel whose blocks walk row blocks of `rpi`
+// rows: `preferred` row blocks per block (the launcher's measured choice for many
+// rows; <= 0 = persistent: resident_grid) unless that grid would be fewer than 4
+// waves of resident blocks: then persistent, as a partial last wave costs more than
+// the overlap of starting blocks gains (H100, M = 4096: docs/data/h100_row_iters_sweep.txt).
+// GATEDNORM_ROW_ITERS, read once, overrides `preferred` for tuning (docs/design.md,
+// "Grids"): -1 = persistent, k > 0 = k. grid.y stays within its 65535 limit: the
+// kernels loop, so every row is still covered.
+dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms);
 // Do at least 3/4 of a team's vector slots (tpg * nv) hold data? Groups like 1200 or
-// 5120 leave 37-41% of the team idle; such kernels preferred other grids (plan.cu).
+// 5120 leave 37-41% of the team idle; such kernels preferred other grids (measured:
+// the forward launchers).
 inline bool team_mostly_full(int64_t group, int vec, int tpg, int nv) {
   return ((group + vec - 1) / vec) * 4 >= (int64_t)3 * tpg * nv;
 }
