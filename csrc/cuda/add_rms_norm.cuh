@@ -105,6 +105,10 @@ __device__ __forceinline__ void stage_weight(const gn_addnorm_config& c, const v
   __syncthreads();
 }
 
+// Does every block of the register-path forward hold a single row block (rows per
+// grid step >= rows)? Then it reads w' from global memory, unstaged (the kernel).
+__host__ __device__ inline bool one_pass(int64_t step_rows, int64_t rows) { return step_rows >= rows; }
+
 // w'[col] read from global memory (loop path).
 template <typename A>
 __device__ __forceinline__ A weight_at(const gn_addnorm_config& c, const void* w, int64_t col) {

@@ -45,6 +45,14 @@ static int next_pow2(int64_t v) {
   return p;
 }
 
+// Threads of a team of which `busy` hold data: a power of two up to a warp (team_sum
+// reduces those with xor shuffles), else whole warps (team_sum adds any number), so
+// a group of 5120 bf16 (640 vectors, 2 a thread) takes 320 threads, not 512 with
+// 192 idle (H100: forward 0.80 -> see docs/benchmarks.md).
+static int team_threads(int64_t busy) {
+  return busy <= 32 ? next_pow2(busy) : (int)((busy + 31) / 32 * 32);
+}
+
 bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n) {
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
   if (cfg.group_size % vec) return false;
@@ -71,7 +79,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   int nv = 1;
   const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
   while (nv < nv_cap && nvec > 32 * (int64_t)nv) nv <<= 1;
-  const int tpg = next_pow2((nvec + nv - 1) / nv);
+  const int tpg = team_threads((nvec + nv - 1) / nv);
   p.layout.aligned = aligned;
   // Unaligned rows (odd group sizes, offset views) take the register path only
   // with one vector per thread; wider ones go to the loop path.
@@ -79,8 +87,8 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
     p.regs = true;
     p.nv = nv;
     p.layout.tpg = tpg;
-    p.threads = tpg > block ? tpg : block;
-    const int teams = p.threads / tpg;
+    const int teams = tpg >= block ? 1 : block / tpg;
+    p.threads = teams * tpg;
     int gpb = (int)(ngroups < teams ? ngroups : teams);
     while (ngroups % gpb) --gpb;  // a divisor, so every block owns whole groups
     p.layout.gpb = gpb;

@@ -20,7 +20,7 @@
 namespace gn {
 
 struct Layout {
-  int tpg;      // threads per (row, group) team, a power of two
+  int tpg;      // threads per (row, group) team: a power of two <= 32, else whole warps
   int gpb;      // groups per block (divides ngroups)
   int rpi;      // rows per block iteration
   int aligned;  // every row/group start is 16-byte aligned: vector loads
