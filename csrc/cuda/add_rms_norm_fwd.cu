@@ -51,7 +51,11 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   uint4* ring = reinterpret_cast<uint4*>(dyn + staged_weight_bytes<A>(N));
   auto word = [&](int st, int w) { return ring + (st * words + w) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
+#ifdef GN_EXP_NO_ONCE
+  const bool once = false, ring_on = ALIGNED;
+#else
   const bool once = one_pass(step, M), ring_on = ALIGNED && !once;
+#endif
   auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && rn < M;
     const T* x = static_cast<const T*>(a.x) + (okn ? rn : 0) * a.x_stride;
@@ -81,7 +85,9 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   // A one-pass grid lets the next kernel start launching now: its blocks wait (at
   // pdl_wait) for this grid to finish, and every block of this grid is already
   // running (a dependent launches once all blocks have triggered or exited).
+#ifndef GN_EXP_LATE_TRIGGER
   if (once) pdl_trigger();
+#endif
 
   int st = 0;  // the ring slot of this row
 #pragma unroll 1
@@ -166,7 +172,11 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     st = st + 1 == S ? 0 : st + 1;
   }
   if (ring_on) cp_async_wait<0>();  // the ring's trailing (empty) groups
+#ifdef GN_EXP_LATE_TRIGGER
+  pdl_trigger();
+#else
   if (!once) pdl_trigger();
+#endif
 }
 
 // Loop path: a block per row, elements one by one (dtypes known at run time).
@@ -224,7 +234,9 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   constexpr int VEC = vec_of<T, R>();
   const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1 : (per_sm >= 3 ? 2 : 3);
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-  if (one_pass((int64_t)grid.y * p.layout.rpi, a.cfg.rows)) smem = 0;  // the kernel stages nothing
+#ifndef GN_EXP_NO_ONCE
+  if (one_pass((int64_t)grid.y * p.layout.rpi, a.cfg.rows)) smem = 0;
+#endif  // the kernel stages nothing
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }
 
