@@ -232,7 +232,14 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   if ((st = device_info(&dev)) != GN_OK) return st;
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
   constexpr int VEC = vec_of<T, R>();
-  const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1 : (per_sm >= 3 ? 2 : 3);
+  // Blocks wider than FWD_BLOCK (whole-warp teams of N = 5120: 320 threads; N = 8192:
+  // 512) take 4 row blocks each: RMSNorm at 5120 0.98 vs 0.85 at 2, at 8192 0.99 vs
+  // 0.91; add + RMSNorm at 5120 0.98 (as at 3); one block per SM (add at 8192) keeps 3.
+  const bool wide = p.threads > FWD_BLOCK;
+  const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1
+                        : per_sm == 1                                        ? 3
+                        : per_sm >= 3 && !wide                               ? 2
+                                                                             : 4;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
 #ifndef GN_EXP_NO_ONCE
   if (one_pass((int64_t)grid.y * p.layout.rpi, a.cfg.rows)) smem = 0;

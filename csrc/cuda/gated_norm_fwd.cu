@@ -281,11 +281,19 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); two blocks per SM (LN
   // with bias at 4096: 0.94 persistent vs 0.91 at best otherwise) and teams with many
   // idle lanes (G = 5000, 5120 with one block per SM: 0.79-0.81 persistent vs 0.76 at
-  // best; G = 1200 with four: 0.86 at 8 vs 0.80) as shown.
+  // best; G = 1200 with four: 0.86 at 8 vs 0.80) as shown. Since teams are whole warps
+  // (plan.cu, team_threads) those groups are full:
+  // Teams of whole warps (G = 5000, 5120: 320-thread blocks, two per SM): 4 row blocks
+  // each (0.96 vs 0.83 persistent, 0.89 at 2), unless bias is staged too (LN with bias
+  // at 4096, 256 threads, two per SM: persistent 0.95, 4 gives 0.77).
   const int per_sm = resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem);
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
-  const int preferred = per_sm >= 3 ? (full ? 2 : 8) : (per_sm == 1 && full ? 8 : -1);
+  const bool wide = p.threads > FWD_BLOCK;
+  const int preferred = !full         ? (per_sm >= 3 ? 8 : -1)
+                        : per_sm >= 3 ? (wide ? 4 : 2)
+                        : per_sm == 2 ? (wide && !a.bias ? 4 : -1)
+                                      : 8;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
   return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
                     p.layout);
