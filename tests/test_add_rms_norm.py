@@ -26,10 +26,14 @@ def expected(x, r, w, eps, residual_in_fp32=False, gemma=False):
     return out, h
 
 
-# CUDA paths: register path with 1 and 2 vectors per thread (128, 5120 / 96),
-# unaligned rows (1000 in half types, 33, 1), the loop path staged in shared memory
-# (12288 in half types, 65537) and many rows per persistent team (4099 x 256).
-SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120), (3, 12288), (4099, 256)]
+# CUDA paths: the decode kernel (aligned rows, every row's block resident at once:
+# 64 x 128, 33 x 1000, 4 x 5120 ...), the streaming register path with 1 and 2
+# vectors per thread (more rows than one wave: 20000 x 256, 600 x 5120), unaligned
+# rows (33, 1), the loop path staged in shared memory (12288 in half types, 65537)
+# and many rows per persistent team (20000 x 256). test_cuda_kernel_paths checks
+# which kernel a shape takes.
+SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120), (3, 12288), (4099, 256),
+          (20000, 256), (600, 5120)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
@@ -282,6 +286,36 @@ def test_cuda_current_stream():
     torch.cuda.current_stream().wait_stream(s)
     assert torch.equal(r.cpu(), e_res)
     assert_close(x.cpu(), e_out, tol(torch.bfloat16, 2048), "input")
+
+
+def _cuda_kernels(fn):
+    """Names of the CUDA kernels fn() launches."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape,dtype,w_dtype,kernel", [
+    ((1, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),
+    ((64, 8192), torch.bfloat16, torch.float32, "an_fwd_decode"),  # fp32 weight: two words a vector
+    ((20000, 256), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # more rows than one wave
+    ((4, 16384), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # longer than one vector a thread
+    ((4, 4096), torch.float32, torch.float16, "an_fwd_regs"),  # fp16 weight: 8 bytes a vector
+], ids=["m1", "w32", "many-rows", "long-row", "w16-fp32"])
+def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):
+    """The decode kernel serves exactly the shapes it is meant for (and is correct there)."""
+    x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device="cuda")
+    names = _cuda_kernels(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False))
+    assert any(kernel in n for n in names), names
+    out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, False)
+    e_out, e_res = expected(x, r, w, 1e-6)
+    assert torch.equal(res.cpu(), e_res)
+    assert_close(out.cpu(), e_out, tol(dtype, shape[-1]), "out")
 
 
 @needs_cuda

@@ -105,9 +105,11 @@ __device__ __forceinline__ void stage_weight(const gn_addnorm_config& c, const v
   __syncthreads();
 }
 
-// Does every block of the register-path forward hold a single row block (rows per
-// grid step >= rows)? Then it reads w' from global memory, unstaged (the kernel).
-__host__ __device__ inline bool one_pass(int64_t step_rows, int64_t rows) { return step_rows >= rows; }
+// The decode kernel (add_rms_norm_fwd_decode.cu): a block per row when every row's
+// block is resident at once, the row is aligned (aligned_rows) and short enough, and
+// the weight packs into 16-byte words. *done says whether it launched.
+gn_status launch_fwd_decode(const gn_addnorm_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s,
+                            bool* done);
 
 // w'[col] read from global memory (loop path).
 template <typename A>

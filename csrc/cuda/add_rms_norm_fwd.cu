@@ -25,11 +25,6 @@ inline size_t fwd_regs_smem(const gn_addnorm_fwd_args& a, const Plan& p, bool al
 // (j * tpg + lt) * VEC + i of its row. Aligned rows stream through a cp.async ring
 // in shared memory, FWD_RING - 1 rows ahead, as in the gated forward. In place is
 // safe: a row is read (into the ring) before the same team writes it.
-// A grid whose blocks each hold one row block (decode: M <= the grid's rows) has
-// nothing to stream ahead or to reuse: it reads rows with plain vector loads and
-// w' straight from global memory (prefetched into L1 before the row's reduction, so
-// the two reads overlap without holding registers: holding w' spilled), with no
-// shared-memory staging, barrier or ring (one_pass: no dynamic shared memory).
 template <typename T, typename R, int NV, bool ALIGNED>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(const gn_addnorm_fwd_args a, const Layout L) {
   using A = acc_t<T>;
@@ -51,11 +46,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   uint4* ring = reinterpret_cast<uint4*>(dyn + staged_weight_bytes<A>(N));
   auto word = [&](int st, int w) { return ring + (st * words + w) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-#ifdef GN_EXP_NO_ONCE
-  const bool once = false, ring_on = ALIGNED;
-#else
-  const bool once = one_pass(step, M), ring_on = ALIGNED && !once;
-#endif
   auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && rn < M;
     const T* x = static_cast<const T*>(a.x) + (okn ? rn : 0) * a.x_stride;
@@ -75,19 +65,12 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     cp_async_commit();
   };
   pdl_wait();
-  if (ring_on) {
+  if (ALIGNED) {
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
   }
   // After the first rows are requested: both in flight at once.
-  if (!once) stage_weight<A>(c, a.weight, N, sw, ALIGNED ? VEC : 0);
-  const bool wvec = ALIGNED && params_vec_ok<VEC>(a.weight, 0, N);
-  // A one-pass grid lets the next kernel start launching now: its blocks wait (at
-  // pdl_wait) for this grid to finish, and every block of this grid is already
-  // running (a dependent launches once all blocks have triggered or exited).
-#ifndef GN_EXP_LATE_TRIGGER
-  if (once) pdl_trigger();
-#endif
+  stage_weight<A>(c, a.weight, N, sw, ALIGNED ? VEC : 0);
 
   int st = 0;  // the ring slot of this row
 #pragma unroll 1
@@ -97,7 +80,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     const int64_t rr = ok ? r : 0;
     const int lim = ok ? N : 0;  // idle teams read nothing but still reduce
     A h[K];
-    if (ring_on) {
+    if (ALIGNED) {
       issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);  // refills the slot read last row
       cp_async_wait<S - 1>();
 #pragma unroll
@@ -122,18 +105,14 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
         const int cj = cl + j * cs;
-        load_vec<R, VEC>(res, cj, lim, ALIGNED, &h[j * VEC]);
+        load_vec<R, VEC>(res, cj, lim, false, &h[j * VEC]);
         if (add) {
           A xv[VEC];
-          load_vec<T, VEC>(x, cj, lim, ALIGNED, xv);
+          load_vec<T, VEC>(x, cj, lim, false, xv);
 #pragma unroll
           for (int i = 0; i < VEC; ++i) h[j * VEC + i] += xv[i];
         }
       }
-    }
-    if (once && a.weight) {  // w' of this thread's columns into L1 while the row reduces
-#pragma unroll
-      for (int j = 0; j < NV; ++j) prefetch_l1(a.weight, c.param_dtype, cl + j * cs, VEC, lim);
     }
     A ss[1] = {0};
 #pragma unroll
@@ -155,15 +134,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
       if (cj >= lim) continue;
       A wv[VEC];
       // cj < N: in the zero-padded staging (planar when aligned: ParamLayout)
-      if (once) {
-        load_params<A, VEC>(a.weight, c.param_dtype, cj, lim, wvec, c.gemma ? A(0) : A(1), wv);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) wv[i] += c.gemma ? A(1) : A(0);
-      } else if (ALIGNED) {
-        load_param_vec<A, VEC>(sw, (N + 15) / 16 * 16 / VEC, cj / VEC, wv);
-      } else {
-        load_smem<A, VEC>(sw + cj, wv);
-      }
+      if (ALIGNED) load_param_vec<A, VEC>(sw, (N + 15) / 16 * 16 / VEC, cj / VEC, wv);
+      else load_smem<A, VEC>(sw + cj, wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) h[j * VEC + i] *= rstd * wv[i];
       store_vec<T, VEC>(out, cj, lim, ALIGNED, &h[j * VEC]);
@@ -171,12 +143,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     if (ok && lt == 0 && a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
     st = st + 1 == S ? 0 : st + 1;
   }
-  if (ring_on) cp_async_wait<0>();  // the ring's trailing (empty) groups
-#ifdef GN_EXP_LATE_TRIGGER
+  if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
   pdl_trigger();
-#else
-  if (!once) pdl_trigger();
-#endif
 }
 
 // Loop path: a block per row, elements one by one (dtypes known at run time).
@@ -220,14 +188,13 @@ __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_a
 template <typename T, typename R, int NV, bool ALIGNED>
 gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t s) {
   constexpr auto kernel = an_fwd_regs<T, R, NV, ALIGNED>;
-  size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
+  const size_t smem = fwd_regs_smem<T, R>(a, p, ALIGNED);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
   // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS
   // (docs/data/h100_row_iters_sweep.txt, bf16, M = 65536, with and without the add):
   // 2 row blocks per block with 3+ resident blocks per SM (N = 2048, 4096: 0.97-0.99 vs
-  // 0.83-0.94 persistent), 3 with fewer (N = 8192: 0.99 vs 0.89-0.96); rows leaving
-  // many idle lanes (N = 5120) stay persistent (0.89-0.94, the best measured).
+  // 0.83-0.94 persistent), 3 with one (N = 8192 with the add: 0.99 vs 0.89-0.96).
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const int per_sm = resident_blocks<kernel>(p.threads, smem);
@@ -241,9 +208,6 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
                         : per_sm >= 3 && !wide                               ? 2
                                                                              : 4;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-#ifndef GN_EXP_NO_ONCE
-  if (one_pass((int64_t)grid.y * p.layout.rpi, a.cfg.rows)) smem = 0;
-#endif  // the kernel stages nothing
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
 }
 
@@ -289,8 +253,11 @@ extern "C" gn_status gn_cuda_addnorm_fwd(const gn_addnorm_fwd_args* a, void* str
   const void* ptrs[4] = {a->x, a->residual, a->residual_out, a->out};
   const gn_dtype types[4] = {c.dtype, c.residual_dtype, c.residual_dtype, c.dtype};
   const int64_t strides[4] = {a->x_stride, a->residual_stride, a->residual_out_stride, a->out_stride};
-  Plan p = an::plan(c, an::aligned_rows(c, ptrs, types, strides, 4), 1, dev);
+  const bool aligned = an::aligned_rows(c, ptrs, types, strides, 4);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
+  bool done = false;
+  if ((st = an::launch_fwd_decode(*a, aligned, dev, s, &done)) != GN_OK || done) return st;
+  Plan p = an::plan(c, aligned, 1, dev);
   if (p.regs) {
     st = GN_ERR_INVALID;
     an::with_fast_pair(c.dtype, c.residual_dtype, [&](auto t, auto r) {

@@ -202,18 +202,6 @@ __device__ __forceinline__ void store_param(void* p, gn_dtype t, int64_t i, A v)
   }
 }
 
-// Brings parameters [c, c + n) of p (dtype t; columns >= limit skipped) into L1
-// without holding registers: a later load of them then skips the DRAM round trip.
-// Their first and last bytes: a vector of up to 128 bytes spans at most two lines.
-__device__ __forceinline__ void prefetch_l1(const void* p, gn_dtype t, int64_t c, int n, int64_t limit) {
-  if (c >= limit) return;
-  const int64_t last = (c + n < limit ? c + n : limit) - 1;
-  const char* b = static_cast<const char*>(p);
-  const int64_t es = (int64_t)dtype_bytes(t);
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(b + c * es));
-  asm volatile("prefetch.global.L1 [%0];" ::"l"(b + last * es + es - 1));
-}
-
 // round_to<T> for a dtype known at run time.
 template <typename A>
 __device__ __forceinline__ A round_as(A v, gn_dtype t) {
