@@ -304,7 +304,7 @@ def _cuda_kernels(fn):
     ((1, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),
     ((64, 8192), torch.bfloat16, torch.float32, "an_fwd_decode"),  # fp32 weight: two words a vector
     ((20000, 256), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # more rows than one wave
-    ((4, 16384), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # longer than one vector a thread
+    ((4, 16384), torch.bfloat16, torch.bfloat16, "an_fwd_loop"),  # longer than one vector a thread
     ((4, 4096), torch.float32, torch.float16, "an_fwd_regs"),  # fp16 weight: 8 bytes a vector
 ], ids=["m1", "w32", "many-rows", "long-row", "w16-fp32"])
 def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):

@@ -78,6 +78,9 @@ __global__ void __launch_bounds__(DECODE_MAX_THREADS) an_fwd_decode(const gn_add
   __shared__ TeamScratch<1, acc_t<T>> red;
   constexpr int VEC = vec_of<T, R>();
   pdl_wait();
+  // Every block of this grid is running (one wave): the next kernel may start launching
+  // now; its blocks wait in pdl_wait until this grid has finished.
+  pdl_trigger();
   switch (wdt) {
     case GN_BFLOAT16:
       if constexpr (packs<__nv_bfloat16, VEC>()) decode_row<T, R, __nv_bfloat16>(a, red);
@@ -92,7 +95,6 @@ __global__ void __launch_bounds__(DECODE_MAX_THREADS) an_fwd_decode(const gn_add
       if constexpr (packs<double, VEC>()) decode_row<T, R, double>(a, red);
       break;
   }
-  pdl_trigger();
 }
 
 template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {

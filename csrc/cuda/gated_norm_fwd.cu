@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 // LOOP_BLOCK * VEC elements. x and z are staged in shared memory when they fit
 // (plan.smem > 0), else re-read from global memory (L2) in the later passes.
 template <typename T>
-__global__ void __launch_bounds__(LOOP_BLOCK) fwd_loop(const gn_fwd_args a, const Layout L) {
+__global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   extern __shared__ __align__(16) unsigned char stage_raw[];
