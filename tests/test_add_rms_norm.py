@@ -311,6 +311,8 @@ def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):
     """The decode kernel serves exactly the shapes it is meant for (and is correct there)."""
     x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device="cuda")
     names = _cuda_kernels(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
     assert any(kernel in n for n in names), names
     out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, False)
     e_out, e_res = expected(x, r, w, 1e-6)
