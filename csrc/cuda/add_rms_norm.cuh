@@ -6,6 +6,8 @@
 //    (T, T) for every dtype, and (fp16 | bf16, fp32) — a bf16 model with an fp32
 //    residual stream. A vector is VEC = 16 / min(sizeof T, sizeof R) elements, so
 //    the wider tensor moves in two 16-byte words per vector.
+//  - decode kernel (add_rms_norm_fwd_decode.cu, forward only): a block per row when
+//    every row's block is resident at once and a row is one vector a thread.
 //  - loop path (rows too long for registers, and every other dtype pair): a block
 //    per row, elements addressed one by one with their dtype known at run time, so
 //    one kernel per accumulation type serves every pair.
