@@ -46,7 +46,7 @@ CASES = [
     ((4, 5120), 1024, True, False, "sigmoid", False, True, True),
     ((2, 65537), None, False, False, "swish", True, True, True),
     ((2, 65537), None, True, True, "silu", True, False, False),
-    # CUDA teams of whole warps (not powers of two): 1200 bf16 = 160 threads x 1 vector,
+    # CUDA teams of whole warps (not powers of two): 1200 bf16 = 96 threads x 2 vectors,
     # 5000 = 320 x 2 with the last 15 slots idle
     ((9, 1200), None, True, True, "silu", True, True, False),
     ((3, 5000), None, False, False, "swish", True, True, True),

@@ -79,11 +79,6 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   int nv = 1;
   const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
   while (nv < nv_cap && nvec > 32 * (int64_t)nv) nv <<= 1;
-  // ... unless half as many fill the team's slots (threads x vectors) strictly better
-  // within the team limit: 1200 bf16 (150 vectors) takes 160 threads x 1 (6% idle), not
-  // 96 x 2 (22% idle); power-of-two rows tie and keep the wider vectors.
-  auto slots = [&](int n) { return (int64_t)team_threads((nvec + n - 1) / n) * n; };
-  while (nv > 1 && slots(nv / 2) < slots(nv) && team_threads((nvec + nv / 2 - 1) / (nv / 2)) <= max_team) nv >>= 1;
   const int tpg = team_threads((nvec + nv - 1) / nv);
   p.layout.aligned = aligned;
   // Unaligned rows (odd group sizes, offset views) take the register path only
