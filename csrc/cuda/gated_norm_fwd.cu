@@ -182,6 +182,9 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 // Loop path: a block per (row, group); the group is walked in chunks of
 // LOOP_BLOCK * VEC elements. x and z are staged in shared memory when they fit
 // (plan.smem > 0), else re-read from global memory (L2) in the later passes.
+// Compiled for 2 blocks of LOOP_BLOCK per SM (64 registers): left free, ptxas took 78
+// (one block per SM) once team_sum's shuffle tree was inlined; at 64 the loop rows
+// measured as before (N = 16384 0.56-0.57, 32768 0.37-0.38).
 template <typename T>
 __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
@@ -278,14 +281,11 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   // (docs/data/h100_row_iters_sweep.txt, bf16 fractions of the copy ceiling): with 3+
   // resident blocks per SM, a block per 2 row blocks, whose starts overlap the other
   // blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); one 512-thread
-  // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); two blocks per SM (LN
-  // with bias at 4096: 0.94 persistent vs 0.91 at best otherwise) and teams with many
-  // idle lanes (G = 5000, 5120 with one block per SM: 0.79-0.81 persistent vs 0.76 at
-  // best; G = 1200 with four: 0.86 at 8 vs 0.80) as shown. Since teams are whole warps
-  // (plan.cu, team_threads) those groups are full:
-  // Teams of whole warps (G = 5000, 5120: 320-thread blocks, two per SM): 4 row blocks
-  // each (0.96 vs 0.83 persistent, 0.89 at 2), unless bias is staged too (LN with bias
-  // at 4096, 256 threads, two per SM: persistent 0.95, 4 gives 0.77).
+  // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); blocks wider than
+  // FWD_BLOCK (whole-warp teams, G = 5000, 5120: 320 threads, two per SM): 4 (0.96 vs
+  // 0.83 persistent, 0.89 at 2); two blocks per SM with a staged bias (LN at 4096:
+  // 0.94 persistent vs 0.91 at best otherwise) and teams with many idle lanes stay
+  // persistent, or take 8 with 3+ resident blocks (team_mostly_full).
   const int per_sm = resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem);
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
