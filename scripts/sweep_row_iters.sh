@@ -2,16 +2,19 @@
 # Times our forward kernels under each GATEDNORM_ROW_ITERS setting (row blocks per
 # block; -1 = persistent grid; 0 = the built-in policy: docs/design.md, "Grids"), one
 # process per setting (the variable is read once), and prints one table: row x setting,
-# fraction of the copy ceiling (fwd) or GPU us per call (graph). Needs a CUDA build.
+# fraction of the copy ceiling (fwd, fwdbwd) or GPU us per call (graph). Needs a CUDA build.
 #   bash scripts/sweep_row_iters.sh ROW_REGEX [SETTINGS...]     (default: -1 0 1 2 4 8)
+# SWEEP_VAR=GATEDNORM_SLICE_VECS sweeps another read-once variable the same way (plan.h:
+# vectors a CTA of a split group holds); PASSES=fwd,fwdbwd picks the passes (default fwd,graph).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gatednorm-out}"
 rows="${1:?row regex}"; shift
 settings="${*:--1 0 1 2 4 8}"
+var="${SWEEP_VAR:-GATEDNORM_ROW_ITERS}"
 csvs=()
 for k in $settings; do
-  GATEDNORM_ROW_ITERS=$k python3 -m benchmarks.bench --providers ours --passes fwd,graph --no-compile \
+  env "$var=$k" python3 -m benchmarks.bench --providers ours --passes "${PASSES:-fwd,graph}" --no-compile \
     --budget "${BUDGET:-0.4}" --copy-gib 1 --only "$rows" --csv "$OUT/iters_$k.csv" > "$OUT/iters_$k.log" 2>&1 \
     || { echo "setting $k failed:"; tail -5 "$OUT/iters_$k.log"; }
   csvs+=("$OUT/iters_$k.csv")
@@ -29,10 +32,10 @@ for path in sys.argv[1:]:
         key = (r["name"], r["pass"])
         if key not in names:
             names.append(key)
-        v = float(r["frac"]) if r["pass"] == "fwd" else float(r["time_us"])
+        v = float(r["frac"]) if r["pass"] in ("fwd", "fwdbwd") else float(r["time_us"])
         table.setdefault(key, {})[k] = v
 ks = [re.search(r"iters_(-?\d+)\.csv$", p).group(1) for p in sys.argv[1:]]
-print(f"{'row':28} {'pass':6} " + " ".join(f"{k:>7}" for k in ks) + "   (fwd: fraction of the copy ceiling; graph: us)")
+print(f"{'row':28} {'pass':6} " + " ".join(f"{k:>7}" for k in ks) + "   (fwd, fwdbwd: fraction of the copy ceiling; graph: us)")
 for key in names:
     vals = table[key]
     print(f"{key[0]:28} {key[1]:6} " + " ".join(f"{vals[k]:7.3f}" if k in vals else f"{'-':>7}" for k in ks))

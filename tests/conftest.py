@@ -25,6 +25,18 @@ requires_cuda = _CUDA_SKIP
 ops = torch.ops.gatednorm
 
 
+def cuda_kernels(fn):
+    """Names of the CUDA kernels fn() launches (after one warm-up call); empty when
+    torch.profiler sees none (CUPTI missing, as under compute-sanitizer)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import torch_ops
-from conftest import HAS_CUDA, assert_close, assert_normwise, f64, grad_tol, poison, reduce_tol, tol
+from conftest import (assert_close, assert_normwise, cuda_kernels, f64, grad_tol, poison, reduce_tol,
+                      requires_cuda, tol)
 from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
 
 ops = torch.ops.gatednorm
@@ -263,7 +264,7 @@ def test_bad_input(device):
     raises("rstd", ops.add_rms_norm_bwd, x, None, res, w, rstd[:4], False)
 
 
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU and a CUDA build of gatednorm")
+needs_cuda = requires_cuda
 
 
 @needs_cuda
@@ -288,17 +289,6 @@ def test_cuda_current_stream():
     assert_close(x.cpu(), e_out, tol(torch.bfloat16, 2048), "input")
 
 
-def _cuda_kernels(fn):
-    """Names of the CUDA kernels fn() launches."""
-    from torch.profiler import ProfilerActivity, profile
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 @needs_cuda
 @pytest.mark.parametrize("shape,dtype,w_dtype,kernel", [
     ((1, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),
@@ -310,7 +300,7 @@ def _cuda_kernels(fn):
 def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):
     """The decode kernel serves exactly the shapes it is meant for (and is correct there)."""
     x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device="cuda")
-    names = _cuda_kernels(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False))
+    names = cuda_kernels(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False))
     if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
         pytest.skip("torch.profiler sees no CUDA kernels in this process")
     assert any(kernel in n for n in names), names

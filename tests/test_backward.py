@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import torch_ops
-from conftest import (assert_close, assert_normwise, bwd_scales, f64, free_nan_block, grad_tol, make_inputs, ops,
-                      poison, reduce_tol, tol)
+from conftest import (assert_close, assert_normwise, bwd_scales, cuda_kernels, f64, free_nan_block, grad_tol,
+                      make_inputs, ops, poison, reduce_tol, requires_cuda, tol)
 
 # (group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias) on M=3, N=8
 GRADCHECK_CASES = [
@@ -103,11 +103,11 @@ def test_grads_match_reference(case, dtype, device):
     grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
 
 
-# Widths at the edges of the CUDA launch plans (register path / shared-memory loop
-# path / loop path re-reading global memory): N=8192 bf16 with z stages exactly
-# 48 KB, which once failed to launch without raising the shared-memory limit.
+# Widths at the edges of the CUDA launch plans: 4096 bf16 (8 elements a thread),
+# 8192 (16 a thread), 16384 and 65536 (split across 4 and 16 CTAs of a cluster),
+# 16383 (unaligned: the loop path, staged in shared memory).
 PLAN_EDGE_CASES = [((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
-                   ((3, 8192), 1024)]
+                   ((3, 8192), 1024), ((3, 16383), None)]
 
 
 @pytest.mark.parametrize("case", PLAN_EDGE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}")
@@ -117,15 +117,34 @@ def test_grads_plan_edges(case, nbg, device):
     grads_vs_reference(shape, torch.bfloat16, device, g, nbg, True, "silu")
 
 
-# CUDA loop path with more rows than blocks, so blocks carry dw/db across rows: in
-# shared memory (N = 8192 with z: 48 KB staged + 64 KB of dw/db sums) and, when the
-# sums do not fit (N = 32768: 256 KB), in the block's workspace row.
-@pytest.mark.parametrize("shape", [(300, 8192), (270, 32768)], ids=lambda s: "x".join(map(str, s)))
+# CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Loop path
+# (unaligned widths): in shared memory (N = 8191 with z: 48 KB staged + 64 KB of dw/db
+# sums) and, when the sums do not fit (N = 32767: 256 KB), in the block's workspace
+# row. Split register path (32768: 8 CTAs a group): the cluster's partial-sum slots
+# are reused row after row.
+@pytest.mark.parametrize("shape", [(300, 8191), (270, 32767), (270, 32768)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
-def test_grads_loop_path_many_rows(shape, rms, device):
+def test_grads_rows_per_block(shape, rms, device):
     if device == "cpu":
         pytest.skip("a CUDA launch-plan case (blocks walking several rows); the CPU kernels have no such plan")
     grads_vs_reference(shape, torch.bfloat16, device, None, True, rms, "silu")
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,kernel", [((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
+                                          ((64, 32768), "bwd_regs"), ((64, 32767), "bwd_loop")],
+                         ids=["5120", "8192", "32768-split", "32767-loop"])
+def test_cuda_kernel_paths(shape, kernel):
+    """Groups up to 8192 bf16 take the register path (16 elements a thread past 4096),
+    aligned wider ones a register path split across a cluster, unaligned ones the loop."""
+    x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda", bias=False)  # (a bias: 8192 needs 64 KB more)
+    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
+    dy = torch.randn_like(out)
+    names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu",
+                                                    False))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    assert any(kernel in n for n in names), names
 
 
 @pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
@@ -235,10 +254,10 @@ def test_layer_norm_bwd_writes_given_views(rms, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
-def test_dw_db_deterministic(dtype, rms, device):
+@pytest.mark.parametrize("m,n", [(3000, 256), (300, 16384)], ids=["3000x256", "300x16384"])
+def test_dw_db_deterministic(dtype, rms, m, n, device):
     """Same inputs -> bitwise the same dw/db on every run (fixed reduction order, no atomics);
-    M = 3000 rows spans several row chunks / blocks."""
-    m, n = 3000, 256
+    3000 rows span several row chunks / blocks; 16384 is split across a cluster on CUDA."""
     x, w, b, z = make_inputs((m, n), dtype, device, param_dtype=torch.float32)
     _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, False, rms, "swish")
     dy = torch.randn(m, n, dtype=torch.float64).to(dtype).to(device)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, make_inputs, ops, poison, ref64, stats64, tol
+from conftest import assert_close, cuda_kernels, make_inputs, ops, poison, ref64, requires_cuda, stats64, tol
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 DT_IDS = ["fp32", "fp16", "bf16", "fp64"]
@@ -50,6 +50,13 @@ CASES = [
     # 5000 = 320 x 2 with the last 15 slots idle
     ((9, 1200), None, True, True, "silu", True, True, False),
     ((3, 5000), None, False, False, "swish", True, True, True),
+    # CUDA split register path (a group cut across the CTAs of a cluster): 4 slices of
+    # 16384 bf16 / fp16, 8 of fp32's, LayerNorm's two cluster sums; 16 slices at 131072;
+    # 16383 is unaligned: the loop path
+    ((3, 16384), None, True, False, "swish", True, True, True),
+    ((3, 16384), 8192, False, True, "sigmoid", True, True, False),
+    ((2, 131072), None, False, True, "silu", True, True, False),
+    ((2, 16383), None, True, False, "swish", True, True, True),
 ]
 
 
@@ -227,3 +234,28 @@ def test_differentiable_and_inference_forward_agree(device):
     args = (x, w, b, z, 1e-6, 32, False, False, "sigmoid")
     for a, e in zip(ops.gated_norm(*args), ops.gated_norm_fwd(*args)):
         assert torch.equal(a, e)
+
+
+# (shape, group, dtype, the kernel that must run): which CUDA path serves which width.
+KERNEL_PATHS = [
+    ((64, 8192), None, torch.bfloat16, "fwd_regs"),
+    ((600, 32768), None, torch.bfloat16, "fwd_regs"),  # split across a cluster, many rows a cluster
+    ((64, 65536), 32768, torch.float16, "fwd_regs"),  # two groups, each split
+    ((600, 32767), None, torch.bfloat16, "fwd_loop"),  # unaligned: no 16-byte slices
+    ((4, 1 << 20), None, torch.bfloat16, "fwd_loop"),  # beyond 16 slices of a register-path group
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", KERNEL_PATHS, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{c[3]}")
+def test_cuda_kernel_paths(case):
+    """The plan sends each width to the kernel meant for it, and that kernel is right there
+    (with many rows: a cluster's CTAs reuse their partial-sum slots across rows)."""
+    shape, g, dtype, kernel = case
+    x, w, b, z = make_inputs(shape, dtype, "cuda")
+    names = cuda_kernels(lambda: run_fwd(x, w, b, z, 1e-6, g, True, False, "swish"))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    assert any(kernel in n for n in names), names
+    out = run_fwd(x, w, b, z, 1e-6, g, True, False, "swish")[0]
+    assert_close(out, ref64(x, w, b, z, 1e-6, g, True, False, "swish"), tol(dtype, g or shape[-1]), "out")

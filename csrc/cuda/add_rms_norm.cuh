@@ -73,7 +73,7 @@ inline Plan plan(const gn_addnorm_config& c, bool aligned, int staged_rows, cons
     // The backward holds only h, dout and dw per element (the gated one holds
     // five arrays), so it takes the forward's register limits: rows up to 8192
     // half-precision elements stay on the register path.
-    const Plan p = make_plan(pc, false, 1, aligned, dev);
+    const Plan p = make_plan(pc, false, 1, aligned, dev, false);
     if (p.regs) return p;
   }
   return loop_plan(pc, (size_t)staged_rows * c.cols * acc_size(c), dev);

@@ -179,7 +179,7 @@ gn_status launch_regs(const gn_addnorm_bwd_args& a, const Plan& p, cudaStream_t 
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  const dim3 grid = resident_grid(p.grid, resident_blocks<kernel>(p.threads, smem), dev.sms);
+  const dim3 grid = resident_grid(p.grid, (long long)resident_blocks<kernel>(p.threads, smem) * dev.sms);
   kernel<<<grid, p.threads, smem, s>>>(a, p.layout);
   parts = grid.y;
   return GN_OK;

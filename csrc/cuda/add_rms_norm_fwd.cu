@@ -207,8 +207,8 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
                         : per_sm == 1                                        ? 3
                         : per_sm >= 3 && !wide                               ? 2
                                                                              : 4;
-  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", a, p.layout);
+  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, (long long)per_sm * dev.sms);
+  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", 1, a, p.layout);
 }
 
 template <typename A>

@@ -109,7 +109,7 @@ gn_status launch(const gn_addnorm_fwd_args& a, int threads, gn_dtype wdt, const 
   // One wave: with more rows than resident blocks the streaming kernel wins.
   if (a.cfg.rows > (int64_t)resident_blocks<kernel>(threads, 0) * dev.sms) return GN_OK;
   *done = true;
-  return launch_pdl(kernel, dim3((unsigned)a.cfg.rows), threads, 0, s, dev, "add_rms_norm forward (decode) launch",
+  return launch_pdl(kernel, dim3((unsigned)a.cfg.rows), threads, 0, s, dev, "add_rms_norm forward (decode) launch", 1,
                     a, wdt);
 }
 

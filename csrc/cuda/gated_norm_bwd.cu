@@ -3,6 +3,7 @@
 // the saved statistics, and writes one fp32 dw/db partial per row block; a tiny
 // second kernel sums the partials in a fixed order, so dw/db are bitwise
 // deterministic (no float atomics).
+#include "cluster.cuh"
 #include "gated_norm_bwd.cuh"
 #include "partials.cuh"
 
@@ -48,23 +49,29 @@ inline size_t bwd_ring_bytes(int nv, int threads, bool gate) {
 // twice, for the group sums and then for the gradients, instead of being held in
 // registers across the reduction, which leaves registers for occupancy. This
 // thread's dw/db partial sums stay in registers; weight and bias in shared memory.
-template <typename T, int NV, bool ALIGNED, int MODE>
+// SPLIT (the split register path, L.csize > 1): as in the forward, a slice of a
+// group per CTA of a cluster; dw/db partials are per column, so each CTA writes its
+// own slice's. A template parameter, as in the forward.
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
     bwd_regs(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = BWD_RING;
   __shared__ TeamScratch<2, A> red;
-  int phase = 0;
+  __shared__ ClusterScratch<2, A> cred;
+  int phase = 0, cphase = 0;
   __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
-  const int G = (int)c.group_size;  // the register path holds a group: G < 2^31
+  const int csize = SPLIT ? L.csize : 1;
+  const int G = SPLIT ? (int)(c.group_size / csize) : (int)c.group_size;  // this CTA's columns of a group
   const int64_t M = c.rows, N = c.cols;
-  const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
-  const int64_t col0 = g * G;
+  const int64_t g = (int64_t)(blockIdx.x / csize) * L.gpb + gl;
+  // clusters run along x: a CTA's rank is blockIdx.x % csize
+  const int64_t col0 = SPLIT ? g * c.group_size + (int64_t)(blockIdx.x % csize) * G : g * G;
   const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
   // Bias only enters y0 (gate after the norm, or a recomputed output).
   const bool want_b = a.bias && (a.out || after);
@@ -98,9 +105,10 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
   }
-  stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G,
+  stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G,
                   (int)(L.gpb * G), sw, sb, ALIGNED ? VEC : 0);
   const int gc0 = gl * G, nvt = L.gpb * G / VEC;
+  if (SPLIT) cluster_sum_init(cred, csize);
 
   A dw[K], db[K];
 #pragma unroll
@@ -156,7 +164,9 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       }
     }
     team_sum<2>(s, L.tpg, red, phase);
-    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
+    if (SPLIT) cluster_sum<2>(s, csize, cred, cphase);
+    const A gd = SPLIT ? (A)c.group_size : (A)G;
+    const A c1 = s[0] / gd, c2 = c.is_rms_norm ? A(0) : s[1] / gd;
     // Recomputing the per-element terms is cheaper than keeping them in registers.
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -187,41 +197,48 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   A* ws_dw = static_cast<A*>(a.workspace) + (int64_t)blockIdx.y * N + col0;
   if (a.dw) fold_partial<A, K, VEC>(dw, part, ws_dw, L, rl, lt, G);
   if (a.db) fold_partial<A, K, VEC>(db, part, ws_dw + (int64_t)gridDim.y * N, L, rl, lt, G);
+  if (SPLIT) cluster_exit(csize);
 }
 
 template <typename T>
 size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
   const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
-  return bwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size, want_b) +
+  return bwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, want_b) +
          (aligned ? bwd_ring_bytes<acc_t<T>>(p.nv, p.threads, a.z != nullptr) : 0);
 }
 
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
 // partials) it was launched with.
-template <typename T, int NV, bool ALIGNED, int MODE>
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
   const size_t smem = bwd_regs_smem<T>(a, p, ALIGNED);
-  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
+  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem), dev.sms);
-  bwd_regs<T, NV, ALIGNED, MODE><<<grid, p.threads, smem, s>>>(a, p.layout);
+  constexpr auto kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
+  const long long resident = resident_total<kernel>(p, smem, dev.sms);
+  if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
+    Plan loop = loop_plan(a.cfg, bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
+    loop.layout.aligned = ALIGNED;
+    return launch_bwd_loop(a, loop, s, parts);
+  }
+  const dim3 grid = resident_grid(p.grid, resident);
   parts = grid.y;
-  return GN_OK;
+  return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, p.layout);
 }
 
 // The aligned register path per gate mode; fp64 keeps the mode a run-time value.
-template <typename T, int NV>
+template <typename T, int NV, bool SPLIT = false>
 gn_status launch_aligned(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   if constexpr (sizeof(T) == 8) {
-    return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s, parts);
+    return launch_regs<T, NV, true, GATE_RUNTIME, SPLIT>(a, p, s, parts);
   } else {
     switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
-      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s, parts);
-      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s, parts);
-      default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s, parts);
+      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE, SPLIT>(a, p, s, parts);
+      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE, SPLIT>(a, p, s, parts);
+      default: return launch_regs<T, NV, true, GATE_AFTER, SPLIT>(a, p, s, parts);
     }
   }
 }
@@ -236,9 +253,12 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
                bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {
-    constexpr int MAX_NV = BWD_MAX_ELEMS / vec_size<T>();
+    constexpr int MAX_NV = BWD_WIDE_ELEMS / vec_size<T>();
+    constexpr int SPLIT_NV = MAX_NV > 4 ? 4 : MAX_NV;  // plan.cu: a split slice holds the most a thread takes
     if (!p.layout.aligned) {
-      st = p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME>(a, p, s, parts) : GN_ERR_INVALID;
+      st = p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s, parts) : GN_ERR_INVALID;
+    } else if (p.layout.csize > 1) {
+      st = p.nv == SPLIT_NV ? launch_aligned<T, SPLIT_NV, true>(a, p, s, parts) : GN_ERR_INVALID;
     } else {
       switch (p.nv) {
         case 1: st = launch_aligned<T, 1>(a, p, s, parts); break;
@@ -267,7 +287,7 @@ gn_status plan_bwd(const gn_config& c, const gn_bwd_args* a, Plan* p) {
     const int64_t strides[6] = {a->x_stride, a->z_stride, a->dy_stride, a->dx_stride, a->dz_stride, a->out_stride};
     aligned = rows_aligned(c, ptrs, strides, 6);
   }
-  *p = make_plan(c, true, a && a->z ? 3 : 2, aligned, dev);
+  *p = make_plan(c, true, a && a->z ? 3 : 2, aligned, dev, true);
   return GN_OK;
 }
 
@@ -283,7 +303,7 @@ extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   if (gn::device_info(&dev) != GN_OK) return 16;
   size_t parts = 0;
   // ... and for the loop path a device short of shared memory falls back to (fit_smem).
-  for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev), gn::make_plan(*c, true, 3, true, dev),
+  for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev, true), gn::make_plan(*c, true, 3, true, dev, true),
                             gn::loop_plan(*c, 0, dev)})
     parts = p.grid.y > parts ? p.grid.y : parts;
   const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;

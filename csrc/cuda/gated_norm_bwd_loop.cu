@@ -143,7 +143,7 @@ gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) 
   p.smem = (p.layout.staged ? stage : 0) + acc_used;
   if ((st = allow_smem<bwd_loop<T>>(p.smem, fixed)) != GN_OK) return st;
   // No second wave: the blocks walk their rows persistently (fewer partials are fine).
-  const dim3 grid = resident_grid(p.grid, resident_blocks<bwd_loop<T>>(p.threads, p.smem), dev.sms);
+  const dim3 grid = resident_grid(p.grid, (long long)resident_blocks<bwd_loop<T>>(p.threads, p.smem) * dev.sms);
   bwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
   parts = grid.y;
   return GN_OK;

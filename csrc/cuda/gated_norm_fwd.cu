@@ -2,6 +2,7 @@
 // One launch. Each input element is read once from global memory; statistics
 // use two passes over data held in registers (or shared memory) so LayerNorm's
 // variance is mean((v - mu)^2), never E[v^2] - mu^2.
+#include "cluster.cuh"
 #include "common.cuh"
 #include "plan.h"
 
@@ -51,21 +52,32 @@ inline size_t fwd_ring_bytes(int nv, int threads, bool gate) {
 // by registers (a register prefetch needed ~100 registers a thread, which left 16
 // warps per SM and ~16-32 KB in flight: 0.8 of the copy ceiling). The gate mode is
 // a template parameter (GateMode, plan.h) so no mode holds values it does not use.
-template <typename T, int NV, bool ALIGNED, int MODE>
+// SPLIT (the split register path, L.csize > 1): this CTA holds slice blockIdx.x %
+// csize of group blockIdx.x / csize, one team a block; sums are finished across the
+// cluster. A template parameter: with the cluster code merely branched around, the
+// other kernels ran 7-14% slower (H100, N = 1024-8192).
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = FWD_RING;
   __shared__ TeamScratch<1, A> red;
-  int phase = 0;
+  __shared__ ClusterScratch<1, A> cred;
+  int phase = 0, cphase = 0;
   extern __shared__ __align__(16) unsigned char dyn[];
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;
   const bool team_ok = rl < L.rpi;
-  const int G = (int)c.group_size;  // the register path holds a group: G < 2^31
+  const int csize = SPLIT ? L.csize : 1;
+  const int G = SPLIT ? (int)(c.group_size / csize) : (int)c.group_size;  // this CTA's columns of a group
   const int64_t M = c.rows;
-  const int64_t g = (int64_t)blockIdx.x * L.gpb + gl;
-  const int64_t col0 = g * G;
+  const int64_t g = (int64_t)(blockIdx.x / csize) * L.gpb + gl;
+  const int crank = SPLIT ? blockIdx.x % csize : 0;  // the CTA's rank in its cluster (clusters run along x)
+  const int64_t col0 = SPLIT ? g * c.group_size + (int64_t)crank * G : g * G;
+  auto group_sum = [&](A(&v)[1]) {
+    team_sum<1>(v, L.tpg, red, phase);
+    if (SPLIT) cluster_sum<1>(v, csize, cred, cphase);
+  };
   const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
   A* sw = reinterpret_cast<A*>(dyn);
   A* sb = a.bias ? sw + L.gpb * G : nullptr;
@@ -96,8 +108,9 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
-  stage_params<A>(a.weight, a.bias, c.param_dtype, (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G), sw, sb,
-                  ALIGNED ? VEC : 0);
+  stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
+                  sw, sb, ALIGNED ? VEC : 0);
+  if (SPLIT) cluster_sum_init(cred, csize);
 
   int st = 0;  // the ring slot of this row
 #pragma unroll 1
@@ -131,8 +144,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       A s[1] = {0};
 #pragma unroll
       for (int k = 0; k < K; ++k) s[0] += v[k];
-      team_sum<1>(s, L.tpg, red, phase);
-      mean = s[0] / (A)G;
+      group_sum(s);
+      mean = s[0] / (SPLIT ? (A)c.group_size : (A)G);
 #pragma unroll
       for (int j = 0; j < NV; ++j)
 #pragma unroll
@@ -142,8 +155,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     A ss[1] = {0};
 #pragma unroll
     for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
-    team_sum<1>(ss, L.tpg, red, phase);
-    const A rstd = rsqrt_acc(ss[0] / (A)G + (A)c.eps);
+    group_sum(ss);
+    const A rstd = rsqrt_acc(ss[0] / (SPLIT ? (A)c.group_size : (A)G) + (A)c.eps);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;
@@ -172,11 +185,12 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       }
       store_vec<T, VEC>(p.out, cj, lim, ALIGNED, &v[j * VEC]);
     }
-    if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
+    if (ok && lt == 0 && crank == 0) store_stats<A>(a, g, r, mean, rstd);
     st = st + 1 == S ? 0 : st + 1;
   }
   if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
   pdl_trigger();
+  if (SPLIT) cluster_exit(csize);
 }
 
 // Loop path: a block per (row, group); the group is walked in chunks of
@@ -266,14 +280,17 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
 
 template <typename T>
 size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned) {
-  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size, a.bias != nullptr) +
+  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
          (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr) : 0);
 }
 
-template <typename T, int NV, bool ALIGNED, int MODE>
+template <typename T>
+gn_status launch_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
+
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   const size_t smem = fwd_regs_smem<T>(a, p, NV, ALIGNED);
-  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED, MODE>>(smem);
+  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
@@ -286,30 +303,39 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   // 0.83 persistent, 0.89 at 2); two blocks per SM with a staged bias (LN at 4096:
   // 0.94 persistent vs 0.91 at best otherwise) and teams with many idle lanes stay
   // persistent, or take 8 with 3+ resident blocks (team_mostly_full).
-  const int per_sm = resident_blocks<fwd_regs<T, NV, ALIGNED, MODE>>(p.threads, smem);
+  // Split groups: persistent (one cluster per resident slot), or the loop path when
+  // not one cluster of the plan's CTAs fits (a GPC short of free SMs).
+  constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
+  const long long resident = resident_total<kernel>(p, smem, dev.sms);
+  if (resident == 0) {
+    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+    loop.layout.aligned = ALIGNED;
+    return launch_loop<T>(a, loop, s);
+  }
+  const int per_sm = resident_blocks<kernel>(p.threads, smem);
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
   const bool wide = p.threads > FWD_BLOCK;
-  const int preferred = !full         ? (per_sm >= 3 ? 8 : -1)
+  const int preferred = p.layout.csize > 1 ? -1
+                        : !full         ? (per_sm >= 3 ? 8 : -1)
                         : per_sm >= 3 ? (wide ? 4 : 2)
                         : per_sm == 2 ? (wide && !a.bias ? 4 : -1)
                                       : 8;
-  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, per_sm, dev.sms);
-  return launch_pdl(fwd_regs<T, NV, ALIGNED, MODE>, grid, p.threads, smem, s, dev, "gated_norm forward launch", a,
-                    p.layout);
+  const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, resident);
+  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, p.layout);
 }
 
 // The aligned register path per gate mode; fp64 (correctness, not speed) keeps
 // the mode a run-time value: fewer instantiations to compile.
-template <typename T, int NV>
+template <typename T, int NV, bool SPLIT = false>
 gn_status launch_aligned(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   if constexpr (sizeof(T) == 8) {
-    return launch_regs<T, NV, true, GATE_RUNTIME>(a, p, s);
+    return launch_regs<T, NV, true, GATE_RUNTIME, SPLIT>(a, p, s);
   } else {
     switch (gate_mode(a.z, a.cfg.norm_before_gate)) {
-      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE>(a, p, s);
-      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE>(a, p, s);
-      default: return launch_regs<T, NV, true, GATE_AFTER>(a, p, s);
+      case GATE_NONE: return launch_regs<T, NV, true, GATE_NONE, SPLIT>(a, p, s);
+      case GATE_BEFORE: return launch_regs<T, NV, true, GATE_BEFORE, SPLIT>(a, p, s);
+      default: return launch_regs<T, NV, true, GATE_AFTER, SPLIT>(a, p, s);
     }
   }
 }
@@ -323,16 +349,25 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
                (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
-    if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME>(a, p, s) : GN_ERR_INVALID;
+    if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;
+    if (p.layout.csize > 1) return p.nv == FWD_MAX_VECS ? launch_aligned<T, FWD_MAX_VECS, true>(a, p, s) : GN_ERR_INVALID;
     switch (p.nv) {
       case 1: return launch_aligned<T, 1>(a, p, s);
       case 2: return launch_aligned<T, 2>(a, p, s);
       default: return GN_ERR_INVALID;
     }
   }
+  return launch_loop<T>(a, p, s);
+}
+
+template <typename T>
+gn_status launch_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  DeviceInfo dev;
+  gn_status st = device_info(&dev);
+  if (st != GN_OK) return st;
   if ((st = allow_smem<fwd_loop<T>>(p.smem)) != GN_OK) return st;
   // No second wave of blocks (G = 32K staged took one block per SM, the plan's grid two).
-  const dim3 grid = resident_grid(p.grid, resident_blocks<fwd_loop<T>>(p.threads, p.smem), dev.sms);
+  const dim3 grid = resident_grid(p.grid, (long long)resident_blocks<fwd_loop<T>>(p.threads, p.smem) * dev.sms);
   fwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
   return GN_OK;
 }
@@ -352,7 +387,7 @@ extern "C" gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream) {
   if (st != GN_OK) return st;
   const void* ptrs[3] = {a->x, a->z, a->out};
   const int64_t strides[3] = {a->x_stride, a->z_stride, a->out_stride};
-  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev);
+  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev, true);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (c.dtype) {
     case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;

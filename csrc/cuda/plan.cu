@@ -66,42 +66,72 @@ bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* 
 // Resident blocks per SM we aim for with a persistent grid (more would only queue).
 static int blocks_per_sm(int threads) { return threads >= 1024 ? 2 : 2048 / threads; }
 
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev) {
-  Plan p{};
-  const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
-  const int64_t G = cfg.group_size, ngroups = cfg.cols / G, M = cfg.rows;
-  const int64_t nvec = (G + vec - 1) / vec;
-  const int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
+// The register-path layout of groups of `nvec` vectors (`ngroups` of them; `split`:
+// a slice per CTA, one team a block): false when a team would exceed the kernel's.
+static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nvec, int64_t ngroups, bool split,
+                        const DeviceInfo& dev) {
+  const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype), M = cfg.rows;
+  int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
+  if (backward && (split || nvec > (int64_t)BWD_MAX_TEAM * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
   const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
 
   // Fewest vectors per thread that keep the team within a warp; else the most.
   int nv = 1;
   const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
-  while (nv < nv_cap && nvec > 32 * (int64_t)nv) nv <<= 1;
+  while (nv < nv_cap && (split || nvec > 32 * (int64_t)nv)) nv <<= 1;  // split slices: the most (one kernel each)
   const int tpg = team_threads((nvec + nv - 1) / nv);
-  p.layout.aligned = aligned;
   // Unaligned rows (odd group sizes, offset views) take the register path only
   // with one vector per thread; wider ones go to the loop path.
-  if (tpg <= max_team && (aligned || nv == 1)) {
-    p.regs = true;
-    p.nv = nv;
-    p.layout.tpg = tpg;
-    const int teams = tpg >= block ? 1 : block / tpg;
-    p.threads = teams * tpg;
-    int gpb = (int)(ngroups < teams ? ngroups : teams);
-    while (ngroups % gpb) --gpb;  // a divisor, so every block owns whole groups
-    p.layout.gpb = gpb;
-    p.layout.rpi = teams / gpb;
-    const int64_t gy = ngroups / gpb;
-    const int64_t want = (M + p.layout.rpi - 1) / p.layout.rpi;
-    int64_t cap = (int64_t)dev.sms * blocks_per_sm(p.threads) / gy;
-    if (cap < 1) cap = 1;
-    p.grid = dim3((unsigned)gy, (unsigned)(want < cap ? want : cap), 1);
-    return p;
+  if (tpg > max_team || !(p.layout.aligned || nv == 1)) return false;
+  p.regs = true;
+  p.nv = nv;
+  p.layout.tpg = tpg;
+  const int teams = split || tpg >= block ? 1 : block / tpg;
+  p.threads = teams * tpg;
+  int gpb = (int)(ngroups < teams ? ngroups : teams);
+  while (ngroups % gpb) --gpb;  // a divisor, so every block owns whole groups
+  p.layout.gpb = gpb;
+  p.layout.rpi = teams / gpb;
+  const int64_t gy = ngroups / gpb;
+  const int64_t want = (M + p.layout.rpi - 1) / p.layout.rpi;
+  int64_t cap = (int64_t)dev.sms * blocks_per_sm(p.threads) / gy;
+  if (cap < 1) cap = 1;
+  p.grid = dim3((unsigned)gy, (unsigned)(want < cap ? want : cap), 1);
+  return true;
+}
+
+static int slice_vecs() {
+  static const int v = [] {
+    const char* e = getenv("GATEDNORM_SLICE_VECS");
+    const int k = e ? atoi(e) : 0;
+    return k > 0 ? k : CLUSTER_SLICE_VECS;
+  }();
+  return v;
+}
+
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split) {
+  Plan p{};
+  const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
+  const int64_t G = cfg.group_size, ngroups = cfg.cols / G;
+  const int64_t nvec = (G + vec - 1) / vec;
+  p.layout.aligned = aligned;
+  p.layout.csize = 1;
+  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev)) return p;
+  // Too wide for one block: a slice of at most slice_vecs() vectors per CTA of a
+  // cluster (whole vectors: aligned rows only), if the kernel can take the slice.
+  if (split && aligned && dev.major >= 9) {
+    int cs = 2;
+    while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
+    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
+      p.layout.csize = cs;
+      return p;
+    }
+    p = Plan{};
   }
   Plan loop = loop_plan(cfg, (size_t)G * gn_dtype_size(cfg.dtype) * narrays, dev);
   loop.layout.aligned = aligned;
+  loop.layout.csize = 1;
   return loop;
 }
 
@@ -113,11 +143,11 @@ static int row_iters_override() {
   return v;
 }
 
-dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms) {
+dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, long long resident) {
   const int64_t row_blocks = (rows + rpi - 1) / rpi;
   int iters = row_iters_override();
-  if (!iters) iters = preferred > 0 && row_blocks * grid.x >= (int64_t)4 * preferred * per_sm * sms ? preferred : -1;
-  if (iters <= 0) return resident_grid(grid, per_sm, sms);
+  if (!iters) iters = preferred > 0 && row_blocks * grid.x >= (int64_t)4 * preferred * resident ? preferred : -1;
+  if (iters <= 0) return resident_grid(grid, resident);
   const int64_t blocks = (row_blocks + iters - 1) / iters;
   grid.y = (unsigned)(blocks < 65535 ? blocks : 65535);
   return grid;
@@ -131,6 +161,7 @@ Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev) 
   p.layout.tpg = LOOP_BLOCK;
   p.layout.gpb = 1;
   p.layout.rpi = 1;
+  p.layout.csize = 1;
   p.smem = stage_bytes <= (size_t)dev.max_smem_optin - 1024 ? stage_bytes : 0;
   p.layout.staged = p.smem > 0;  // else the later passes re-read global memory (L2)
   // The grid must not depend on the staging or alignment: the backward workspace

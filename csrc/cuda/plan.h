@@ -8,6 +8,10 @@
 //    (shared memory) and the backward accumulates dw/db in registers. Aligned rows
 //    stream through a cp.async ring in shared memory (FWD_RING / BWD_RING rows).
 //    (grid.x picks the groups because ngroups can exceed grid.y's 65535 limit.)
+//  - split register path (sm_90+, aligned groups too wide for one block, up to
+//    CLUSTER_MAX x the widest register-path group): the register path on a slice of
+//    G / csize columns per CTA, the group's sums completed across the CTAs of a
+//    thread-block cluster through distributed shared memory (cluster.cuh).
 //  - loop path (larger groups): one block per (row, group), looping over the
 //    group in block-wide chunks, staged in shared memory when it fits.
 #pragma once
@@ -26,6 +30,7 @@ struct Layout {
   int aligned;  // every row/group start is 16-byte aligned: vector loads
   int staged;   // loop path: rows are staged in shared memory (else re-read)
   int acc_smem; // loop-path backward: dw/db sums in shared memory (else in the workspace)
+  int csize;    // CTAs of a thread-block cluster that split each group (sm_90+; 1 = none)
 };
 
 struct Plan {
@@ -78,9 +83,22 @@ constexpr int FWD_RING = 3, BWD_RING = 3;
 // varying with unrelated code changes); 64 costs no spills.
 constexpr int FWD_MIN_BLOCKS = 2;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
+// Backward groups wider than a team of BWD_MAX_TEAM threads at BWD_MAX_ELEMS (bf16 /
+// fp16 past 4096, fp32 past 4096) hold BWD_WIDE_ELEMS a thread (128 registers, no
+// spills at 512 threads) instead of going to the loop path, whose passes do not
+// overlap one row's reduction with the next rows' loads (H100, forward+backward
+// 0.44-0.56 for groups of 5000-8192 there).
+constexpr int BWD_WIDE_ELEMS = 16;
 constexpr int LOOP_BLOCK = 512;
+// Split register path: at most this many CTAs a group (16 is beyond the portable 8:
+// the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
+// bf16, 2 vectors a thread of 512; H100 forward+backward 0.78-0.84 for N = 16K-64K
+// vs 0.61-0.67 at 512, forward level). GATEDNORM_SLICE_VECS overrides it for tuning
+// (read once).
+constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev);
+// `split`: the caller's kernels take the split register path (Layout::csize).
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);
 
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
 // `stage_bytes` per row in shared memory when they fit.
@@ -128,8 +146,9 @@ int resident_blocks(int threads, size_t smem) {
 // A persistent grid no larger than what is resident at once: a second wave
 // would only add a tail. (Shrinking grid.y is always safe: the backward sums
 // gridDim.y partials, and its workspace is sized for the plan's maximum.)
-inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
-  const long long cap = (long long)per_sm * sms / grid.x;
+// `resident`: blocks resident at once on the whole device.
+inline dim3 resident_grid(dim3 grid, long long resident) {
+  const long long cap = resident / grid.x;
   grid.y = (unsigned)(cap < 1 ? 1 : (cap < grid.y ? cap : grid.y));
   return grid;
 }
@@ -142,7 +161,50 @@ inline dim3 resident_grid(dim3 grid, int per_sm, int sms) {
 // GATEDNORM_ROW_ITERS, read once, overrides `preferred` for tuning (docs/design.md,
 // "Grids"): -1 = persistent, k > 0 = k. grid.y stays within its 65535 limit: the
 // kernels loop, so every row is still covered.
-dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, int per_sm, int sms);
+// `resident`: blocks resident at once on the device (resident_total).
+dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, long long resident);
+
+// Whole clusters of `csize` CTAs of KERNEL resident at once (a cluster's CTAs share a
+// GPC, so this is below blocks per SM x SMs / csize); 0 when none fits. Cached per
+// device for the last configuration asked.
+template <auto KERNEL>
+int resident_clusters(int threads, size_t smem, int csize) {
+  constexpr int MAX_DEVICES = 64;
+  struct Entry { int threads; size_t smem; int csize; int n; };
+  static thread_local Entry cache[MAX_DEVICES];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  Entry* e = dev < MAX_DEVICES ? &cache[dev] : nullptr;
+  if (e && e->threads == threads && e->smem == smem && e->csize == csize) return e->n;
+  if (csize > 8 && cudaFuncSetAttribute(KERNEL, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(csize, 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = csize;
+  attr[0].val.clusterDim.y = attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, KERNEL, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  if (e) *e = Entry{threads, smem, csize, n};
+  return n;
+}
+
+// Blocks of KERNEL resident at once on the device for plan `p` (clusters: whole ones).
+template <auto KERNEL>
+long long resident_total(const Plan& p, size_t smem, int sms) {
+  if (p.layout.csize > 1) return (long long)resident_clusters<KERNEL>(p.threads, smem, p.layout.csize) * p.layout.csize;
+  return (long long)resident_blocks<KERNEL>(p.threads, smem) * sms;
+}
 // Do at least 3/4 of a team's vector slots (tpg * nv) hold data? Groups like 1200 or
 // 5120 leave 37-41% of the team idle; such kernels preferred other grids (measured:
 // the forward launchers).
@@ -150,25 +212,42 @@ inline bool team_mostly_full(int64_t group, int vec, int tpg, int nv) {
   return ((group + vec - 1) / vec) * 4 >= (int64_t)3 * tpg * nv;
 }
 
-// Launches KERNEL with programmatic dependent launch on sm_90+ (the kernel calls
-// pdl_wait() before its first global access and pdl_trigger() when its rows are
-// done): a decode step's back-to-back kernels then overlap one's launch with the
-// previous one's tail, ~1 us of a 2-4 us launch. Elsewhere a plain launch.
+// Launches KERNEL, with programmatic dependent launch when `pdl` (the kernel must
+// then call pdl_wait() before its first global access; it calls pdl_trigger() when
+// its rows are done): a decode step's back-to-back kernels then overlap one's launch
+// with the previous one's tail, ~1 us of a 2-4 us launch. `csize` > 1: clusters of
+// csize CTAs along x (the split register path).
 template <typename... P, typename... Args>
-gn_status launch_pdl(void (*kernel)(P...), dim3 grid, int threads, size_t smem, cudaStream_t s, const DeviceInfo& dev,
-                     const char* what, Args&&... args) {
+gn_status launch_ex(void (*kernel)(P...), dim3 grid, int threads, size_t smem, cudaStream_t s, bool pdl, int csize,
+                    const char* what, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(threads, 1, 1);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (csize > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = csize;
+    attr[n].val.clusterDim.y = attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = dev.major >= 9 ? 1 : 0;
+  cfg.numAttrs = n;
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
   return e == cudaSuccess ? GN_OK : cuda_fail(e, what);
+}
+
+// launch_ex with programmatic dependent launch on sm_90+ (a plain launch elsewhere).
+template <typename... P, typename... Args>
+gn_status launch_pdl(void (*kernel)(P...), dim3 grid, int threads, size_t smem, cudaStream_t s, const DeviceInfo& dev,
+                     const char* what, int csize, Args&&... args) {
+  return launch_ex(kernel, grid, threads, smem, s, dev.major >= 9, csize, what, static_cast<Args&&>(args)...);
 }
 
 template <auto KERNEL>
