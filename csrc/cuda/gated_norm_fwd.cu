@@ -40,8 +40,8 @@ template <typename A>
 __host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
   return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
 }
-inline size_t fwd_ring_bytes(int nv, int threads, bool gate) {
-  return (size_t)FWD_RING * (gate ? 2 : 1) * nv * threads * 16;
+inline size_t fwd_ring_bytes(int nv, int threads, bool gate, bool split) {
+  return (size_t)(split ? FWD_SPLIT_RING : FWD_RING) * (gate ? 2 : 1) * nv * threads * 16;
 }
 
 // Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
@@ -59,7 +59,7 @@ inline size_t fwd_ring_bytes(int nv, int threads, bool gate) {
 template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = NV * VEC, S = FWD_RING;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC, S = SPLIT ? FWD_SPLIT_RING : FWD_RING;
   __shared__ TeamScratch<1, A> red;
   __shared__ ClusterScratch<1, A> cred;
   int phase = 0, cphase = 0;
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
 template <typename T>
 size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned) {
   return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
-         (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr) : 0);
+         (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, p.layout.csize > 1) : 0);
 }
 
 template <typename T>

@@ -78,6 +78,14 @@ constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
 // Rows in the forward's cp.async ring (aligned register path): this row and the
 // next RING - 1 ones in flight.
 constexpr int FWD_RING = 3, BWD_RING = 3;
+// The split forward's ring: 2 rows (one ahead) leave room for two CTAs of 512 threads
+// an SM, so twice the clusters fit (H100 bf16, slices of 8192: N = 16K-128K 0.80-0.84
+// vs 0.74-0.85 with 3 rows, 0.72-0.84 with 4; docs/data/h100_row_iters_sweep.txt).
+// -DGN_SPLIT_RING=k builds another depth for such sweeps.
+#ifndef GN_SPLIT_RING
+#define GN_SPLIT_RING 2
+#endif
+constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
 // varying with unrelated code changes); 64 costs no spills.
