@@ -104,10 +104,11 @@ def test_grads_match_reference(case, dtype, device):
 
 
 # Widths at the edges of the CUDA launch plans: 4096 bf16 (8 elements a thread),
-# 8192 (16 a thread), 16384 and 65536 (split across 4 and 16 CTAs of a cluster),
-# 16383 (unaligned: the loop path, staged in shared memory).
+# 8192 (16 a thread), 16384 and 65536 (split across 2 and 8 CTAs of a cluster),
+# 16383 (unaligned: the loop path, staged in shared memory), 2^18 with few rows (the
+# loop path split across 16 CTAs, blocks walking two rows).
 PLAN_EDGE_CASES = [((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
-                   ((3, 8192), 1024), ((3, 16383), None)]
+                   ((3, 8192), 1024), ((3, 16383), None), ((20, 1 << 18), None)]
 
 
 @pytest.mark.parametrize("case", PLAN_EDGE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}")
@@ -132,11 +133,13 @@ def test_grads_rows_per_block(shape, rms, device):
 
 @requires_cuda
 @pytest.mark.parametrize("shape,kernel", [((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
-                                          ((64, 32768), "bwd_regs"), ((64, 32767), "bwd_loop")],
-                         ids=["5120", "8192", "32768-split", "32767-loop"])
+                                          ((64, 32768), "bwd_regs"), ((64, 32767), "bwd_loop"),
+                                          ((4, 1 << 18), "bwd_loop")],
+                         ids=["5120", "8192", "32768-split", "32767-loop", "2^18-split-loop"])
 def test_cuda_kernel_paths(shape, kernel):
     """Groups up to 8192 bf16 take the register path (16 elements a thread past 4096),
-    aligned wider ones a register path split across a cluster, unaligned ones the loop."""
+    aligned wider ones a register path split across a cluster (up to 16 x 8192), unaligned
+    or wider ones the loop path."""
     x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda", bias=False)  # (a bias: 8192 needs 64 KB more)
     out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
     dy = torch.randn_like(out)

@@ -242,7 +242,7 @@ KERNEL_PATHS = [
     ((600, 32768), None, torch.bfloat16, "fwd_regs"),  # split across a cluster, many rows a cluster
     ((64, 65536), 32768, torch.float16, "fwd_regs"),  # two groups, each split
     ((600, 32767), None, torch.bfloat16, "fwd_loop"),  # unaligned: no 16-byte slices
-    ((4, 1 << 20), None, torch.bfloat16, "fwd_loop"),  # beyond 16 slices of a register-path group
+    ((4, 1 << 20), None, torch.bfloat16, "fwd_loop"),  # beyond 16 register slices: split loop path
 ]
 
 

@@ -6,6 +6,7 @@
 // conflict-free) and reach the block's workspace row once at the end. (They used
 // to be read-modify-written in the workspace row for every row: 8-16 bytes of L2
 // traffic and a dependent L2 load per element on top of ~10 bytes of real data.)
+#include "cluster.cuh"
 #include "gated_norm_bwd.cuh"
 
 namespace gn {
@@ -14,15 +15,21 @@ namespace {
 // Compiled for 2 blocks per SM (64 registers, ~100 bytes of spills) rather than 1
 // without spills (109 registers): H100 bf16 forward+backward 0.41-0.53 vs 0.31-0.42
 // for groups of 5000-16384.
-template <typename T>
+// SPLIT: a block per (row, slice of a group), the slices of a group a cluster, as in
+// fwd_loop; each block's dw/db partials are its slice's columns.
+template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   extern __shared__ __align__(16) unsigned char stage_raw[];
   __shared__ TeamScratch<2, A> red;
-  int phase = 0;
+  __shared__ ClusterScratch<2, A> cred;
+  int phase = 0, cphase = 0;
   const gn_config& c = a.cfg;
-  const int64_t G = c.group_size, M = c.rows, N = c.cols, g = blockIdx.x, col0 = g * G;
+  const int csize = SPLIT ? L.csize : 1;
+  const int64_t G = c.group_size / csize, M = c.rows, N = c.cols, g = blockIdx.x / csize;
+  const int64_t col0 = g * c.group_size + (SPLIT ? (int64_t)(blockIdx.x % csize) * G : 0);
+  if (SPLIT) cluster_sum_init(cred, csize);
   const bool gate = a.z != nullptr, after = gate && c.norm_before_gate, st = L.staged, al = L.aligned;
   const bool want_b = a.bias && (a.out || after);
   // Thread-private staging: each thread re-reads only what it wrote.
@@ -72,7 +79,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
       }
     }
     team_sum<2>(s, blockDim.x, red, phase);
-    const A c1 = s[0] / (A)G, c2 = c.is_rms_norm ? A(0) : s[1] / (A)G;
+    if (SPLIT) cluster_sum<2>(s, csize, cred, cphase);
+    const A c1 = s[0] / (A)c.group_size, c2 = c.is_rms_norm ? A(0) : s[1] / (A)c.group_size;
     const T* xs = st ? sx : p.x;
     const T* dys = st ? sdy : p.dy;
     const T* zs = st ? sz : p.z;
@@ -119,10 +127,12 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
       }
     }
   }
+  if (SPLIT) cluster_exit(csize);
 }
 
-template <typename T>
+template <typename T, bool SPLIT>
 gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) {
+  constexpr auto kernel = bwd_loop<T, SPLIT>;
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   DeviceInfo dev;
@@ -131,8 +141,8 @@ gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) 
   // Shared memory: the accumulators save the most, then the staged rows (else the
   // second pass re-reads them, from L2 mostly). Within half an SM's shared memory
   // if they fit there (two blocks of 512 threads resident), else within a block's.
-  const int64_t G = a.cfg.group_size;
-  const size_t fixed = sizeof(TeamScratch<2, A>) + 1024;
+  const int64_t G = a.cfg.group_size / p.layout.csize;
+  const size_t fixed = sizeof(TeamScratch<2, A>) + sizeof(ClusterScratch<2, A>) + 1024;
   const size_t whole = (size_t)dev.max_smem_optin - fixed, half = ((size_t)dev.max_smem_optin + 1024) / 2 - fixed;
   const size_t acc = (size_t)((G + VEC - 1) / VEC) * VEC * sizeof(A) * ((a.dw ? 1 : 0) + (a.db ? 1 : 0));
   const size_t stage = bwd_loop_stage_bytes<T>(G, a.z != nullptr);
@@ -141,22 +151,33 @@ gn_status launch(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts) 
   const size_t acc_used = p.layout.acc_smem ? acc : 0;
   p.layout.staged = stage + acc_used <= cap;
   p.smem = (p.layout.staged ? stage : 0) + acc_used;
-  if ((st = allow_smem<bwd_loop<T>>(p.smem, fixed)) != GN_OK) return st;
+  if ((st = allow_smem<kernel>(p.smem, fixed)) != GN_OK) return st;
+  const long long resident = resident_total<kernel>(p, p.smem, dev.sms);
+  if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
+    Plan loop = loop_plan(a.cfg, bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
+    loop.layout.aligned = p.layout.aligned;
+    return launch<T, false>(a, loop, s, parts);
+  }
   // No second wave: the blocks walk their rows persistently (fewer partials are fine).
-  const dim3 grid = resident_grid(p.grid, (long long)resident_blocks<bwd_loop<T>>(p.threads, p.smem) * dev.sms);
-  bwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
+  const dim3 grid = resident_grid(p.grid, resident);
   parts = grid.y;
-  return GN_OK;
+  return launch_ex(kernel, grid, p.threads, p.smem, s, false, p.layout.csize, "gated_norm backward launch", a,
+                   p.layout);
+}
+
+template <typename T>
+gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
+  return p.layout.csize > 1 ? launch<T, true>(a, p, s, parts) : launch<T, false>(a, p, s, parts);
 }
 
 }  // namespace
 
 gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   switch (a.cfg.dtype) {
-    case GN_FLOAT32: return launch<float>(a, p, s, parts);
-    case GN_FLOAT16: return launch<__half>(a, p, s, parts);
-    case GN_BFLOAT16: return launch<__nv_bfloat16>(a, p, s, parts);
-    case GN_FLOAT64: return launch<double>(a, p, s, parts);
+    case GN_FLOAT32: return launch_typed<float>(a, p, s, parts);
+    case GN_FLOAT16: return launch_typed<__half>(a, p, s, parts);
+    case GN_BFLOAT16: return launch_typed<__nv_bfloat16>(a, p, s, parts);
+    case GN_FLOAT64: return launch_typed<double>(a, p, s, parts);
     default: return GN_ERR_INVALID;
   }
 }

@@ -199,15 +199,27 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 // Compiled for 2 blocks of LOOP_BLOCK per SM (64 registers): left free, ptxas took 78
 // (one block per SM) once team_sum's shuffle tree was inlined; at 64 the loop rows
 // measured as before (N = 16384 0.56-0.57, 32768 0.37-0.38).
-template <typename T>
+// SPLIT: a block per (row, slice of a group), the slices of a group a cluster
+// (plan.cu: few rows of very wide groups); sums finished as in fwd_regs.
+template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   extern __shared__ __align__(16) unsigned char stage_raw[];
   __shared__ TeamScratch<1, A> red;
-  int phase = 0;
+  __shared__ ClusterScratch<1, A> cred;
+  int phase = 0, cphase = 0;
   const gn_config& c = a.cfg;
-  const int64_t G = c.group_size, M = c.rows, g = blockIdx.x, col0 = g * G;
+  const int csize = SPLIT ? L.csize : 1;
+  const int64_t G = c.group_size / csize, M = c.rows, g = blockIdx.x / csize;
+  const int crank = SPLIT ? blockIdx.x % csize : 0;
+  const int64_t col0 = g * c.group_size + crank * G;
+  const A gsize = (A)c.group_size;
+  auto group_sum = [&](A(&v)[1]) {
+    team_sum<1>(v, blockDim.x, red, phase);
+    if (SPLIT) cluster_sum<1>(v, csize, cred, cphase);
+  };
+  if (SPLIT) cluster_sum_init(cred, csize);
   const bool gate = a.z != nullptr, use_stage = L.staged;
   // Staging is thread-private (each thread re-reads only what it wrote), so it
   // needs no barrier.
@@ -236,10 +248,10 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
         s[0] += c.is_rms_norm ? vi * vi : vi;
       }
     }
-    team_sum<1>(s, blockDim.x, red, phase);
+    group_sum(s);
     const T* xs = use_stage ? sx : p.x;
     const T* zs = use_stage ? sz : p.z;
-    A mean = 0, var = s[0] / (A)G;
+    A mean = 0, var = s[0] / gsize;
     if (!c.is_rms_norm) {  // pass 2 (LayerNorm): mean((v - mu)^2)
       mean = var;
       A q[1] = {0};
@@ -254,8 +266,8 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
           q[0] += d * d;
         }
       }
-      team_sum<1>(q, blockDim.x, red, phase);
-      var = q[0] / (A)G;
+      group_sum(q);
+      var = q[0] / gsize;
     }
     const A rstd = rsqrt_acc(var + (A)c.eps);
     // last pass: normalise, affine, gate, store
@@ -274,8 +286,9 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
       }
       store_vec<T, VEC>(p.out, cj, G, al, v);
     }
-    if (threadIdx.x == 0) store_stats<A>(a, g, r, mean, rstd);
+    if (threadIdx.x == 0 && crank == 0) store_stats<A>(a, g, r, mean, rstd);
   }
+  if (SPLIT) cluster_exit(csize);
 }
 
 template <typename T>
@@ -360,16 +373,28 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   return launch_loop<T>(a, p, s);
 }
 
-template <typename T>
-gn_status launch_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+template <typename T, bool SPLIT>
+gn_status launch_loop_kernel(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  constexpr auto kernel = fwd_loop<T, SPLIT>;
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  if ((st = allow_smem<fwd_loop<T>>(p.smem)) != GN_OK) return st;
+  if ((st = allow_smem<kernel>(p.smem)) != GN_OK) return st;
+  const long long resident = resident_total<kernel>(p, p.smem, dev.sms);
+  if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
+    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+    loop.layout.aligned = p.layout.aligned;
+    return launch_loop_kernel<T, false>(a, loop, s);
+  }
   // No second wave of blocks (G = 32K staged took one block per SM, the plan's grid two).
-  const dim3 grid = resident_grid(p.grid, (long long)resident_blocks<fwd_loop<T>>(p.threads, p.smem) * dev.sms);
-  fwd_loop<T><<<grid, p.threads, p.smem, s>>>(a, p.layout);
-  return GN_OK;
+  const dim3 grid = resident_grid(p.grid, resident);
+  return launch_ex(kernel, grid, p.threads, p.smem, s, false, p.layout.csize, "gated_norm forward launch", a,
+                   p.layout);
+}
+
+template <typename T>
+gn_status launch_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
+  return p.layout.csize > 1 ? launch_loop_kernel<T, true>(a, p, s) : launch_loop_kernel<T, false>(a, p, s);
 }
 
 }  // namespace

@@ -129,9 +129,14 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
     }
     p = Plan{};
   }
-  Plan loop = loop_plan(cfg, (size_t)G * gn_dtype_size(cfg.dtype) * narrays, dev);
+  // The loop path; split across a cluster (whole vectors a slice) while the rows alone
+  // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
+  int cs = 1;
+  if (split && aligned && dev.major >= 9) {
+    while (cs < CLUSTER_MAX && ngroups * cs * cfg.rows < 2LL * dev.sms && nvec % (2 * cs) == 0) cs <<= 1;
+  }
+  Plan loop = loop_plan(cfg, (size_t)(G / cs) * gn_dtype_size(cfg.dtype) * narrays, dev, cs);
   loop.layout.aligned = aligned;
-  loop.layout.csize = 1;
   return loop;
 }
 
@@ -153,15 +158,15 @@ dim3 forward_grid(int preferred, dim3 grid, int64_t rows, int rpi, long long res
   return grid;
 }
 
-Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev) {
+Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev, int csize) {
   Plan p{};
-  const int64_t ngroups = cfg.cols / cfg.group_size, M = cfg.rows;
+  const int64_t ngroups = cfg.cols / cfg.group_size * csize, M = cfg.rows;  // (blocks of) groups
   p.regs = false;
   p.threads = LOOP_BLOCK;
   p.layout.tpg = LOOP_BLOCK;
   p.layout.gpb = 1;
   p.layout.rpi = 1;
-  p.layout.csize = 1;
+  p.layout.csize = csize;
   p.smem = stage_bytes <= (size_t)dev.max_smem_optin - 1024 ? stage_bytes : 0;
   p.layout.staged = p.smem > 0;  // else the later passes re-read global memory (L2)
   // The grid must not depend on the staging or alignment: the backward workspace

@@ -109,8 +109,9 @@ constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);
 
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
-// `stage_bytes` per row in shared memory when they fit.
-Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev);
+// `stage_bytes` per row in shared memory when they fit; `csize` > 1: per (row, slice
+// of a group), the slices of a group a cluster (the split loop path).
+Plan loop_plan(const gn_config& cfg, size_t stage_bytes, const DeviceInfo& dev, int csize = 1);
 
 // `p`, unless it is a register-path plan whose kernel needs `regs_smem` bytes of
 // shared memory (staged parameters, the cp.async ring) and the device has fewer
