@@ -13,7 +13,9 @@
 //    G / csize columns per CTA, the group's sums completed across the CTAs of a
 //    thread-block cluster through distributed shared memory (cluster.cuh).
 //  - loop path (larger groups): one block per (row, group), looping over the
-//    group in block-wide chunks, staged in shared memory when it fits.
+//    group in block-wide chunks, staged in shared memory when it fits; with too few
+//    rows to fill the GPU (16 rows of 2^20), one block per (row, slice of a group),
+//    a group's slices a cluster as above (the split loop path).
 #pragma once
 
 #include <cuda_runtime.h>
