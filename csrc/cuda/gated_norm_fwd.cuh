@@ -1,0 +1,38 @@
+// Gated norm forward: the per-row pieces shared by the register kernel
+// (gated_norm_fwd.cu) and the loop kernel (gated_norm_fwd_loop.cu).
+#pragma once
+
+#include "common.cuh"
+#include "plan.h"
+
+namespace gn {
+
+// Per-row pointers of this block's rows.
+template <typename T>
+struct FwdRow {
+  const T* x;
+  const T* z;
+  T* out;
+};
+
+template <typename T>
+__device__ __forceinline__ FwdRow<T> fwd_row(const gn_fwd_args& a, int64_t r, int64_t col0) {
+  FwdRow<T> p;
+  p.x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
+  p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
+  p.out = static_cast<T*>(a.out) + r * a.out_stride + col0;
+  return p;
+}
+
+template <typename A>
+__device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int64_t r, A mean, A rstd) {
+  const int64_t i = g * a.cfg.rows + r;
+  if (a.mean) static_cast<A*>(a.mean)[i] = mean;
+  if (a.rstd) static_cast<A*>(a.rstd)[i] = rstd;
+}
+
+// The loop path (groups too wide for the register path, or unaligned and wider than
+// one vector a thread); see gated_norm_fwd_loop.cu.
+gn_status launch_fwd_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
+
+}  // namespace gn
