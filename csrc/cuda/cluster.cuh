@@ -104,6 +104,10 @@ __device__ __forceinline__ void cluster_sum(A (&v)[NVAL], int csize, ClusterScra
       if (off < csize) s += __shfl_xor_sync(0xffffffffu, s, off);
     v[k] = s;
   }
+#else
+  // Unreachable: plan.cu splits groups only for builds with sm_90 code on sm_90+
+  // devices. Should a plan ever get here, fail loudly rather than sum one slice.
+  if (csize > 1) __trap();
 #endif
 }
 

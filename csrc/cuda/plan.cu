@@ -101,6 +101,21 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
   return true;
 }
 
+// The split paths run cluster_sum, which exists only in the kernels' sm_90+ code. A
+// build whose newest target is older (8.0 with PTX, JIT-compiled on an H100) keeps
+// them off: its kernels would sum each slice alone. (__CUDA_ARCH_LIST__: nvcc's list
+// of this build's virtual architectures, the same in every translation unit.)
+#ifdef __CUDA_ARCH_LIST__
+static constexpr int kBuildArchs[] = {__CUDA_ARCH_LIST__};
+#else
+static constexpr int kBuildArchs[] = {0};
+#endif
+static constexpr bool built_for_clusters() {
+  for (int a : kBuildArchs)
+    if (a >= 900) return true;
+  return false;
+}
+
 static int slice_vecs() {
   static const int v = [] {
     const char* e = getenv("GATEDNORM_SLICE_VECS");
@@ -120,7 +135,8 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev)) return p;
   // Too wide for one block: a slice of at most slice_vecs() vectors per CTA of a
   // cluster (whole vectors: aligned rows only), if the kernel can take the slice.
-  if (split && aligned && dev.major >= 9) {
+  split = split && aligned && dev.major >= 9 && built_for_clusters();
+  if (split) {
     int cs = 2;
     while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
     if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
@@ -132,7 +148,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   // The loop path; split across a cluster (whole vectors a slice) while the rows alone
   // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
   int cs = 1;
-  if (split && aligned && dev.major >= 9) {
+  if (split) {
     while (cs < CLUSTER_MAX && ngroups * cs * cfg.rows < 2LL * dev.sms && nvec % (2 * cs) == 0) cs <<= 1;
   }
   Plan loop = loop_plan(cfg, (size_t)(G / cs) * gn_dtype_size(cfg.dtype) * narrays, dev, cs);
