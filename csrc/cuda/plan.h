@@ -102,9 +102,9 @@ constexpr int BWD_WIDE_ELEMS = 16;
 constexpr int LOOP_BLOCK = 512;
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
 // the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
-// bf16, 2 vectors a thread of 512; H100 forward+backward 0.78-0.84 for N = 16K-64K
-// vs 0.61-0.67 at 512, forward level). GATEDNORM_SLICE_VECS overrides it for tuning
-// (read once).
+// bf16, 2 vectors a thread of 512): H100 forward and forward+backward level with 512
+// (docs/data/h100_row_iters_sweep.txt), with half the CTAs a cluster. GATEDNORM_SLICE_VECS
+// overrides it for tuning (read once).
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
 // `split`: the caller's kernels take the split register path (Layout::csize).
