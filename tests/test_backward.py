@@ -118,6 +118,14 @@ def test_grads_plan_edges(case, nbg, device):
     grads_vs_reference(shape, torch.bfloat16, device, g, nbg, True, "silu")
 
 
+# fp32 takes 4 elements a vector, so its plan edges sit elsewhere: 8192 holds 16 elements
+# a thread (4 vectors), 16384 is split 4 ways with 4 vectors a thread, LayerNorm too.
+@pytest.mark.parametrize("shape", [(4, 8192), (3, 16384)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_grads_plan_edges_fp32(shape, rms, device):
+    grads_vs_reference(shape, torch.float32, device, None, False, rms, "silu", b=False)
+
+
 # CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Loop path
 # (unaligned widths): in shared memory (N = 8191 with z: 48 KB staged + 64 KB of dw/db
 # sums) and, when the sums do not fit (N = 32767: 256 KB), in the block's workspace
