@@ -293,10 +293,12 @@ def test_cuda_current_stream():
 @pytest.mark.parametrize("shape,dtype,w_dtype,kernel", [
     ((1, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),
     ((64, 8192), torch.bfloat16, torch.float32, "an_fwd_decode"),  # fp32 weight: two words a vector
-    ((20000, 256), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # more rows than one wave
+    ((2000, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),  # with the add: any number of rows
+    ((20000, 256), torch.bfloat16, torch.bfloat16, "an_fwd_regs"),  # a short row, more rows than one wave
+    ((1, 2048), torch.bfloat16, torch.float16, "an_fwd_regs"),  # a weight dtype the decode kernel lacks
     ((4, 16384), torch.bfloat16, torch.bfloat16, "an_fwd_loop"),  # longer than one vector a thread
     ((4, 4096), torch.float32, torch.float16, "an_fwd_regs"),  # fp16 weight: 8 bytes a vector
-], ids=["m1", "w32", "many-rows", "long-row", "w16-fp32"])
+], ids=["m1", "w32", "many-rows", "many-short-rows", "w16-bf16", "long-row", "w16-fp32"])
 def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):
     """The decode kernel serves exactly the shapes it is meant for (and is correct there)."""
     x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device="cuda")

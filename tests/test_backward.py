@@ -103,11 +103,13 @@ def test_grads_match_reference(case, dtype, device):
     grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
 
 
-# Widths at the edges of the CUDA launch plans: 4096 bf16 (8 elements a thread),
-# 8192 (16 a thread), 16384 and 65536 (split across 2 and 8 CTAs of a cluster),
+# Widths at the edges of the CUDA launch plans: 2048 bf16 (8 elements a thread, 256
+# threads), 2056 (16 a thread, past 256 threads at 8), 4096 and 8192 (16 a thread),
+# 3000 unaligned (one vector a thread, 375 threads), 16384 and 65536 (split across 2
+# and 8 CTAs of a cluster),
 # 16383 (unaligned: the loop path, staged in shared memory), 2^18 with few rows (the
 # loop path split across 16 CTAs, blocks walking two rows).
-PLAN_EDGE_CASES = [((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
+PLAN_EDGE_CASES = [((4, 2048), None), ((4, 2056), None), ((5, 3000), None), ((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
                    ((3, 8192), 1024), ((3, 16383), None), ((20, 1 << 18), None)]
 
 
@@ -126,12 +128,14 @@ def test_grads_plan_edges_fp32(shape, rms, device):
     grads_vs_reference(shape, torch.float32, device, None, False, rms, "silu", b=False)
 
 
-# CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Loop path
+# CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Register
+# path (4096: 16 elements a thread, blocks of 256 walking rows in registers). Loop path
 # (unaligned widths): in shared memory (N = 8191 with z: 48 KB staged + 64 KB of dw/db
 # sums) and, when the sums do not fit (N = 32767: 256 KB), in the block's workspace
 # row. Split register path (32768: 8 CTAs a group): the cluster's partial-sum slots
 # are reused row after row.
-@pytest.mark.parametrize("shape", [(300, 8191), (270, 32767), (270, 32768)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(600, 4096), (300, 8191), (270, 32767), (270, 32768)],
+                         ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
 def test_grads_rows_per_block(shape, rms, device):
     if device == "cpu":
@@ -140,10 +144,10 @@ def test_grads_rows_per_block(shape, rms, device):
 
 
 @requires_cuda
-@pytest.mark.parametrize("shape,kernel", [((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
+@pytest.mark.parametrize("shape,kernel", [((64, 4096), "bwd_regs"), ((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
                                           ((64, 32768), "bwd_regs"), ((64, 32767), "bwd_loop"),
                                           ((4, 1 << 18), "bwd_loop")],
-                         ids=["5120", "8192", "32768-split", "32767-loop", "2^18-split-loop"])
+                         ids=["4096", "5120", "8192", "32768-split", "32767-loop", "2^18-split-loop"])
 def test_cuda_kernel_paths(shape, kernel):
     """Groups up to 8192 bf16 take the register path (16 elements a thread past 4096),
     aligned wider ones a register path split across a cluster (up to 16 x 8192), unaligned

@@ -1,11 +1,15 @@
-// Fused add + RMSNorm forward for few rows (decode): a block per row, every block
-// resident at once. Latency, not bandwidth: the time is the instruction path of one
+// Fused add + RMSNorm forward, a block per row: for few rows (decode; every block resident
+// at once) and, with the add, for any number of rows (decode_waves). For few rows the
+// cost is latency, not bandwidth: the time is the instruction path of one
 // warp from its first load to its last store. Nsight Compute, M = 1, N = 2048 bf16,
 // one cold call: the register-path kernel (cp.async ring, weight staged into planar
 // shared memory through a dtype switch, run-time team indexing) ran 5.2 us at ~800
 // instructions a warp, FlashInfer's 4.5 us at ~260. Here every load of the row
 // (residual, x, w) is issued at once and held packed, and the block reduces once.
 // A thread holds one vector of the row: blockDim.x * VEC >= cols.
+#include <stdint.h>
+#include <stdlib.h>
+
 #include <type_traits>
 
 #include "add_rms_norm.cuh"
@@ -18,9 +22,6 @@ using namespace an;
 // threads (64 registers); longer rows take the streaming kernel.
 constexpr int DECODE_MAX_THREADS = 1024;
 
-// Can weights of dtype P be read as whole 16-byte words per VEC-element vector?
-template <typename P, int VEC>
-__host__ __device__ constexpr bool packs() { return (VEC * sizeof(P)) % 16 == 0; }
 
 template <typename T, typename R, typename P>
 __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScratch<1, acc_t<T>>& red) {
@@ -71,30 +72,18 @@ __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScr
   if (threadIdx.x == 0 && a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
 }
 
-// Rows aligned as the register path's (aligned_rows) and a weight that packs (or none:
-// then `wdt` is T's dtype); blockDim.x * VEC >= cols, blockDim.x whole warps.
-template <typename T, typename R>
-__global__ void __launch_bounds__(DECODE_MAX_THREADS) an_fwd_decode(const gn_addnorm_fwd_args a, gn_dtype wdt) {
+// Rows aligned as the register path's (aligned_rows), a weight of dtype P (or none: then
+// P = T) that packs; blockDim.x * VEC >= cols, blockDim.x whole warps. One weight dtype a
+// kernel: with a run-time switch over four the kernel took 48 registers (one block of
+// 1024 threads an SM); alone it fits 32 with none spilled, two blocks of 1024 an SM.
+template <typename T, typename R, typename P>
+__global__ void __launch_bounds__(DECODE_MAX_THREADS, 2) an_fwd_decode(const gn_addnorm_fwd_args a) {
   __shared__ TeamScratch<1, acc_t<T>> red;
-  constexpr int VEC = vec_of<T, R>();
   pdl_wait();
-  // Every block of this grid is running (one wave): the next kernel may start launching
-  // now; its blocks wait in pdl_wait until this grid has finished.
+  // The next kernel may start launching once every block of this grid has passed here;
+  // its blocks wait in pdl_wait until this grid has finished.
   pdl_trigger();
-  switch (wdt) {
-    case GN_BFLOAT16:
-      if constexpr (packs<__nv_bfloat16, VEC>()) decode_row<T, R, __nv_bfloat16>(a, red);
-      break;
-    case GN_FLOAT16:
-      if constexpr (packs<__half, VEC>()) decode_row<T, R, __half>(a, red);
-      break;
-    case GN_FLOAT32:
-      if constexpr (packs<float, VEC>()) decode_row<T, R, float>(a, red);
-      break;
-    default:
-      if constexpr (packs<double, VEC>()) decode_row<T, R, double>(a, red);
-      break;
-  }
+  decode_row<T, R, P>(a, red);
 }
 
 template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {
@@ -102,15 +91,29 @@ template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {
                         : (std::is_same<T, __half>::value ? GN_FLOAT16 : GN_BFLOAT16);
 }
 
-template <typename T, typename R>
-gn_status launch(const gn_addnorm_fwd_args& a, int threads, gn_dtype wdt, const DeviceInfo& dev,
-                 cudaStream_t s, bool* done) {
-  constexpr auto kernel = an_fwd_decode<T, R>;
-  // One wave: with more rows than resident blocks the streaming kernel wins.
-  if (a.cfg.rows > (int64_t)resident_blocks<kernel>(threads, 0) * dev.sms) return GN_OK;
+// Rows beyond one wave of resident blocks: with the add, this kernel still, as FlashInfer
+// does (H100 bf16, N = 2048-8192: M = 4096 0.79-0.93 of the copy ceiling vs 0.76-0.89 for
+// the streaming kernel, whose 128 KB ring and staged weight hold one block of 512 an SM at
+// 8192; M = 65536 0.99-1.00 vs 0.98-0.99). Plain RMSNorm keeps the streaming kernel there
+// (M = 65536: 0.82-0.93 here vs 0.97-0.99), and so do rows under 256 threads (not
+// measured: a block of one or two warps a row, where the streaming kernel packs several
+// rows a block). GATEDNORM_DECODE_WAVES=k (read once) caps both at k waves, for tuning.
+static int64_t decode_waves(bool add, int threads) {
+  static const long long v = [] {
+    const char* e = getenv("GATEDNORM_DECODE_WAVES");
+    return e ? atoll(e) : 0LL;
+  }();
+  return v > 0 ? (int64_t)v : (add && threads >= 256 ? INT64_MAX : 1);
+}
+
+template <typename T, typename R, typename P>
+gn_status launch(const gn_addnorm_fwd_args& a, int threads, const DeviceInfo& dev, cudaStream_t s, bool* done) {
+  constexpr auto kernel = an_fwd_decode<T, R, P>;
+  const int64_t waves = decode_waves(a.x != nullptr, threads), resident = (int64_t)resident_blocks<kernel>(threads, 0) * dev.sms;
+  if (a.cfg.rows > 0x7fffffff || (a.cfg.rows + resident - 1) / resident > waves) return GN_OK;  // grid.x's limit
   *done = true;
   return launch_pdl(kernel, dim3((unsigned)a.cfg.rows), threads, 0, s, dev, "add_rms_norm forward (decode) launch", 1,
-                    a, wdt);
+                    a);
 }
 
 }  // namespace
@@ -126,10 +129,16 @@ gn_status an::launch_fwd_decode(const gn_addnorm_fwd_args& a, bool aligned, cons
     using R = typename decltype(r)::type;
     constexpr int VEC = vec_of<T, R>();
     const gn_dtype wdt = a.weight ? c.param_dtype : dtype_of<T>();
-    if ((VEC * (int)gn_dtype_size(wdt)) % 16) return;  // a weight that does not pack
     const int64_t nvec = c.cols / VEC;  // aligned: whole vectors
     if (nvec > DECODE_MAX_THREADS) return;
-    st = launch<T, R>(a, (int)(nvec + 31) / 32 * 32, wdt, dev, s, done);
+    const int threads = (int)(nvec + 31) / 32 * 32;
+    // The weight in x's dtype, or fp32 beside 16-bit x (it packs: 8 x 4 bytes); other
+    // pairs take the streaming kernel.
+    if (wdt == dtype_of<T>()) {
+      st = launch<T, R, T>(a, threads, dev, s, done);
+    } else if constexpr (sizeof(T) == 2) {
+      if (wdt == GN_FLOAT32) st = launch<T, R, float>(a, threads, dev, s, done);
+    }
   });
   return st;
 }

@@ -72,7 +72,10 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
                         const DeviceInfo& dev) {
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype), M = cfg.rows;
   int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
-  if (backward && (split || nvec > (int64_t)BWD_MAX_TEAM * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
+  // plan.h, BWD_WIDE_ELEMS: aligned groups wider than a BWD_BLOCK team at BWD_MAX_ELEMS
+  // (unaligned ones take one vector a thread, up to BWD_MAX_TEAM threads).
+  const int narrow_team = p.layout.aligned ? BWD_BLOCK : BWD_MAX_TEAM;
+  if (backward && (split || nvec > (int64_t)narrow_team * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
   const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
 

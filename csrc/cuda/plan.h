@@ -93,11 +93,15 @@ constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // varying with unrelated code changes); 64 costs no spills.
 constexpr int FWD_MIN_BLOCKS = 2;
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
-// Backward groups wider than a team of BWD_MAX_TEAM threads at BWD_MAX_ELEMS (bf16 /
-// fp16 past 4096, fp32 past 4096) hold BWD_WIDE_ELEMS a thread (128 registers, no
-// spills at 512 threads) instead of going to the loop path, whose passes do not
-// overlap one row's reduction with the next rows' loads (H100, forward+backward
-// 0.44-0.56 for groups of 5000-8192 there).
+// Aligned backward groups wider than a team of BWD_BLOCK threads at BWD_MAX_ELEMS (bf16
+// / fp16 past 2048, fp32 past 2048) hold BWD_WIDE_ELEMS a thread (120-128 registers, no
+// spills), so teams stay at 256 threads up to 4096 bf16 and two blocks share an SM:
+// one's row reduction (a block-wide barrier) overlaps the other's streaming. H100 bf16
+// forward+backward at 4096: RMSNorm without a gate 0.74 -> 0.92, with one 0.86 -> 0.93,
+// LayerNorm with bias 0.79 -> 0.85 (512-thread teams at 8 elements, one block an SM, vs
+// 256 at 16; deeper rings or 64-register kernels did not help: see
+// docs/data/h100_row_iters_sweep.txt). Past 512 threads at 8 elements (8192 bf16) the
+// loop path was the alternative: 0.44-0.56 for groups of 5000-8192.
 constexpr int BWD_WIDE_ELEMS = 16;
 constexpr int LOOP_BLOCK = 512;
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
