@@ -192,7 +192,8 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
   // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS
-  // (docs/data/h100_row_iters_sweep.txt, bf16, M = 65536, with and without the add):
+  // (docs/data/h100_row_iters_sweep.txt, bf16, M = 65536, with and without the add; the
+  // add at these N now takes the block-per-row kernel, add_rms_norm_fwd_decode.cu):
   // 2 row blocks per block with 3+ resident blocks per SM (N = 2048, 4096: 0.97-0.99 vs
   // 0.83-0.94 persistent), 3 with one (N = 8192 with the add: 0.99 vs 0.89-0.96).
   DeviceInfo dev;

@@ -18,10 +18,9 @@ namespace gn {
 namespace {
 using namespace an;
 
-// One vector a thread (bf16 rows up to 8192, fp32 up to 4096): two spilled at 1024
-// threads (64 registers); longer rows take the streaming kernel.
+// One vector a thread (bf16 rows up to 8192, fp32 up to 4096); longer rows take the
+// streaming kernel.
 constexpr int DECODE_MAX_THREADS = 1024;
-
 
 template <typename T, typename R, typename P>
 __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScratch<1, acc_t<T>>& red) {
