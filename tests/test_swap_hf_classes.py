@@ -30,6 +30,7 @@ from torch_ops.swap import SUPPORTED_CLASSES, SwappedGatedNorm, swap_norms_  # n
 #         "falcon" = FalconH1 (n_groups, norm_before_gate, all fp32, one cast)
 HF_CLASSES = [
     ("mamba2", "MambaRMSNormGated", "group"),
+    ("mamba2", "Mamba2RMSNormGated", "group"),  # transformers 5.25's name for it
     ("bamba", "BambaRMSNormGated", "group"),
     ("granitemoehybrid", "GraniteMoeHybridRMSNormGated", "group"),
     ("zamba2", "Zamba2RMSNormGated", "group"),
@@ -46,12 +47,19 @@ HF_CLASSES = [
 ]
 
 
+# Mamba2's gated norm under either of its names (the bookkeeping tests need one such class)
+MAMBA2 = ("Mamba2RMSNormGated", "MambaRMSNormGated")
+
+
 def _hf_class(model, name):
+    """The class `name` (or the first of a tuple of names) of `model`; skips when absent."""
     path = f"transformers.models.{model}.modeling_{model}"
     try:
         module = importlib.import_module(path)
     except ImportError as e:
         pytest.skip(f"{path} not importable with transformers {transformers.__version__}: {e}")
+    names = name if isinstance(name, tuple) else (name,)
+    name = next((n for n in names if hasattr(module, n)), names[0])
     cls = getattr(module, name, None)
     if cls is None:
         pytest.skip(f"{path} has no {name} in transformers {transformers.__version__}")
@@ -155,7 +163,7 @@ def test_hf_group_eps_and_groups_are_used(model, name, family):
 def test_hf_mixed_gate_dtype():
     """A gate in another dtype than x (fp32 gate, bf16 x): the original upcasts both to
     fp32; ours too (exact upcasts), output in the original's dtype."""
-    cls = _hf_class("mamba2", "MambaRMSNormGated")
+    cls = _hf_class("mamba2", MAMBA2)
     orig = _make_hf(cls, "group").to(BF16)
     x = (0.03 * torch.randn(4, N)).to(BF16)
     z = torch.randn(4, N)
@@ -171,7 +179,7 @@ def test_hf_mixed_gate_dtype():
 
 
 def test_shared_module_hooks_and_root():
-    cls = _hf_class("mamba2", "MambaRMSNormGated")
+    cls = _hf_class("mamba2", MAMBA2)
     norm = _make_hf(cls, "group")
     calls = []
     handle = norm.register_forward_hook(lambda mod, args, out: calls.append(type(mod).__name__))
@@ -196,7 +204,7 @@ def test_shared_module_hooks_and_root():
 
 
 def test_unknown_and_lookalike_classes_untouched():
-    cls = _hf_class("mamba2", "MambaRMSNormGated")
+    cls = _hf_class("mamba2", MAMBA2)
 
     class MyNorm(cls):  # a subclass may change forward: not ours to swap
         pass
@@ -215,7 +223,7 @@ def test_unknown_and_lookalike_classes_untouched():
 
 def test_instance_level_forward_is_left_alone():
     """accelerate-style hooks replace `forward` on the instance: we cannot carry that over."""
-    cls = _hf_class("mamba2", "MambaRMSNormGated")
+    cls = _hf_class("mamba2", MAMBA2)
     norm = _make_hf(cls, "group")
     norm.forward = norm.forward  # an instance attribute, as accelerate's add_hook_to_module sets
     model = _Holder(norm)

@@ -114,7 +114,7 @@ class SwappedGatedNorm(nn.Module):
 
 
 class SwappedHFGroupGatedRMSNorm(SwappedGatedNorm):
-    """HF `MambaRMSNormGated` (mamba2), `BambaRMSNormGated`, `GraniteMoeHybridRMSNormGated`,
+    """HF `MambaRMSNormGated` / `Mamba2RMSNormGated` (mamba2), `BambaRMSNormGated`, `GraniteMoeHybridRMSNormGated`,
     `Zamba2RMSNormGated`, `NemotronHRMSNormGated`:
 
         v = x * silu(gate) (in fp32, gate optional); per group of `group_size` columns
@@ -229,7 +229,8 @@ def _register(cls, is_rms_norm, modules, names, activation=None):
             SUPPORTED_CLASSES[f"{m}.{n}"] = (cls, is_rms_norm, activation)
 
 
-for _model, _name in [("mamba2", "MambaRMSNormGated"), ("bamba", "BambaRMSNormGated"),
+# mamba2: transformers 5.25 renamed MambaRMSNormGated to Mamba2RMSNormGated (same forward, with group_size)
+for _model, _name in [("mamba2", "MambaRMSNormGated"), ("mamba2", "Mamba2RMSNormGated"), ("bamba", "BambaRMSNormGated"),
                       ("granitemoehybrid", "GraniteMoeHybridRMSNormGated"), ("zamba2", "Zamba2RMSNormGated"),
                       ("nemotron_h", "NemotronHRMSNormGated")]:
     _register(SwappedHFGroupGatedRMSNorm, True, [f"{_HF}{_model}.modeling_{_model}"], [_name])
