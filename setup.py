@@ -37,9 +37,9 @@ def extension():
     cuda = want_cuda()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     os.environ.setdefault("MAX_JOBS", "2")
-    # The module has no Python functions, so it is limited-API (py_limited_api
-    # defines Py_LIMITED_API); the op registrations are classic TORCH_LIBRARY
-    # (docs/design.md says why not the stable ABI).
+    # Not limited-API: csrc/eager.cpp unwraps and wraps tensors (libtorch_python) for
+    # the direct eager entry points. The op registrations are classic TORCH_LIBRARY
+    # (docs/design.md says why not the stable ABI), so a build serves one torch anyway.
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.c")
     kwargs = dict(
@@ -47,7 +47,6 @@ def extension():
         sources=srcs,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_link_args=["-fopenmp"],
-        py_limited_api=True,
     )
     if not cuda:
         return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
@@ -68,6 +67,5 @@ setup(
     cmdclass={"build_ext": BuildExtension},
     # sglang runs its plugins in every process; ours patches only with GATEDNORM_SGLANG_PATCH=1.
     entry_points={"sglang.srt.plugins": ["gatednorm = torch_ops.integrations.sglang:sglang_plugin"]},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
     python_requires=">=3.9",
 )

@@ -1,6 +1,7 @@
 // The op schemas of gatednorm, declared once, and their registrations. The C++
 // around the kernels is this file, shim_common.h (argument checks, tensor -> C
-// descriptor helpers) and one shim_<family>.cpp per op family.
+// descriptor helpers), one shim_<family>.cpp per op family, and eager.cpp (the
+// Python module, with direct entry points for the hot inference calls).
 //
 // Classic TORCH_LIBRARY registration, not the LibTorch stable ABI: with torch
 // 2.11 (the GPU machines) any exception thrown by a stable-ABI kernel crashes
@@ -8,27 +9,12 @@
 // a Python error. docs/design.md records the experiment. Fake kernels and
 // autograd live in Python (torch_ops/gated_norm.py); kernels live in csrc/cpu
 // and csrc/cuda and never see a torch header.
-#include <Python.h>
-
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include "shim_common.h"
 #include "shim_ops.h"
-
-// `built_with_cuda` tells Python whether the CUDA kernels are in this build.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  PyObject* m = PyModule_Create(&def);
-#ifdef GN_WITH_CUDA
-  const long with_cuda = 1;
-#else
-  const long with_cuda = 0;
-#endif
-  if (m && PyModule_AddIntConstant(m, "built_with_cuda", with_cuda) < 0) {
-    Py_DECREF(m);
-    return nullptr;
-  }
-  return m;
-}
 
 using namespace gn_shim;
 
@@ -96,3 +82,54 @@ static void register_impls(torch::Library& m) {
 
 TORCH_LIBRARY_IMPL(gatednorm, CPU, m) { register_impls(m); }
 TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) { register_impls(m); }
+
+// The ops that write into their arguments (Tensor(a!) in the schema): ADInplaceOrView
+// bumps those tensors' version counters first, as torch's in-place ops do, so autograd
+// notices a tensor it saved being overwritten (and an inference tensor is refused
+// outside inference mode before it is written); without a kernel there the dispatcher
+// falls through and nothing is bumped. Autograd refuses, under grad mode, to write into
+// a tensor that requires grad: these ops have no derivative and could not rebase its
+// history (the differentiable forms are gated_norm and add_rms_norm). Other arguments
+// requiring grad (a weight Parameter) are let through, as sgl-kernel's ops do: the
+// written values carry no gradient.
+static const char* const kMutatingOps[] = {"gated_norm_fwd_out", "gated_norm_bwd_out", "rms_norm_out",
+                                           "fused_add_rms_norm"};
+
+template <typename F>
+static void for_each_written(const c10::OperatorHandle& op, const torch::jit::Stack* stack, F&& f) {
+  const auto& args = op.schema().arguments();
+  const size_t first = stack->size() - args.size();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const auto* alias = args[i].alias_info();
+    const c10::IValue& v = (*stack)[first + i];
+    if (alias && alias->isWrite() && v.isTensor()) f(args[i].name(), v.toTensor());
+  }
+}
+
+static void bump_written_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  for_each_written(op, stack, [](const std::string&, const at::Tensor& t) { torch::autograd::impl::bump_version(t); });
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+static void refuse_written_requiring_grad(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                                          torch::jit::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    for_each_written(op, stack, [&](const std::string& name, const at::Tensor& t) {
+      if (t.requires_grad())
+        fail(op.schema().name(), " writes into `", name, "`, which requires grad: it has no derivative; "
+             "use the differentiable out-of-place op (gated_norm, add_rms_norm) or call it under "
+             "torch.no_grad()");
+    });
+  }
+  at::AutoDispatchBelowAutograd guard;
+  op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
+}
+
+TORCH_LIBRARY_IMPL(gatednorm, ADInplaceOrView, m) {
+  for (const char* op : kMutatingOps) m.impl(op, torch::CppFunction::makeFromBoxedFunction<&bump_written_versions>());
+}
+TORCH_LIBRARY_IMPL(gatednorm, Autograd, m) {
+  for (const char* op : kMutatingOps)
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_written_requiring_grad>());
+}

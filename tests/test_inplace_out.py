@@ -42,3 +42,63 @@ def test_fwd_out_in_place(layout, dtype, rms, nbg, device):
         around = torch.ones_like(base, dtype=torch.bool)
         around[:, 1:1 + n] = False
         assert base[around].isnan().all()
+
+
+# ------------------------------------------------ ops that write into their arguments
+# (csrc/shim.cpp): version counters bumped as torch's in-place ops bump them; under grad
+# mode, a written tensor that requires grad is refused (no derivative, no history to
+# rebase); a weight that requires grad is let through (sgl-kernel's behaviour).
+
+def _writing_calls(device):
+    """name -> (call(written...), [written tensors], {argument name: index in written})"""
+    x, w, b, z = make_inputs((4, 64), torch.float32, device)
+    out, r = torch.empty_like(x), torch.randn_like(x)
+    args = (w, b, z, 1e-6, None, True, False, "swish")
+    _, mean, rstd = ops.gated_norm_fwd(x, *args)
+    dy = torch.randn_like(x)
+    dx, dz, out2, dw, db = (torch.empty_like(t) for t in (x, x, x, w, b))
+    return {
+        "gated_norm_fwd_out": (lambda t: ops.gated_norm_fwd_out(x, *args, t[0]), [out], {"out": 0}),
+        "gated_norm_bwd_out": (lambda t: ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *args[3:], *t),
+                               [dx, dz, out2, dw, db], {"dx": 0, "dz": 1, "out": 2, "dw": 3, "db": 4}),
+        "rms_norm_out": (lambda t: ops.rms_norm_out(x, w, 1e-6, t[0], False), [out.clone()], {"out": 0}),
+        "fused_add_rms_norm": (lambda t: ops.fused_add_rms_norm(t[0], t[1], w, 1e-6, False), [x.clone(), r],
+                               {"input": 0, "residual": 1}),
+    }
+
+
+@pytest.mark.parametrize("op", ["gated_norm_fwd_out", "gated_norm_bwd_out", "rms_norm_out", "fused_add_rms_norm"])
+def test_written_arguments_versions_and_autograd(op, device):
+    call, written, names = _writing_calls(device)[op]
+    before = [t._version for t in written]
+    call(written)
+    assert [t._version for t in written] == [v + 1 for v in before]
+    with torch.no_grad():
+        call(written)
+    assert [t._version for t in written] == [v + 2 for v in before]
+    # a tensor autograd saved, overwritten: backward notices
+    a = torch.randn(written[0].shape, device=device, requires_grad=True)
+    s = a.sin()
+    y = s * s  # saves s
+    call([s.detach() if i == 0 else t for i, t in enumerate(written)])
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    # grad mode: a written tensor that requires grad is refused, by name, before the write
+    for name, i in names.items():
+        leaf = written[i].detach().clone().requires_grad_()
+        ts = [leaf if j == i else t for j, t in enumerate(written)]
+        kept = leaf.detach().clone()
+        with pytest.raises(RuntimeError, match=f"writes into `{name}`, which requires grad"):
+            call(ts)
+        assert torch.equal(leaf.detach(), kept)
+        with torch.no_grad():  # as an optimizer step writes into parameters
+            call(ts)
+
+
+def test_fused_add_rms_norm_weight_requiring_grad_is_let_through(device):
+    x, w = torch.randn(3, 32, device=device), torch.nn.Parameter(torch.randn(32, device=device))
+    r = torch.randn_like(x)
+    x0, r0 = x.clone(), r.clone()
+    ops.fused_add_rms_norm(x, r, w, 1e-6, False)
+    e_out, e_res, _ = ops.add_rms_norm(x0, r0, w.detach(), 1e-6, False, False)
+    assert torch.equal(x, e_out) and torch.equal(r, e_res) and not x.requires_grad

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import _C  # noqa: F401  (registers torch.ops.gatednorm)
+from . import _C  # registers torch.ops.gatednorm; its direct entry points
 from .gated_norm import _compiling, _entry, _grad_enabled
 
 _ops = torch.ops.gatednorm
@@ -114,8 +114,10 @@ torch.library.register_autograd("gatednorm::add_rms_norm", _backward, setup_cont
 
 
 # ---------------------------------------------------------------- functional API
-# Eager calls go through the ops' C++ entry points and, without a gradient to compute,
-# to the op with no autograd kernel (docs/design.md, "Host time per eager call").
+# Eager calls go first to the ops' direct entry points in `_C` (no dispatcher; they
+# return NotImplemented whenever the op call could differ), then through the ops' C++
+# entry points; without a gradient to compute, to the op with no autograd kernel
+# (docs/design.md, "Host time per eager call").
 
 _RMS_NORM = _entry(_ops.rms_norm)
 _RMS_NORM_OUT = _entry(_ops.rms_norm_out)
@@ -127,6 +129,10 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
     """sgl-kernel / FlashInfer `rmsnorm(input, weight, eps, out=None)` (inference)."""
     c = _compiling()
     if out is None:
+        if not c:
+            y = _C.rms_norm(input, weight, eps, gemma)
+            if y is not NotImplemented:
+                return y
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
@@ -134,8 +140,12 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
 
 def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-6, gemma: bool = False) -> None:
     """sgl-kernel `fused_add_rmsnorm` / vLLM `fused_add_rms_norm`, in place:
-    residual <- input + residual; input <- rmsnorm(residual) * weight."""
-    (_ops.fused_add_rms_norm if _compiling() else _FUSED_ADD_RMS_NORM)(input, residual, weight, eps, gemma)
+    residual <- input + residual; input <- rmsnorm(residual) * weight. Not
+    differentiable: under grad mode, input and residual must not require grad."""
+    if _compiling():
+        _ops.fused_add_rms_norm(input, residual, weight, eps, gemma)
+    elif _C.fused_add_rms_norm(input, residual, weight, eps, gemma) is NotImplemented:
+        _FUSED_ADD_RMS_NORM(input, residual, weight, eps, gemma)
 
 
 def gemma_rms_norm(input, weight, eps=1e-6, out=None):
@@ -153,11 +163,16 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight, eps: float = 1e-6, residua
     """Differentiable, out of place -> (out, residual_out); gradients flow into x,
     residual and weight, including the residual stream's own incoming gradient.
     Without a gradient to compute: `add_rms_norm_infer` (no autograd kernel, no rstd)."""
+    compiling = _compiling()
+    if not compiling:
+        outs = _C.add_rms_norm_infer(x, residual, weight, eps, residual_in_fp32, gemma)
+        if outs is not NotImplemented:
+            return outs
     if _grad_enabled() and (x.requires_grad or residual.requires_grad
                             or (weight is not None and weight.requires_grad)):
         out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)
         return out, residual_out
-    return (_ops.add_rms_norm_infer if _compiling() else _ADD_RMS_NORM_INFER)(
+    return (_ops.add_rms_norm_infer if compiling else _ADD_RMS_NORM_INFER)(
         x, residual, weight, eps, residual_in_fp32, gemma)
 
 

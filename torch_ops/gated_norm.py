@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (registers torch.ops.gatednorm)
+from . import _C  # registers torch.ops.gatednorm; its direct entry points
 
 _ops = torch.ops.gatednorm
 ACTIVATIONS = ("silu", "swish", "sigmoid")
@@ -145,12 +145,14 @@ torch.library.register_autograd("gatednorm::gated_norm", _backward, setup_contex
 # ---------------------------------------------------------------- functional API
 
 # Host time per call is what a decode step pays for every norm (docs/design.md, "Host
-# time per eager call"): when no gradient is needed the functions below call `gated_norm_infer`
-# (no autograd kernel in its call path, no statistics allocated), and they call it
-# through the op packet's C++ entry point (`_op`), which is what the packet's Python
-# `__call__` forwards to (same schema matching, same __torch_function__ handling,
-# one Python frame less). Under torch.compile the packet itself is called: dynamo
-# traces op packets, not their entry points.
+# time per eager call"). When no gradient is needed the functions below compute through
+# `gated_norm_infer` (no autograd kernel in its call path, no statistics allocated),
+# preferably through `_C.gated_norm_infer`: the same implementation without the
+# dispatcher, which returns NotImplemented whenever the op call could differ (a mode, a
+# tensor subclass, the profiler, a gradient needed, an argument of another type:
+# csrc/eager.cpp). Then the op is called through the packet's C++ entry point (`_op`),
+# what the packet's Python `__call__` forwards to, one Python frame less. Under
+# torch.compile the packet itself is called: dynamo traces op packets, not builtins.
 _grad_enabled = torch.is_grad_enabled
 _compiling = torch.compiler.is_compiling
 
@@ -161,6 +163,7 @@ def _entry(packet):
 
 
 _INFER = _entry(_ops.gated_norm_infer)
+_DIRECT_INFER = _C.gated_norm_infer
 
 
 def _needs_grad(x, weight, bias, z):
@@ -181,10 +184,16 @@ def _forward_op(*tensors):
 def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
                  activation="swish"):
     """FLA / mamba_ssm `layernorm_fn`; differentiable."""
+    if _compiling():
+        infer = _ops.gated_norm_infer
+    else:
+        out = _DIRECT_INFER(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+        if out is not NotImplemented:
+            return out
+        infer = _INFER
     if _needs_grad(x, weight, bias, z):
         return _ops.gated_norm(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]
-    return (_ops.gated_norm_infer if _compiling() else _INFER)(
-        x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    return infer(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
 
 
 def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, activation="swish"):

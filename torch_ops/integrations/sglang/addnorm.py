@@ -28,8 +28,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...add_rms_norm import fused_add_rms_norm, rms_norm
+
 logger = logging.getLogger(__name__)
-_ops = torch.ops.gatednorm
 
 #: "Class.forward_cuda: reason" -> number of calls handed to sglang's own method.
 FALLBACKS: Counter = Counter()
@@ -81,12 +82,12 @@ def _unsupported(x: Tensor, residual: Optional[Tensor], post: Optional[Tensor], 
 
 def _plain(x: Tensor, residual: Optional[Tensor], post: Optional[Tensor], weight: Tensor, eps: float,
            gemma: bool):
-    """sglang's plain path, on our ops."""
+    """sglang's plain path, on our ops (through torch_ops' functions: their direct eager path)."""
     if residual is None:
-        return _ops.rms_norm(x, weight, eps, gemma)
+        return rms_norm(x, weight, eps, gemma=gemma)
     if post is not None:
         residual = residual + post  # sglang's order: x + (residual + post), into a new residual
-    _ops.fused_add_rms_norm(x, residual, weight, eps, gemma)
+    fused_add_rms_norm(x, residual, weight, eps, gemma)
     return x, residual
 
 

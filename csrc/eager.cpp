@@ -1,0 +1,247 @@
+// The Python module torch_ops._C and its direct eager entry points.
+//
+// A decode step pays the host time of every norm call. Calling a `torch.ops` op
+// from Python costs ~1.3 us on top of the work itself (measured: docs/design.md,
+// "Host time per eager call"): the nine Python arguments matched against the
+// schema and boxed, the dispatcher's key computation, the unboxing. The functions
+// here take the op's arguments positionally and call the same C++ implementation
+// (shim_ops.h) directly -- but only when nothing could observe the difference:
+//
+//   - every tensor argument is exactly a torch.Tensor or nn.Parameter (a subclass
+//     may define __torch_function__ / __torch_dispatch__) whose dispatch keys are
+//     those of a plain dense CPU or CUDA tensor (not meta, sparse, a conj/neg view,
+//     a functorch or functional wrapper);
+//   - no TorchFunctionMode is active and no mode force-includes a dispatch key
+//     (TorchDispatchMode, FakeTensorMode, make_fx, functionalization, vmap, tracing);
+//   - no RecordFunction callback is registered (the profiler records ops through
+//     the dispatcher; with one, the op is called and shows up in the trace);
+//   - under grad mode, no tensor argument requires grad (such calls need the op's
+//     autograd kernel, or its error);
+//   - every other argument has the exact Python type its schema names (float, int
+//     or None, bool, str): anything else the schema would convert or reject.
+//
+// Otherwise they return NotImplemented and the Python caller calls the op. Errors
+// raised by the implementation are the op's own (RuntimeError, "gatednorm: ...").
+#include <Python.h>
+
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include "shim_ops.h"
+
+namespace {
+
+using at::Tensor;
+using c10::DispatchKey;
+using c10::DispatchKeySet;
+
+// The keys a plain dense CPU / CUDA tensor carries (autocast and autograd keys are
+// on every tensor; autocast has no kernel for these ops: a fallthrough).
+bool plain_keys(const Tensor& t) {
+  static const DispatchKeySet plain =
+      DispatchKeySet({DispatchKey::CPU, DispatchKey::CUDA, DispatchKey::AutogradCPU, DispatchKey::AutogradCUDA,
+                      DispatchKey::ADInplaceOrView, DispatchKey::AutocastCPU, DispatchKey::AutocastCUDA});
+  // Raw bits: DispatchKeySet's operator- keeps the backend bits (a meta tensor's too).
+  return (t.key_set().raw_repr() & ~plain.raw_repr()) == 0;
+}
+
+// Is this call free of modes, tracing and profiling (see the header comment)? The
+// default TLS include set (BackendSelect, ADInplaceOrView) is there in every call.
+bool no_interposer() {
+  const DispatchKeySet forced = c10::impl::tls_local_dispatch_key_set().included_ - c10::default_included_set;
+  return forced.empty() && !at::impl::torch_function_mode_enabled() && !at::hasCallbacks();
+}
+
+// Argument readers: true when `o` has the exact type the schema names (the value is
+// stored), false when the op call must decide.
+struct Reader {
+  bool grad = at::GradMode::is_enabled();
+
+  bool tensor(PyObject* o, const Tensor*& out) const {
+    if (!THPVariable_CheckExact(o)) return false;
+    out = &THPVariable_Unpack(o);
+    return plain_keys(*out) && !(grad && out->requires_grad());
+  }
+  bool opt_tensor(PyObject* o, std::optional<Tensor>& out) const {
+    if (o == Py_None) return true;
+    const Tensor* t = nullptr;
+    if (!tensor(o, t)) return false;
+    out = *t;
+    return true;
+  }
+  static bool real(PyObject* o, double& out) {
+    if (!PyFloat_CheckExact(o)) return false;
+    out = PyFloat_AS_DOUBLE(o);
+    return true;
+  }
+  static bool opt_int(PyObject* o, std::optional<int64_t>& out) {
+    if (o == Py_None) return true;
+    if (!PyLong_CheckExact(o)) return false;
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow) return false;
+    out = v;
+    return true;
+  }
+  static bool flag(PyObject* o, bool& out) {
+    if (o != Py_True && o != Py_False) return false;
+    out = o == Py_True;
+    return true;
+  }
+  static bool text(PyObject* o, c10::string_view& out) {
+    if (!PyUnicode_CheckExact(o)) return false;
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(o, &n);
+    if (!s) {
+      PyErr_Clear();
+      return false;
+    }
+    out = c10::string_view(s, (size_t)n);
+    return true;
+  }
+};
+
+bool arity(const char* name, Py_ssize_t got, Py_ssize_t want) {
+  if (got == want) return true;
+  PyErr_Format(PyExc_TypeError, "torch_ops._C.%s takes %zd positional arguments (%zd given)", name, want, got);
+  return false;
+}
+
+// The GIL is released while the implementation runs, as the op call does.
+struct NoGil {
+  PyThreadState* state = PyEval_SaveThread();
+  ~NoGil() { PyEval_RestoreThread(state); }
+};
+
+// gated_norm_infer(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation) -> Tensor
+PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("gated_norm_infer", nargs, 9)) return nullptr;
+  Reader r;
+  const Tensor* x = nullptr;
+  std::optional<Tensor> w, b, z;
+  double eps = 0;
+  std::optional<int64_t> group_size;
+  bool norm_before_gate = false, is_rms_norm = false;
+  c10::string_view activation;
+  if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.opt_tensor(args[2], b) &&
+        r.opt_tensor(args[3], z) && r.real(args[4], eps) && r.opt_int(args[5], group_size) &&
+        r.flag(args[6], norm_before_gate) && r.flag(args[7], is_rms_norm) && r.text(args[8], activation)))
+    Py_RETURN_NOTIMPLEMENTED;
+  HANDLE_TH_ERRORS
+  Tensor out;
+  {
+    NoGil no_gil;
+    out = gn_shim::gated_norm_infer(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+// rms_norm(input, weight, eps, gemma) -> Tensor
+PyObject* rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("rms_norm", nargs, 4)) return nullptr;
+  Reader r;
+  const Tensor* x = nullptr;
+  std::optional<Tensor> w;
+  double eps = 0;
+  bool gemma = false;
+  if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.real(args[2], eps) &&
+        r.flag(args[3], gemma)))
+    Py_RETURN_NOTIMPLEMENTED;
+  HANDLE_TH_ERRORS
+  Tensor out;
+  {
+    NoGil no_gil;
+    out = gn_shim::rms_norm(*x, w, eps, gemma);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
+// fused_add_rms_norm(input, residual, weight, eps, gemma) -> None, in place. The op's
+// ADInplaceOrView kernel bumps the version counters of input and residual whenever
+// the dispatcher would run it (csrc/shim.cpp): the same here, before the write.
+PyObject* fused_add_rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("fused_add_rms_norm", nargs, 5)) return nullptr;
+  Reader r;
+  const Tensor *x = nullptr, *res = nullptr;
+  std::optional<Tensor> w;
+  double eps = 0;
+  bool gemma = false;
+  if (!(no_interposer() && r.tensor(args[0], x) && r.tensor(args[1], res) && r.opt_tensor(args[2], w) &&
+        r.real(args[3], eps) && r.flag(args[4], gemma)))
+    Py_RETURN_NOTIMPLEMENTED;
+  HANDLE_TH_ERRORS
+  const auto tls = c10::impl::tls_local_dispatch_key_set();
+  DispatchKeySet ks = x->key_set() | res->key_set() | tls.included_;
+  if (w) ks = ks | w->key_set();
+  if ((ks - tls.excluded_).has(DispatchKey::ADInplaceOrView)) {
+    torch::autograd::impl::bump_version(*x);
+    torch::autograd::impl::bump_version(*res);
+  }
+  {
+    NoGil no_gil;
+    gn_shim::fused_add_rms_norm(*x, *res, w, eps, gemma);
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// add_rms_norm_infer(x, residual, weight, eps, residual_in_fp32, gemma) -> (out, residual_out)
+PyObject* add_rms_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("add_rms_norm_infer", nargs, 6)) return nullptr;
+  Reader r;
+  const Tensor *x = nullptr, *res = nullptr;
+  std::optional<Tensor> w;
+  double eps = 0;
+  bool residual_in_fp32 = false, gemma = false;
+  if (!(no_interposer() && r.tensor(args[0], x) && r.tensor(args[1], res) && r.opt_tensor(args[2], w) &&
+        r.real(args[3], eps) && r.flag(args[4], residual_in_fp32) && r.flag(args[5], gemma)))
+    Py_RETURN_NOTIMPLEMENTED;
+  HANDLE_TH_ERRORS
+  std::tuple<Tensor, Tensor> outs;
+  {
+    NoGil no_gil;
+    outs = gn_shim::add_rms_norm_infer(*x, *res, w, eps, residual_in_fp32, gemma);
+  }
+  PyObject* tuple = PyTuple_New(2);
+  if (!tuple) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(outs))));
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(outs))));
+  return tuple;
+  END_HANDLE_TH_ERRORS
+}
+
+#define GN_METHOD(name) \
+  {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, \
+   "gatednorm::" #name " without the dispatcher, or NotImplemented (csrc/eager.cpp)"}
+PyMethodDef methods[] = {
+    GN_METHOD(gated_norm_infer),
+    GN_METHOD(rms_norm),
+    GN_METHOD(fused_add_rms_norm),
+    GN_METHOD(add_rms_norm_infer),
+    {nullptr, nullptr, 0, nullptr},
+};
+#undef GN_METHOD
+
+}  // namespace
+
+// `built_with_cuda` tells Python whether the CUDA kernels are in this build.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
+  PyObject* m = PyModule_Create(&def);
+#ifdef GN_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (m && PyModule_AddIntConstant(m, "built_with_cuda", with_cuda) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

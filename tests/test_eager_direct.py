@@ -1,0 +1,261 @@
+"""The direct eager entry points of `torch_ops._C` (csrc/eager.cpp): the ops' own C++
+implementations called without the dispatcher. Pinned here: they run in the plain case
+(and the public functions use them: the op entry points are replaced by ones that fail),
+results bitwise those of the ops, the same errors, and NotImplemented -- never a result
+-- wherever the op call could behave differently: tensor subclasses, meta / conj / neg
+tensors, a gradient needed, TorchFunctionMode, TorchDispatchMode, FakeTensorMode, vmap,
+the profiler, and arguments of other Python types than the schema's (the op converts or
+rejects those). In each such case the public function still returns the op's result."""
+import importlib
+import sys
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import torch_ops
+from conftest import make_inputs, ops
+from test_fast_path import add_cases, gated_cases
+
+C = torch_ops._C
+# (torch_ops.add_rms_norm is the function: the modules by name)
+add_mod = importlib.import_module("torch_ops.add_rms_norm")
+gated_mod = importlib.import_module("torch_ops.gated_norm")
+MODES = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch.inference_mode}
+
+
+def _fail(*args):
+    raise AssertionError("the op was called: the direct path should have served this call")
+
+
+@pytest.fixture
+def no_op_fallback(monkeypatch):
+    """The public functions' op entry points, replaced by ones that fail."""
+    monkeypatch.setattr(gated_mod, "_INFER", _fail)
+    for name in ("_RMS_NORM", "_FUSED_ADD_RMS_NORM", "_ADD_RMS_NORM_INFER"):
+        monkeypatch.setattr(add_mod, name, _fail)
+
+
+def _rms_args(device, dtype=torch.bfloat16):
+    x, w, _, _ = make_inputs((5, 96), dtype, device, z=False, bias=False)
+    return x, w
+
+
+# ---------------------------------------------------------------- the plain case
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("i", range(7))
+def test_gated_direct_is_the_op_bitwise(i, mode, device, no_op_fallback):
+    args = gated_cases(device)[i]
+    with MODES[mode]():
+        out = C.gated_norm_infer(*args)
+        assert out is not NotImplemented
+        ref = ops.gated_norm_infer(*args)
+        assert out.dtype == ref.dtype and out.shape == ref.shape and out.is_contiguous() and torch.equal(out, ref)
+        assert torch.equal(torch_ops.layernorm_fn(*args), ref)  # served directly (no_op_fallback)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("i", range(4))
+def test_add_direct_is_the_op_bitwise(i, mode, device, no_op_fallback):
+    args = add_cases(device)[i]
+    with MODES[mode]():
+        outs = C.add_rms_norm_infer(*args)
+        assert isinstance(outs, tuple) and len(outs) == 2
+        for a, e in zip(outs, ops.add_rms_norm_infer(*args)):
+            assert a.dtype == e.dtype and torch.equal(a, e)
+        for a, e in zip(torch_ops.add_rms_norm(*args), outs):
+            assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("gemma", [False, True])
+def test_rms_norm_and_fused_add_direct_are_the_ops_bitwise(gemma, mode, device, no_op_fallback):
+    with MODES[mode]():
+        x, w = _rms_args(device)
+        r = torch.randn_like(x)
+        y = C.rms_norm(x, w, 1e-6, gemma)
+        assert torch.equal(y, ops.rms_norm(x, w, 1e-6, gemma))
+        assert torch.equal(torch_ops.rms_norm(x, w, 1e-6, gemma=gemma), y)
+        x1, r1, x2, r2 = x.clone(), r.clone(), x.clone(), r.clone()
+        assert C.fused_add_rms_norm(x1, r1, w, 1e-6, gemma) is None
+        ops.fused_add_rms_norm(x2, r2, w, 1e-6, gemma)
+        assert torch.equal(x1, x2) and torch.equal(r1, r2) and not torch.equal(x1, x)
+        x3, r3 = x.clone(), r.clone()
+        torch_ops.fused_add_rms_norm(x3, r3, w, 1e-6, gemma)
+        assert torch.equal(x3, x2) and torch.equal(r3, r2)
+
+
+def test_no_references_leak(device):
+    x, w = _rms_args(device)
+    r = torch.randn_like(x)
+    before = [sys.getrefcount(t) for t in (x, w, r)]
+    for _ in range(100):
+        C.rms_norm(x, w, 1e-6, False)
+        C.fused_add_rms_norm(x, r, w, 1e-6, False)
+        C.add_rms_norm_infer(x, r, w, 1e-6, False, False)
+        C.gated_norm_infer(x, w, None, r, 1e-6, None, True, True, "silu")
+    assert [sys.getrefcount(t) for t in (x, w, r)] == before
+
+
+# ---------------------------------------------------------------- errors
+
+def _error(fn, *args):
+    with pytest.raises(Exception) as e:
+        fn(*args)
+    return type(e.value), str(e.value).split("\nException raised from")[0]
+
+
+def test_errors_are_the_ops(device):
+    x, w, _, z = make_inputs((4, 64), torch.float32, device, bias=False)
+    bad_gated = [
+        (x, w, None, z, 1e-6, 3, True, True, "silu"),  # group_size not a divisor
+        (x, w, None, z, 1e-6, None, True, True, "relu"),
+        (x, w[:32], None, z, 1e-6, None, True, True, "silu"),
+        (x, w, None, z[:, :32], 1e-6, None, True, True, "silu"),
+        (x, w, None, z.double(), 1e-6, None, True, True, "silu"),
+        (x, w, None, z, -1.0, None, True, True, "silu"),
+        (x.int(), None, None, None, 1e-6, None, True, True, "silu"),
+    ]
+    for args in bad_gated:
+        got = _error(C.gated_norm_infer, *args)
+        assert got == _error(ops.gated_norm_infer, *args) and got[1].startswith("gatednorm: "), got
+    r = torch.randn_like(x)
+    for args in [(x, x, w, 1e-6, False), (x, r[:, :32], w, 1e-6, False), (x, r, w[:8], 1e-6, False)]:
+        got = _error(C.fused_add_rms_norm, *args)
+        assert got == _error(ops.fused_add_rms_norm, *args) and got[1].startswith("gatednorm: "), got
+    args = (x, r[:2], w, 1e-6, False, False)
+    assert _error(C.add_rms_norm_infer, *args) == _error(ops.add_rms_norm_infer, *args)
+    args = (x, w[:8], 1e-6, False)
+    assert _error(C.rms_norm, *args) == _error(ops.rms_norm, *args)
+
+
+def test_wrong_arity_is_a_type_error():
+    x = torch.randn(2, 8)
+    with pytest.raises(TypeError, match="takes 9 positional arguments"):
+        C.gated_norm_infer(x, None, None, None, 1e-6)
+    with pytest.raises(TypeError, match="takes 4 positional arguments"):
+        C.rms_norm(x, None, 1e-6)
+
+
+# ---------------------------------------------------------------- where the op must run
+
+class Sub(torch.Tensor):
+    pass
+
+
+def _gated_variants(x, w, z):
+    """(why, args) whose direct call must return NotImplemented."""
+    base = (x, w, None, z, 1e-6, None, True, True, "silu")
+
+    def swap(i, v):
+        a = list(base)
+        a[i] = v
+        return tuple(a)
+
+    return [
+        ("subclass x", swap(0, x.as_subclass(Sub))),
+        ("subclass weight", swap(1, w.as_subclass(Sub))),
+        ("subclass z", swap(3, z.as_subclass(Sub))),
+        ("meta x", swap(0, x.to("meta"))),
+        ("neg view x", swap(0, torch._neg_view(x))),
+        ("x requires grad", swap(0, x.detach().requires_grad_())),
+        ("weight requires grad", swap(1, torch.nn.Parameter(w.clone()))),
+        ("z requires grad", swap(3, z.detach().requires_grad_())),
+        ("int eps", swap(4, 0)),
+        ("bool group_size", swap(5, True)),
+        ("huge group_size", swap(5, 2 ** 70)),
+        ("int flag", swap(6, 1)),
+        ("non-str activation", swap(8, b"silu")),
+    ]
+
+
+def test_steps_aside_for_what_the_op_must_decide(device):
+    x, w, _, z = make_inputs((4, 64), torch.float32, device, bias=False)
+    for why, args in _gated_variants(x, w, z):
+        assert C.gated_norm_infer(*args) is NotImplemented, why
+    # the public function then takes the op (or the differentiable op) and gives its answer
+    ref = ops.gated_norm_infer(x, w, None, z, 1e-6, None, True, True, "silu")
+    for why, args in _gated_variants(x, w, z):
+        if why.startswith("subclass") or why.endswith("requires grad"):
+            out = torch_ops.layernorm_fn(*args)
+            assert torch.equal(out.detach().as_subclass(torch.Tensor), ref), why
+        elif why == "int eps":
+            expected = ops.gated_norm_infer(x, w, None, z, 0.0, None, True, True, "silu")
+            assert torch.equal(torch_ops.layernorm_fn(*args), expected)
+        elif why == "neg view x":  # the dispatcher materialises the negation
+            expected = ops.gated_norm_infer(-x, w, None, z, 1e-6, None, True, True, "silu")
+            assert torch.equal(torch_ops.layernorm_fn(*args), expected)
+    r = torch.randn_like(x)
+    assert C.fused_add_rms_norm(x, r.detach().requires_grad_(), w, 1e-6, False) is NotImplemented
+    assert C.add_rms_norm_infer(x.as_subclass(Sub), r, w, 1e-6, False, False) is NotImplemented
+    assert C.rms_norm(x, w, 1e-6, 0) is NotImplemented
+    with torch.no_grad():  # no gradient can be asked for: direct
+        assert C.gated_norm_infer(x, torch.nn.Parameter(w.clone()), None, z, 1e-6, None, True, True,
+                                  "silu") is not NotImplemented
+
+
+class PassFunction(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+class PassDispatch(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("ctx", ["TorchFunctionMode", "TorchDispatchMode", "profiler"])
+def test_steps_aside_under_modes_and_profiler(ctx, device):
+    x, w, _, z = make_inputs((4, 64), torch.float32, device, bias=False)
+    r = torch.randn_like(x)
+    make = {"TorchFunctionMode": PassFunction, "TorchDispatchMode": PassDispatch,
+            "profiler": lambda: torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])}[ctx]
+    with make() as m:
+        assert C.gated_norm_infer(x, w, None, z, 1e-6, None, True, True, "silu") is NotImplemented
+        assert C.rms_norm(x, w, 1e-6, False) is NotImplemented
+        assert C.fused_add_rms_norm(x, r, w, 1e-6, False) is NotImplemented
+        assert C.add_rms_norm_infer(x, r, w, 1e-6, False, False) is NotImplemented
+        torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu")
+    if ctx == "profiler":  # the op shows up in the trace
+        assert any(e.name == "gatednorm::gated_norm_infer" for e in m.events())
+    # and back to direct afterwards
+    assert C.rms_norm(x, w, 1e-6, False) is not NotImplemented
+
+
+def test_steps_aside_under_fake_tensors_and_vmap(device):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        xf = torch.empty(4, 64, device=device)
+        assert C.rms_norm(xf, None, 1e-6, False) is NotImplemented
+        assert torch_ops.rms_norm(xf, None, 1e-6).shape == (4, 64)
+    x = torch.randn(3, 4, 64, device=device)
+    seen = []
+    torch.func.vmap(lambda t: seen.append(C.rms_norm(t, None, 1e-6, False)) or t)(x)
+    assert seen == [NotImplemented]
+    out = torch.func.vmap(lambda t: torch_ops.rms_norm(t, None, 1e-6))(x)
+    assert torch.equal(out, ops.rms_norm(x, None, 1e-6, False))
+
+
+# ---------------------------------------------------------------- in place: version counters
+
+def test_fused_add_direct_bumps_versions_as_the_op(device):
+    x, w = _rms_args(device)
+    r = torch.randn_like(x)
+    for call in (C.fused_add_rms_norm, ops.fused_add_rms_norm):
+        v = (x._version, r._version)
+        call(x, r, w, 1e-6, False)
+        assert (x._version, r._version) == (v[0] + 1, v[1] + 1), call
+        with torch.no_grad():
+            call(x, r, w, 1e-6, False)
+        assert (x._version, r._version) == (v[0] + 2, v[1] + 2), call
+    with torch.inference_mode():
+        xi, ri = x.clone(), r.clone()
+        C.fused_add_rms_norm(xi, ri, w, 1e-6, False)  # inference tensors: no version counter
+    for call in (C.fused_add_rms_norm, ops.fused_add_rms_norm):
+        before = xi.clone()
+        with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+            call(xi, ri, w, 1e-6, False)
+        assert torch.equal(xi, before)  # refused before the write
