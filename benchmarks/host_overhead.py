@@ -8,8 +8,9 @@ wrappers, the dispatcher and the C++ shim cost, next to native ops on the same m
     python -m benchmarks.host_overhead --modes no_grad --only 'gated|layernorm'
 
 Rows: `add_` (`x.add_(1)`) and `empty_like` (the yardsticks); `op:*` the
-`torch.ops.gatednorm.*` ops called directly; the rest the public Python functions and
-modules. Modes: `grad` (grad mode on, no input requires grad: the inference path must be
+`torch.ops.gatednorm.*` ops called directly; `direct:*` the dispatcher-free entry points
+of `torch_ops._C` (csrc/eager.cpp) that the public functions try first; the rest the
+public Python functions and modules. Modes: `grad` (grad mode on, no input requires grad: the inference path must be
 taken), `no_grad` (`torch.no_grad()`), `inference` (`torch.inference_mode()`); rows whose
 module parameters require grad (`mod:*`) take the autograd path in `grad` mode, as they
 must. Method: the rows are interleaved, each repeat times `--iters` back-to-back calls
@@ -42,6 +43,7 @@ MODES = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch
 def cases(M: int, N: int, dtype: torch.dtype, device: str):
     """-> [(name, fn)]: each fn is one eager call."""
     ops = torch.ops.gatednorm
+    direct = torch_ops._C
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rnd(*shape):
@@ -63,6 +65,11 @@ def cases(M: int, N: int, dtype: torch.dtype, device: str):
         ("op:rms_norm", lambda: ops.rms_norm(x, w, eps, False)),
         ("op:add_rms_norm_infer", lambda: ops.add_rms_norm_infer(x, r, w, eps, False, False)),
         ("op:add_rms_norm", lambda: ops.add_rms_norm(x, r, w, eps, False, False)),
+        # the direct entry points (csrc/eager.cpp): the same implementations, no dispatcher
+        ("direct:gated_norm_infer", lambda: direct.gated_norm_infer(x, w, None, z, eps, None, True, True, "silu")),
+        ("direct:fused_add_rms_norm", lambda: direct.fused_add_rms_norm(x, r, w, eps, False)),
+        ("direct:rms_norm", lambda: direct.rms_norm(x, w, eps, False)),
+        ("direct:add_rms_norm_infer", lambda: direct.add_rms_norm_infer(x, r, w, eps, False, False)),
         # the public functions (gated: Qwen3-Next's decode call, gate after the norm)
         ("layernorm_fn", lambda: torch_ops.layernorm_fn(x, w, None, z, eps, None, True, True, "silu")),
         ("rmsnorm_fn kw", lambda: torch_ops.rmsnorm_fn(x, w, None, z=z, eps=eps, norm_before_gate=True)),
@@ -78,7 +85,8 @@ def cases(M: int, N: int, dtype: torch.dtype, device: str):
         ("mod:FusedAddRMSNorm(x)", lambda: faddnorm(x)),
         ("mod:FusedAddRMSNorm(x, r)", lambda: faddnorm(x, r)),
     ]
-    return [(n, f) for n, f in rows if not n.startswith("op:") or hasattr(ops, n[3:])]
+    have = {"op": lambda n: hasattr(ops, n), "direct": lambda n: hasattr(direct, n)}
+    return [(n, f) for n, f in rows if ":" not in n or n.startswith("mod:") or have[n.split(":")[0]](n.split(":")[1])]
 
 
 def measure(fns, iters: int, repeats: int, cuda: bool):
