@@ -31,6 +31,8 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <type_traits>
+
 #include "shim_ops.h"
 
 namespace {
@@ -117,6 +119,37 @@ struct NoGil {
   ~NoGil() { PyEval_RestoreThread(state); }
 };
 
+PyObject* wrap(Tensor t) { return THPVariable_Wrap(std::move(t)); }
+PyObject* wrap(std::tuple<Tensor, Tensor> ts) {
+  PyObject* tuple = PyTuple_New(2);
+  if (!tuple) return nullptr;
+  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(ts))));
+  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(ts))));
+  return tuple;
+}
+
+// Runs the implementation without the GIL; -> its result as Python objects (None
+// for none), or nullptr with the Python exception the op call would raise set.
+template <typename F>
+PyObject* run(F&& impl) {
+  HANDLE_TH_ERRORS
+  if constexpr (std::is_void_v<decltype(impl())>) {
+    {
+      NoGil no_gil;
+      impl();
+    }
+    Py_RETURN_NONE;
+  } else {
+    decltype(impl()) result;
+    {
+      NoGil no_gil;
+      result = impl();
+    }
+    return wrap(std::move(result));
+  }
+  END_HANDLE_TH_ERRORS
+}
+
 // gated_norm_infer(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation) -> Tensor
 PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("gated_norm_infer", nargs, 9)) return nullptr;
@@ -131,14 +164,9 @@ PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
         r.opt_tensor(args[3], z) && r.real(args[4], eps) && r.opt_int(args[5], group_size) &&
         r.flag(args[6], norm_before_gate) && r.flag(args[7], is_rms_norm) && r.text(args[8], activation)))
     Py_RETURN_NOTIMPLEMENTED;
-  HANDLE_TH_ERRORS
-  Tensor out;
-  {
-    NoGil no_gil;
-    out = gn_shim::gated_norm_infer(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation);
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
+  return run([&] {
+    return gn_shim::gated_norm_infer(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation);
+  });
 }
 
 // rms_norm(input, weight, eps, gemma) -> Tensor
@@ -152,14 +180,7 @@ PyObject* rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.real(args[2], eps) &&
         r.flag(args[3], gemma)))
     Py_RETURN_NOTIMPLEMENTED;
-  HANDLE_TH_ERRORS
-  Tensor out;
-  {
-    NoGil no_gil;
-    out = gn_shim::rms_norm(*x, w, eps, gemma);
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
+  return run([&] { return gn_shim::rms_norm(*x, w, eps, gemma); });
 }
 
 // fused_add_rms_norm(input, residual, weight, eps, gemma) -> None, in place. The op's
@@ -175,20 +196,17 @@ PyObject* fused_add_rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   if (!(no_interposer() && r.tensor(args[0], x) && r.tensor(args[1], res) && r.opt_tensor(args[2], w) &&
         r.real(args[3], eps) && r.flag(args[4], gemma)))
     Py_RETURN_NOTIMPLEMENTED;
-  HANDLE_TH_ERRORS
   const auto tls = c10::impl::tls_local_dispatch_key_set();
   DispatchKeySet ks = x->key_set() | res->key_set() | tls.included_;
   if (w) ks = ks | w->key_set();
-  if ((ks - tls.excluded_).has(DispatchKey::ADInplaceOrView)) {
-    torch::autograd::impl::bump_version(*x);
-    torch::autograd::impl::bump_version(*res);
-  }
-  {
-    NoGil no_gil;
+  const bool bump = (ks - tls.excluded_).has(DispatchKey::ADInplaceOrView);
+  return run([&] {
+    if (bump) {  // (an inference tensor raises here, as in the op)
+      torch::autograd::impl::bump_version(*x);
+      torch::autograd::impl::bump_version(*res);
+    }
     gn_shim::fused_add_rms_norm(*x, *res, w, eps, gemma);
-  }
-  Py_RETURN_NONE;
-  END_HANDLE_TH_ERRORS
+  });
 }
 
 // add_rms_norm_infer(x, residual, weight, eps, residual_in_fp32, gemma) -> (out, residual_out)
@@ -202,18 +220,7 @@ PyObject* add_rms_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   if (!(no_interposer() && r.tensor(args[0], x) && r.tensor(args[1], res) && r.opt_tensor(args[2], w) &&
         r.real(args[3], eps) && r.flag(args[4], residual_in_fp32) && r.flag(args[5], gemma)))
     Py_RETURN_NOTIMPLEMENTED;
-  HANDLE_TH_ERRORS
-  std::tuple<Tensor, Tensor> outs;
-  {
-    NoGil no_gil;
-    outs = gn_shim::add_rms_norm_infer(*x, *res, w, eps, residual_in_fp32, gemma);
-  }
-  PyObject* tuple = PyTuple_New(2);
-  if (!tuple) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(outs))));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(outs))));
-  return tuple;
-  END_HANDLE_TH_ERRORS
+  return run([&] { return gn_shim::add_rms_norm_infer(*x, *res, w, eps, residual_in_fp32, gemma); });
 }
 
 #define GN_METHOD(name) \

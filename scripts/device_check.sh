@@ -3,7 +3,9 @@
 # CUDA, compute-sanitizer over the CUDA kernel tests, the sglang patch tests on the
 # carried sglang releases, optionally the benchmark.
 # Logs go to $OUT (the device tool's return folder) or /tmp/gatednorm-out.
-#   bash scripts/device_check.sh [tests] [sanitize] [sglang] [bench] [bench-args...]
+#   bash scripts/device_check.sh [tests] [sanitize] [sglang] [host] [bench] [bench-args...]
+# host: benchmarks.host_overhead on CUDA at the decode shape (host wall per eager call,
+# layer by layer: op entry points, direct entry points, public functions, modules).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gatednorm-out}"
@@ -87,7 +89,10 @@ case " $steps " in *" sglang "*)
   python3 -m pytest -p no:cacheprovider ${SGLANG_PYTEST_ARGS:--q -rfEs} tests/test_sglang_patch.py tests/test_inplace_out.py \
     2>&1 | tee "$OUT/sglang.log" | tail -40 ;;
 esac
+case " $steps " in *" host "*)
+  python3 -m benchmarks.host_overhead --device cuda --M 2048 --N 128 2>&1 | tee "$OUT/host.log" | tail -30 ;;
+esac
 case " $steps " in *" bench "*)
-  shift_args=$(echo "$steps" | sed 's/\btests\b//; s/\bsanitize\b//; s/\bsglang\b//; s/\bbench\b//')
+  shift_args=$(echo "$steps" | sed 's/\btests\b//; s/\bsanitize\b//; s/\bsglang\b//; s/\bhost\b//; s/\bbench\b//')
   python3 -m benchmarks.bench --csv "$OUT/bench.csv" $shift_args 2>&1 | tee "$OUT/bench.log" | tail -70 ;;
 esac
