@@ -16,7 +16,7 @@
 //   - no RecordFunction callback is registered (the profiler records ops through
 //     the dispatcher; with one, the op is called and shows up in the trace);
 //   - under grad mode, no tensor argument requires grad (such calls need the op's
-//     autograd kernel, or its error);
+//     autograd kernel, or its error), and none carries a forward-mode AD tangent;
 //   - every other argument has the exact Python type its schema names (float, int
 //     or None, bool, str): anything else the schema would convert or reject.
 //
@@ -66,7 +66,8 @@ struct Reader {
   bool tensor(PyObject* o, const Tensor*& out) const {
     if (!THPVariable_CheckExact(o)) return false;
     out = &THPVariable_Unpack(o);
-    return plain_keys(*out) && !(grad && out->requires_grad());
+    // (a tangent of forward-mode AD: no formula here; the Python caller handles it)
+    return plain_keys(*out) && !(grad && out->requires_grad()) && !out->_fw_grad(0).defined();
   }
   bool opt_tensor(PyObject* o, std::optional<Tensor>& out) const {
     if (o == Py_None) return true;

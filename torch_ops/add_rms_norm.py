@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
-from .gated_norm import _compiling, _entry, _grad_enabled
+from .gated_norm import _compiling, _entry, _grad_enabled, _transform_differentiates
 
 _ops = torch.ops.gatednorm
 
@@ -133,6 +133,8 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
             y = _C.rms_norm(input, weight, eps, gemma)
             if y is not NotImplemented:
                 return y
+            if _transform_differentiates():  # (gated_norm.py says why)
+                return rms_norm_ref(input, weight, eps, gemma)
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
@@ -144,7 +146,13 @@ def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-
     differentiable: under grad mode, input and residual must not require grad."""
     if _compiling():
         _ops.fused_add_rms_norm(input, residual, weight, eps, gemma)
-    elif _C.fused_add_rms_norm(input, residual, weight, eps, gemma) is NotImplemented:
+    elif _C.fused_add_rms_norm(input, residual, weight, eps, gemma) is not NotImplemented:
+        pass
+    elif _transform_differentiates():  # (gated_norm.py says why)
+        out, h = add_rms_norm_ref(input, residual, weight, eps, False, gemma)
+        residual.copy_(h)
+        input.copy_(out)
+    else:
         _FUSED_ADD_RMS_NORM(input, residual, weight, eps, gemma)
 
 
@@ -168,6 +176,8 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight, eps: float = 1e-6, residua
         outs = _C.add_rms_norm_infer(x, residual, weight, eps, residual_in_fp32, gemma)
         if outs is not NotImplemented:
             return outs
+        if _transform_differentiates():  # (gated_norm.py says why)
+            return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32, gemma)
     if _grad_enabled() and (x.requires_grad or residual.requires_grad
                             or (weight is not None and weight.requires_grad)):
         out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
+from torch._C import _functorch
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
 
@@ -166,6 +168,25 @@ _INFER = _entry(_ops.gated_norm_infer)
 _DIRECT_INFER = _C.gated_norm_infer
 
 
+# Forward-mode AD (a `torch.autograd.forward_ad` dual level) and the torch.func transforms
+# that differentiate (grad, vjp, jacrev, jvp, jacfwd, hessian) get the eager reference, which
+# they differentiate themselves: our ops have no forward-mode formula (the tangent would be
+# silently dropped), and torch.func cannot run an op whose autograd comes from
+# `register_autograd` ("must override the setup_context staticmethod"). Same math, computed
+# by PyTorch ops (fp32, fp64 for fp64): results within the rounding of the kernels'.
+# vmap and functionalize run the ops (vmap through its per-sample fallback).
+_DIFFERENTIATING = (_functorch.TransformType.Grad, _functorch.TransformType.Jvp)
+
+
+def _transform_differentiates() -> bool:
+    """Is forward-mode AD or a differentiating torch.func transform active?"""
+    if _forward_ad._current_level >= 0:
+        return True
+    if _functorch.peek_interpreter_stack() is None:
+        return False
+    return any(i.key() in _DIFFERENTIATING for i in _functorch.get_interpreter_stack())
+
+
 def _needs_grad(x, weight, bias, z):
     """Will autograd need the backward of this call?"""
     return _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
@@ -190,6 +211,8 @@ def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before
         out = _DIRECT_INFER(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
         if out is not NotImplemented:
             return out
+        if _transform_differentiates():
+            return gated_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
         infer = _INFER
     if _needs_grad(x, weight, bias, z):
         return _ops.gated_norm(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]

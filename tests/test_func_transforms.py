@@ -1,0 +1,99 @@
+"""torch.func transforms and forward-mode AD through the public functions. The
+differentiating ones (jvp, grad, jacrev, a forward_ad dual level) run the eager reference,
+which PyTorch differentiates (torch_ops/gated_norm.py says why); vmap runs the ops.
+Expected values come from our kernels, not from the reference: tangents from central
+differences of the kernel forward in fp64 (truncation error ~h^2 * |f'''| ~ 1e-10 with
+h = 1e-5, rounding ~1e-16 / h ~ 1e-11: TOL = 1e-7 leaves room), gradients from the
+kernel backward (fp64: the same math, ~1e-15 apart). Before: jvp returned a zero
+tangent, grad raised from inside torch."""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+
+import torch_ops
+from conftest import make_inputs
+
+F64 = torch.float64
+H, TOL = 1e-5, 1e-7
+
+
+def _gated_fns(device):
+    """name -> (f(x) with everything else fixed, x): the configurations of the gated forward."""
+    x, w, b, z = make_inputs((3, 64), F64, device)
+    return {
+        "rms-gate-after": (lambda x: torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu"), x),
+        "rms-gate-before-groups": (lambda x: torch_ops.rmsnorm_fn(x, w, None, z=z, eps=1e-6, group_size=16,
+                                                                  norm_before_gate=False), x),
+        "ln-bias-sigmoid": (lambda x: torch_ops.layernorm_fn(x, w, b, z, 1e-6, None, True, False, "sigmoid"), x),
+        "rms-no-gate": (lambda x: torch_ops.rms_norm_gated(x=x, weight=w, bias=None, eps=1e-6, is_rms_norm=True), x),
+        # the gate as the differentiated input
+        "d-gate": (lambda zz: torch_ops.layernorm_fn(x, w, None, zz, 1e-6, None, True, True, "silu"), z),
+    }
+
+
+def _add_fns(device):
+    x, r = (torch.randn(3, 64, dtype=F64, device=device) for _ in range(2))
+    w = 1 + 0.1 * torch.randn(64, dtype=F64, device=device)
+
+    def fused(xx):  # in place on copies: (input, residual) after the call
+        a, res = xx.clone(), r.clone()
+        torch_ops.fused_add_rms_norm(a, res, w, 1e-6)
+        return a + 2 * res  # both outputs in one tensor
+
+    return {
+        "add_rms_norm": (lambda xx: torch_ops.add_rms_norm(xx, r, w, 1e-6)[0], x),
+        "add_rms_norm-residual_out": (lambda xx: torch_ops.add_rms_norm(xx, r, w, 1e-6, gemma=True)[1], x),
+        "rms_norm": (lambda xx: torch_ops.rms_norm(xx, w, 1e-6), x),
+        "fused_add_rms_norm": (fused, x),
+    }
+
+
+def _all(device):
+    return {**_gated_fns(device), **_add_fns(device)}
+
+
+NAMES = list(_all("cpu"))
+
+
+def _fd_tangent(f, x, t):
+    with torch.no_grad():
+        return (f(x + H * t) - f(x - H * t)) / (2 * H)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jvp_and_dual_tangents(name, device):
+    f, x = _all(device)[name]
+    t = torch.randn_like(x)
+    expected = _fd_tangent(f, x, t)
+    assert expected.abs().max() > 1e-3  # a tangent that could be told from zero
+    out, tangent = torch.func.jvp(f, (x,), (t,))
+    torch.testing.assert_close(tangent, expected, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(out, f(x), rtol=1e-12, atol=1e-12)
+    with fwAD.dual_level():
+        y = f(fwAD.make_dual(x, t))
+        torch.testing.assert_close(fwAD.unpack_dual(y).tangent, expected, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("rms_norm", "fused_add_rms_norm")])
+def test_func_grad_and_jacrev_are_the_kernel_backward(name, device):
+    """(rms_norm and the in-place op have no backward kernel: the jvp test covers them.)"""
+    f, x = _all(device)[name]
+    dy = torch.randn_like(x)
+    g = torch.func.grad(lambda v: (f(v) * dy).sum())(x)
+    xr = x.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(f(xr), xr, dy)  # the kernel backward
+    torch.testing.assert_close(g, expected, rtol=1e-10, atol=1e-12)
+    jac = torch.func.jacrev(f)(x)
+    jac_kernel = torch.autograd.functional.jacobian(f, x)
+    torch.testing.assert_close(jac, jac_kernel, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_runs_the_ops(device):
+    x, w, _, z = make_inputs((4, 2, 64), torch.float32, device, bias=False)
+    out = torch.func.vmap(lambda a, b: torch_ops.layernorm_fn(a, w, None, b, 1e-6, None, True, True, "silu"))(x, z)
+    expected = torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu")
+    assert torch.equal(out, expected)
+    r = torch.randn_like(x)
+    out, res = torch.func.vmap(lambda a, b: torch_ops.add_rms_norm(a, b, w, 1e-6))(x, r)
+    e_out, e_res = torch_ops.add_rms_norm(x, r, w, 1e-6)
+    assert torch.equal(out, e_out) and torch.equal(res, e_res)
