@@ -96,7 +96,8 @@ void forward(const gn_addnorm_config& c, const Tensor& dev, const Tensor* x, con
     a.residual_out = residual_out->data_ptr();
     a.residual_out_stride = output_rows(*residual_out, "residual", c.rows, c.cols);
   }
-  a.weight = ptr_or_null(weight);
+  const OptTensor w = contiguous_param(weight);
+  a.weight = ptr_or_null(w);
   a.out = out.data_ptr();
   a.out_stride = output_rows(out, "out", c.rows, c.cols);
   a.rstd = rstd ? rstd->data_ptr() : nullptr;
@@ -195,7 +196,8 @@ std::tuple<Tensor, Tensor, OptTensor> add_rms_norm_bwd(Tensor dout, OptTensor dr
   a.cfg = c;
   a.h = hr.t.data_ptr();
   a.h_stride = hr.stride;
-  a.weight = ptr_or_null(weight);
+  const OptTensor w = contiguous_param(weight);
+  a.weight = ptr_or_null(w);
   a.rstd = rstd.data_ptr();
   a.dout = dr.t.data_ptr();
   a.dout_stride = dr.stride;

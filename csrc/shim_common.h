@@ -144,6 +144,15 @@ inline void check_param(const Tensor& x, const Tensor& p, const char* name, int6
 
 inline const void* ptr_or_null(const OptTensor& t) { return t ? t->const_data_ptr() : nullptr; }
 
+// Parameters are read as [N] contiguous: a strided or expanded view (w[::2],
+// w.expand(N)) is copied first. (Read as contiguous it would be garbage, and past
+// the end of its storage for an expanded one.) Keep the result alive until the
+// kernel has been launched: on CUDA the caching allocator orders its reuse after it.
+inline OptTensor contiguous_param(const OptTensor& p) {
+  if (!p || p->is_contiguous()) return p;
+  return p->contiguous();
+}
+
 // ---- backend dispatch ----
 
 inline void check_status(gn_status s, bool cuda) {

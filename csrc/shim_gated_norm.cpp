@@ -120,7 +120,8 @@ std::tuple<Tensor, Tensor> forward_into(const Tensor& x_in, const OptTensor& wei
   if (z_in) z = input_rows(*z_in);
   gn_fwd_args a{};
   a.cfg = p.cfg;
-  set_inputs(a, x, z, weight, bias);
+  const OptTensor w = contiguous_param(weight), b = contiguous_param(bias);
+  set_inputs(a, x, z, w, b);
   a.out = out.data_ptr();
   a.out_stride = out_stride;
   a.mean = stats && !is_rms_norm ? mean.data_ptr() : nullptr;
@@ -209,7 +210,8 @@ void backward_into(const Tensor& dy_in, const Tensor& x_in, const OptTensor& wei
 
   gn_bwd_args a{};
   a.cfg = p.cfg;
-  set_inputs(a, x, z, weight, bias);
+  const OptTensor w = contiguous_param(weight), b = contiguous_param(bias);
+  set_inputs(a, x, z, w, b);
   a.dy = dy.t.const_data_ptr();
   a.dy_stride = dy.stride;
   a.mean = is_rms_norm ? nullptr : mean.const_data_ptr();
