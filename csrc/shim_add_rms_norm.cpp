@@ -118,6 +118,7 @@ void rms_norm_out(Tensor input, OptTensor weight, double eps, Tensor out, bool g
   check_same_shape(input, "input", out, "out");
   GN_REQUIRE(out.scalar_type() == input.scalar_type(), "out must have input's dtype ",
              dtype_name(input.scalar_type()), ", got ", dtype_name(out.scalar_type()));
+  check_no_overlap(out, "out", input, "input", true);  // out = input: in place (docs/api.md)
   forward(c, input, nullptr, input, nullptr, weight, out, nullptr);
 }
 

@@ -3,6 +3,7 @@
 // The op schemas are declared once, in shim.cpp.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/DeviceGuard.h>
@@ -124,6 +125,20 @@ inline int64_t output_rows(const Tensor& t, const char* name, int64_t m, int64_t
              "to one row stride (got strides of a tensor of shape ", shape_str(t), ")");
   GN_REQUIRE(m <= 1 || *s >= n, name, " has overlapping rows (row stride ", *s, " < ", n, ")");
   return *s;
+}
+
+// An output written while `in` is read must not share elements with it: a partial
+// overlap (a shifted view) races the kernel's reads; the very same elements only
+// where the op supports in place. As torch's out= ops, this tells only dense layouts
+// apart (row-strided views of one buffer are left to the caller: their rows may
+// interleave without sharing an element).
+inline void check_no_overlap(const Tensor& out, const char* out_name, const Tensor& in, const char* in_name,
+                             bool in_place_ok) {
+  const auto st = at::get_overlap_status(out, in);
+  GN_REQUIRE(st != at::MemOverlapStatus::Partial, out_name, " partially overlaps ", in_name,
+             " (the kernels would read elements already written)");
+  GN_REQUIRE(in_place_ok || st != at::MemOverlapStatus::Full, out_name, " is ", in_name,
+             ": not supported in place");
 }
 
 inline void check_like_x(const Tensor& x, const Tensor& t, const char* name) {

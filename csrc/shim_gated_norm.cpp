@@ -158,6 +158,8 @@ std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTen
                                               bool is_rms_norm, c10::string_view activation, Tensor out) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   check_like_x(x, out, "out");
+  check_no_overlap(out, "out", x, "x", true);  // out = x: in place (docs/api.md)
+  if (z) check_no_overlap(out, "out", *z, "z", false);
   const int64_t n = x.size(x.dim() - 1);
   const int64_t s = output_rows(out, "out", x.numel() / (n ? n : 1), n);
   return forward_into(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out, s,
@@ -266,6 +268,19 @@ void gated_norm_bwd_out(Tensor dy, Tensor x, OptTensor weight, OptTensor bias, O
   }
   if (dw) check_param_grad(x, weight, *dw, "dw", "weight", n);
   if (db) check_param_grad(x, bias, *db, "db", "bias", n);
+  const std::pair<const OptTensor, const char*> written[] = {{dx, "dx"}, {dz, "dz"}, {out, "out"}, {dw, "dw"},
+                                                             {db, "db"}};
+  const std::pair<const OptTensor, const char*> read[] = {{dy, "dy"},     {x, "x"},       {weight, "weight"},
+                                                          {bias, "bias"}, {z, "z"},       {mean, "mean"},
+                                                          {rstd, "rstd"}};
+  for (size_t i = 0; i < std::size(written); ++i) {
+    if (!written[i].first) continue;
+    for (const auto& [t, name] : read)
+      if (t) check_no_overlap(*written[i].first, written[i].second, *t, name, false);
+    for (size_t j = i + 1; j < std::size(written); ++j)
+      if (written[j].first)
+        check_no_overlap(*written[i].first, written[i].second, *written[j].first, written[j].second, false);
+  }
   backward_into(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation, o);
 }
 

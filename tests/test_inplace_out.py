@@ -102,3 +102,31 @@ def test_fused_add_rms_norm_weight_requiring_grad_is_let_through(device):
     ops.fused_add_rms_norm(x, r, w, 1e-6, False)
     e_out, e_res, _ = ops.add_rms_norm(x0, r0, w.detach(), 1e-6, False, False)
     assert torch.equal(x, e_out) and torch.equal(r, e_res) and not x.requires_grad
+
+
+def test_outputs_overlapping_inputs_are_refused(device):
+    """A shifted view (partial overlap) would race the kernels' reads; the very same
+    elements are accepted only where the op works in place (fwd_out's out = x,
+    rms_norm_out's out = input). (Like torch's out= ops, dense layouts are told apart;
+    row-strided views of one buffer may interleave without sharing an element.)"""
+    base = torch.randn(5, 64, device=device)
+    x, shifted = base[:4], base[1:]
+    w, z = torch.randn(64, device=device), torch.randn(4, 64, device=device)
+    args = (w, None, z, 1e-6, None, True, True, "silu")
+    with pytest.raises(RuntimeError, match="out partially overlaps x"):
+        ops.gated_norm_fwd_out(x, *args, shifted)
+    with pytest.raises(RuntimeError, match="out is z: not supported in place"):
+        ops.gated_norm_fwd_out(x, *args, z)
+    with pytest.raises(RuntimeError, match="out partially overlaps input"):
+        ops.rms_norm_out(x, w, 1e-6, shifted, False)
+    _, mean, rstd = ops.gated_norm_fwd(x, *args)
+    dy = torch.randn_like(x)
+    bwd = (dy, x, w, None, z, mean, rstd, 1e-6, None, True, True, "silu")
+    for dx, dz, name in [(dy, torch.empty_like(z), "dx is dy"), (torch.empty_like(x), z, "dz is z"),
+                         (shifted, torch.empty_like(z), "dx partially overlaps x")]:
+        with pytest.raises(RuntimeError, match=name):
+            ops.gated_norm_bwd_out(*bwd, dx, dz, None)
+    both = torch.empty(2, 4, 64, device=device)
+    with pytest.raises(RuntimeError, match="dx is dz"):
+        ops.gated_norm_bwd_out(*bwd, both[0], both[0], None)
+    ops.gated_norm_bwd_out(*bwd, both[0], both[1], None)  # one buffer, disjoint halves: fine
