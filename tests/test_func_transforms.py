@@ -1,4 +1,5 @@
-"""torch.func transforms and forward-mode AD through the public functions. The
+"""Higher-order autograd: torch.func transforms, forward-mode AD and double backward
+through the public functions. The
 differentiating ones (jvp, grad, jacrev, a forward_ad dual level) run the eager reference,
 which PyTorch differentiates (torch_ops/gated_norm.py says why); vmap runs the ops.
 Expected values come from our kernels, not from the reference: tangents from central
@@ -97,3 +98,50 @@ def test_vmap_runs_the_ops(device):
     out, res = torch.func.vmap(lambda a, b: torch_ops.add_rms_norm(a, b, w, 1e-6))(x, r)
     e_out, e_res = torch_ops.add_rms_norm(x, r, w, 1e-6)
     assert torch.equal(out, e_out) and torch.equal(res, e_res)
+
+
+# ---------------------------------------------------------------- double backward
+# backward(create_graph=True) computes the input gradients through the eager reference,
+# so they are differentiable (before: the kernel's gradients, whose second derivatives
+# were silently zero). gradgradcheck: fp64, finite differences of our first-order
+# gradients (which are the kernel backward's in test_backward.py's gradcheck).
+
+def _gradgrad(f, inputs):
+    return torch.autograd.gradgradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("config", [(16, False, True, "silu", False), (None, True, False, "sigmoid", True),
+                                    (None, True, True, "silu", False)],
+                         ids=["rms-groups-gate-before", "ln-bias-sigmoid", "rms-gate-after"])
+def test_gated_double_backward(config, device):
+    group, nbg, rms, act, bias = config
+    x, w, b, z = (t.requires_grad_() if t is not None else None
+                  for t in make_inputs((3, 32), F64, device, bias=bias))
+    f = (lambda x, w, b, z: torch_ops.layernorm_fn(x, w, b, z, 1e-6, group, nbg, rms, act)) if bias else \
+        (lambda x, w, z: torch_ops.layernorm_fn(x, w, None, z, 1e-6, group, nbg, rms, act))
+    assert _gradgrad(f, (x, w, b, z) if bias else (x, w, z))
+
+
+@pytest.mark.parametrize("which", ["out", "residual_out", "both", "module"])
+def test_add_rms_norm_double_backward(which, device):
+    x, r = (torch.randn(3, 32, dtype=F64, device=device, requires_grad=True) for _ in range(2))
+    w = (1 + 0.1 * torch.randn(32, dtype=F64, device=device)).requires_grad_()
+    if which == "module":
+        m = torch_ops.FusedAddRMSNorm(32, gemma=True, dtype=F64, device=device)
+        assert _gradgrad(lambda x, r: m(x, r), (x, r))
+        return
+    pick = {"out": lambda o: o[0], "residual_out": lambda o: 2 * o[1], "both": lambda o: o}[which]
+    assert torch.autograd.gradgradcheck(lambda x, r, w: pick(torch_ops.add_rms_norm(x, r, w, 1e-6)), (x, r, w),
+                                        eps=1e-6, atol=1e-8, rtol=1e-6, check_undefined_grad=which == "both")
+
+
+def test_first_order_backward_stays_on_the_kernel(device):
+    """Without create_graph the backward is the kernel's (bitwise gated_norm_bwd)."""
+    x, w, _, z = make_inputs((3, 32), F64, device, bias=False)
+    xr = x.clone().requires_grad_()
+    y = torch_ops.layernorm_fn(xr, w, None, z, 1e-6, None, True, True, "silu")
+    dy = torch.randn_like(y)
+    (g,) = torch.autograd.grad(y, xr, dy)
+    _, mean, rstd = torch.ops.gatednorm.gated_norm_fwd(x, w, None, z, 1e-6, None, True, True, "silu")
+    dx = torch.ops.gatednorm.gated_norm_bwd(dy, x, w, None, z, mean, rstd, 1e-6, None, True, True, "silu", False)[0]
+    assert torch.equal(g, dx)

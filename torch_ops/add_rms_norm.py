@@ -92,6 +92,7 @@ def _setup_context(ctx, inputs, output):
     _, residual_out, rstd = output
     ctx.save_for_backward(residual_out, weight, rstd)
     ctx.gemma = gemma
+    ctx.eps = eps
     ctx.residual_dtype = residual.dtype
     ctx.x_dtype = x.dtype
     ctx.mark_non_differentiable(rstd)
@@ -102,12 +103,32 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dresidual_out, _drstd):
     h, weight, rstd = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # backward(create_graph=True): (gated_norm.py, _differentiable_grads)
+        return _differentiable_grads(ctx, dout, dresidual_out, h, weight)
     if dout is None:  # only residual_out was used (rare): the kernel needs a dout
         dout = torch.zeros(h.shape, dtype=ctx.x_dtype, device=h.device)
     dx, dres, dw = _ops.add_rms_norm_bwd(dout, dresidual_out, h, weight, rstd, ctx.gemma)
-    need = ctx.needs_input_grad
     return (dx if need[0] else None, dres.to(ctx.residual_dtype) if need[1] else None,
             dw if need[2] else None, None, None, None)
+
+
+def _differentiable_grads(ctx, dout, dresidual_out, h, weight):
+    """The gradients as a graph, through the eager reference on the saved residual_out h
+    (out = rmsnorm(h) * w', h = x + residual: dx = dresidual = dh). h is this op's own
+    output, so the graph reaches x and residual through its node."""
+    need = ctx.needs_input_grad
+    wrt = [h] + ([weight] if need[2] else [])
+    dh = torch.zeros_like(h) if dresidual_out is None else dresidual_out.to(h.dtype)
+    if dout is not None:
+        out = rms_norm_ref(h, weight, ctx.eps, ctx.gemma).to(ctx.x_dtype)
+        grads = torch.autograd.grad(out, wrt, dout, create_graph=True, allow_unused=True)
+        dh = dh + grads[0]
+        dw = grads[1] if need[2] else None
+    else:
+        dw = torch.zeros_like(weight) if need[2] else None
+    return (dh.to(ctx.x_dtype) if need[0] else None, dh.to(ctx.residual_dtype) if need[1] else None,
+            dw, None, None, None)
 
 
 torch.library.register_autograd("gatednorm::add_rms_norm", _backward, setup_context=_setup_context)

@@ -135,10 +135,24 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dmean, _drstd):
     x, weight, bias, z, mean, rstd = ctx.saved_tensors
-    dx, dw, db, dz, _ = _ops.gated_norm_bwd(dout, x, weight, bias, z, mean, rstd, *ctx.config, False)
     need = ctx.needs_input_grad
+    if _grad_enabled():  # backward(create_graph=True): a gradient that is itself differentiable
+        return (*_differentiable_grads(dout, (x, weight, bias, z), need[:4], ctx.config), None, None, None, None, None)
+    dx, dw, db, dz, _ = _ops.gated_norm_bwd(dout, x, weight, bias, z, mean, rstd, *ctx.config, False)
     return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
             dz if need[3] else None, None, None, None, None, None)
+
+
+def _differentiable_grads(dout, inputs, need, config):
+    """The input gradients as a graph (double backward: gradient penalties, MAML, Hessian-
+    vector products): autograd through the eager reference, recomputed from the saved
+    inputs. The backward kernel's result is not differentiable (its op has no autograd),
+    so with it the second derivatives would silently be zero. Same math, fp32 (fp64)."""
+    eps, group_size, norm_before_gate, is_rms_norm, activation = config
+    wrt = [t for t, n in zip(inputs, need) if n]
+    y = gated_norm_ref(*inputs, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    grads = iter(torch.autograd.grad(y, wrt, dout, create_graph=True, allow_unused=True))
+    return tuple(next(grads) if n else None for n in need)
 
 
 torch.library.register_autograd("gatednorm::gated_norm", _backward, setup_context=_setup_context)
