@@ -251,6 +251,11 @@ def test_fused_add_direct_bumps_versions_as_the_op(device):
         with torch.no_grad():
             call(x, r, w, 1e-6, False)
         assert (x._version, r._version) == (v[0] + 2, v[1] + 2), call
+    for call in (C.fused_add_rms_norm, ops.fused_add_rms_norm):  # normal tensors in inference mode: bumped
+        v = (x._version, r._version)
+        with torch.inference_mode():
+            call(x, r, w, 1e-6, False)
+        assert (x._version, r._version) == (v[0] + 1, v[1] + 1), call
     with torch.inference_mode():
         xi, ri = x.clone(), r.clone()
         C.fused_add_rms_norm(xi, ri, w, 1e-6, False)  # inference tensors: no version counter
