@@ -1,7 +1,8 @@
 """Higher-order autograd: torch.func transforms, forward-mode AD and double backward
 through the public functions. The
 differentiating ones (jvp, grad, jacrev, a forward_ad dual level) run the eager reference,
-which PyTorch differentiates (torch_ops/gated_norm.py says why); vmap runs the ops.
+which PyTorch differentiates (torch_ops/gated_norm.py says why); vmap runs the ops
+through their vmap rules (torch_ops/_vmap.py).
 Expected values come from our kernels, not from the reference: tangents from central
 differences of the kernel forward in fp64 (truncation error ~h^2 * |f'''| ~ 1e-10 with
 h = 1e-5, rounding ~1e-16 / h ~ 1e-11: TOL = 1e-7 leaves room), gradients from the
@@ -89,15 +90,29 @@ def test_func_grad_and_jacrev_are_the_kernel_backward(name, device):
     torch.testing.assert_close(jac, jac_kernel, rtol=1e-10, atol=1e-12)
 
 
-def test_vmap_runs_the_ops(device):
-    x, w, _, z = make_inputs((4, 2, 64), torch.float32, device, bias=False)
-    out = torch.func.vmap(lambda a, b: torch_ops.layernorm_fn(a, w, None, b, 1e-6, None, True, True, "silu"))(x, z)
-    expected = torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu")
-    assert torch.equal(out, expected)
+@pytest.mark.filterwarnings("error")  # vmap's per-sample fallback warns: our rules must take every case
+def test_vmap_rules(device):
+    """torch_ops/_vmap.py: batched rows in one call (any in_dims), batched parameters (an
+    ensemble) one call per sample; bitwise the unbatched calls."""
+    x, w, _, z = make_inputs((5, 3, 64), torch.float32, device, bias=False)
+    W = torch.randn(5, 64, device=device)
+    f = lambda a, b: torch_ops.layernorm_fn(a, w, None, b, 1e-6, 16, False, True, "silu")  # noqa: E731
+    assert torch.equal(torch.func.vmap(f)(x, z), f(x, z))
+    assert torch.equal(torch.func.vmap(f, in_dims=(1, 1))(x, z), f(x.transpose(0, 1), z.transpose(0, 1)))
+    assert torch.equal(torch.func.vmap(f, in_dims=(0, None))(x, z[0]), f(x, z[0].expand_as(x)))
+    g = lambda a, ww: torch_ops.layernorm_fn(a, ww, None, None, 1e-6, None, True, True, "silu")  # noqa: E731
+    assert torch.equal(torch.func.vmap(g)(x, W), torch.stack([g(x[i], W[i]) for i in range(5)]))
     r = torch.randn_like(x)
     out, res = torch.func.vmap(lambda a, b: torch_ops.add_rms_norm(a, b, w, 1e-6))(x, r)
     e_out, e_res = torch_ops.add_rms_norm(x, r, w, 1e-6)
     assert torch.equal(out, e_out) and torch.equal(res, e_res)
+    out, res = torch.func.vmap(lambda a, b, ww: torch_ops.add_rms_norm(a, b, ww, 1e-6))(x, r, W)
+    for i in range(5):
+        e_out, e_res = torch_ops.add_rms_norm(x[i], r[i], W[i], 1e-6)
+        assert torch.equal(out[i], e_out) and torch.equal(res[i], e_res)
+    assert torch.equal(torch.func.vmap(lambda a: torch_ops.rms_norm(a, w, 1e-6))(x), torch_ops.rms_norm(x, w, 1e-6))
+    assert torch.equal(torch.func.vmap(torch_ops.rms_norm, in_dims=(0, 0, None))(x, W, 1e-6),
+                       torch.stack([torch_ops.rms_norm(x[i], W[i], 1e-6) for i in range(5)]))
 
 
 # ---------------------------------------------------------------- double backward
@@ -150,6 +165,7 @@ def test_first_order_backward_stays_on_the_kernel(device):
 def test_compiled_training_backward_runs_the_kernels(device):
     """AOTAutograd traces the backward without create_graph: the traced backward is the
     kernels' (gated_norm_bwd, add_rms_norm_bwd), not the reference's."""
+    from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
 
     seen = {"fw": set(), "bw": set()}
@@ -157,7 +173,7 @@ def test_compiled_training_backward_runs_the_kernels(device):
     def recorder(kind):
         def compiler(gm, _inputs):
             seen[kind] |= {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
-            return gm
+            return make_boxed_func(gm)
         return compiler
 
     x, w, _, z = make_inputs((8, 64), torch.float32, device, bias=False)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
+from ._vmap import rows_rule
 from .gated_norm import _compiling, _entry, _grad_enabled, _transform_differentiates
 
 _ops = torch.ops.gatednorm
@@ -76,6 +77,11 @@ def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
     res = torch.empty_like(x, dtype=torch.float32 if residual_in_fp32 else residual.dtype,
                            memory_format=torch.contiguous_format)
     return out, res
+
+
+torch.library.register_vmap("gatednorm::rms_norm", rows_rule(_ops.rms_norm.default, rows=(0,), params=(1,)))
+torch.library.register_vmap("gatednorm::add_rms_norm_infer",
+                            rows_rule(_ops.add_rms_norm_infer.default, rows=(0, 1), params=(2,)))
 
 
 @torch.library.register_fake("gatednorm::add_rms_norm_bwd")

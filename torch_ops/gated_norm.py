@@ -17,6 +17,7 @@ from torch import Tensor
 from torch._C import _functorch
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
+from ._vmap import rows_rule
 
 _ops = torch.ops.gatednorm
 ACTIVATIONS = ("silu", "swish", "sigmoid")
@@ -96,6 +97,10 @@ torch.library.register_fake("gatednorm::gated_norm_fwd", _fake_forward)
 @torch.library.register_fake("gatednorm::gated_norm_infer")
 def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+torch.library.register_vmap("gatednorm::gated_norm_infer",
+                            rows_rule(_ops.gated_norm_infer.default, rows=(0, 3), params=(1, 2)))
 
 
 @torch.library.register_fake("gatednorm::gated_norm_fwd_out")
