@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
+from . import dtensor as _dtensor
 from ._vmap import rows_rule
 from .gated_norm import _compiling, _entry, _grad_enabled, _transform_differentiates
 
@@ -162,6 +163,7 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
                 return y
             if _transform_differentiates():  # (gated_norm.py says why)
                 return rms_norm_ref(input, weight, eps, gemma)
+            _dtensor.maybe_register(input, weight)
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
@@ -205,6 +207,7 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight, eps: float = 1e-6, residua
             return outs
         if _transform_differentiates():  # (gated_norm.py says why)
             return add_rms_norm_ref(x, residual, weight, eps, residual_in_fp32, gemma)
+        _dtensor.maybe_register(x, residual, weight)
     if _grad_enabled() and (x.requires_grad or residual.requires_grad
                             or (weight is not None and weight.requires_grad)):
         out, residual_out, _ = _ops.add_rms_norm(x, residual, weight, eps, residual_in_fp32, gemma)

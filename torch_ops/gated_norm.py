@@ -17,6 +17,7 @@ from torch import Tensor
 from torch._C import _functorch
 
 from . import _C  # registers torch.ops.gatednorm; its direct entry points
+from . import dtensor as _dtensor
 from ._vmap import rows_rule
 
 _ops = torch.ops.gatednorm
@@ -232,6 +233,7 @@ def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before
             return out
         if _transform_differentiates():
             return gated_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+        _dtensor.maybe_register(x, z, weight, bias)
         infer = _INFER
     if _needs_grad(x, weight, bias, z):
         return _ops.gated_norm(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)[0]

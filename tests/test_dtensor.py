@@ -1,0 +1,93 @@
+"""DTensor (tensor / sequence parallel) through the public functions, on 2 ranks of one
+machine (gloo on the CPU; NCCL on two GPUs when the device has them): results and
+gradients of sharded inputs equal those of the whole tensors on one rank (the same
+kernels on the same rows: bitwise for the forwards, fp32 reassociation of the dw/db
+sums over ranks for the parameter gradients). torch_ops/dtensor.py has the rules."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cases(device):
+    import torch_ops
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh(device, (WORLD,))
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731  (same on every rank)
+    dt = lambda t, *pl: distribute_tensor(t, mesh, list(pl))  # noqa: E731
+    full = lambda t: t.full_tensor() if isinstance(t, DTensor) else t  # noqa: E731
+
+    x, z, r = rnd(4, 6, 64), rnd(4, 6, 64), rnd(4, 6, 64)
+    w, b = 1 + 0.1 * rnd(64), 0.1 * rnd(64)
+
+    # inference: rows sharded on dim 0 and 1 (sequence parallel), heads (groups) on the last dim
+    for pl, wpl in [(Shard(0), Replicate()), (Shard(1), Replicate()), (Shard(2), Shard(0)), (Replicate(), Replicate())]:
+        with torch.no_grad():
+            out = torch_ops.layernorm_fn(dt(x, pl), dt(w, wpl), dt(b, wpl), dt(z, pl), 1e-6, 16, False, False, "silu")
+            assert out.placements == (pl,), (pl, out.placements)
+            expected = torch_ops.layernorm_fn(x, w, b, z, 1e-6, 16, False, False, "silu")
+            assert torch.equal(full(out), expected), pl
+    for pl in [Shard(0), Shard(1)]:
+        with torch.no_grad():
+            y = torch_ops.rms_norm(dt(x, pl), dt(w, Replicate()), 1e-6)
+            assert torch.equal(full(y), torch_ops.rms_norm(x, w, 1e-6))
+            o, h = torch_ops.add_rms_norm(dt(x, pl), dt(r, pl), dt(w, Replicate()), 1e-6)
+            eo, eh = torch_ops.add_rms_norm(x, r, w, 1e-6)
+            assert torch.equal(full(o), eo) and torch.equal(full(h), eh)
+
+    # training: rows on dim 0 (2-D, one group) and groups on the last dim
+    x2, z2, r2, dy = rnd(8, 64), rnd(8, 64), rnd(8, 64), rnd(8, 64)
+    for pl, wpl, group in [(Shard(0), Replicate(), None), (Shard(1), Shard(0), 16)]:
+        leaves = [dt(t, p).requires_grad_() for t, p in ((x2, pl), (w, wpl), (b, wpl), (z2, pl))]
+        out = torch_ops.layernorm_fn(*leaves, 1e-6, group, True, False, "silu")
+        grads = torch.autograd.grad(out, leaves, dt(dy, pl))
+        plain = [t.clone().requires_grad_() for t in (x2, w, b, z2)]
+        e_out = torch_ops.layernorm_fn(*plain, 1e-6, group, True, False, "silu")
+        e_grads = torch.autograd.grad(e_out, plain, dy)
+        assert torch.equal(full(out), e_out), pl
+        # dw / db: a sum over the ranks' rows (Partial), or each rank's own columns
+        want = [(pl,), (wpl if group else Partial(),), (wpl if group else Partial(),), (pl,)]
+        assert out.placements == (pl,) and [t.placements for t in grads] == want, [t.placements for t in grads]
+        for name, a, e in zip(("dx", "dw", "db", "dz"), grads, e_grads):
+            torch.testing.assert_close(full(a), e, rtol=1e-5, atol=1e-5, msg=f"{pl} {name}")
+    leaves = [dt(x2, Shard(0)).requires_grad_(), dt(r2, Shard(0)).requires_grad_(), dt(w, Replicate()).requires_grad_()]
+    o, h = torch_ops.add_rms_norm(*leaves, 1e-6)
+    grads = torch.autograd.grad((o, h), leaves, (dt(dy, Shard(0)), dt(dy, Shard(0))))
+    plain = [t.clone().requires_grad_() for t in (x2, r2, w)]
+    eo, eh = torch_ops.add_rms_norm(*plain, 1e-6)
+    e_grads = torch.autograd.grad((eo, eh), plain, (dy, dy))
+    assert torch.equal(full(o), eo) and torch.equal(full(h), eh)
+    for a, e in zip(grads, e_grads):
+        torch.testing.assert_close(full(a), e, rtol=1e-5, atol=1e-5)
+
+
+def _worker(rank, port, device):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=WORLD)
+    try:
+        _cases(device)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_dtensor_two_ranks(device):
+    if device == "cuda" and torch.cuda.device_count() < WORLD:
+        pytest.skip(f"needs {WORLD} GPUs")
+    mp.spawn(_worker, args=(_free_port(), device), nprocs=WORLD, join=True)

@@ -1,0 +1,127 @@
+"""DTensor sharding rules for the gatednorm ops (tensor / sequence parallel training,
+torchtitan-style): without them DTensor refuses an op it has no strategy for.
+
+    import torch_ops.dtensor
+    torch_ops.dtensor.register()      # idempotent; the public functions call it on their
+                                      # first DTensor argument
+
+Per row (and group) the norm needs the whole group, so a placement is acceptable when
+every group stays on one rank:
+- all Replicate;
+- rows sharded (any dim but the last; x, z, residual alike; parameters replicated): the
+  parameter gradients of the backwards are then Partial (a sum over ranks' rows). The
+  ops that return statistics ([ngroups * M], group-major) take only dim 0 with one group,
+  where the statistics are that same row shard;
+- the last dim sharded with groups (`group_size` given, each rank holding whole groups:
+  head-parallel Mamba2 / Qwen3-Next layouts): x, z, weight, bias, out and the
+  statistics (group-major: a rank's groups are one block) all Shard on their last dim.
+Importing torch.distributed.tensor costs ~0.6 s, so nothing here runs at import."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+_ops = torch.ops.gatednorm
+_registered = False
+
+
+def register() -> None:
+    """Registers the sharding rules with DTensor (once)."""
+    global _registered
+    if _registered:
+        return
+    from torch.distributed.tensor import Partial, Replicate, Shard
+    from torch.distributed.tensor.experimental import register_sharding
+
+    R = Replicate()
+
+    def row_dims(ndim):
+        return range(ndim - 1)
+
+    def last_ok(n, group_size):
+        return group_size is not None and group_size != n
+
+    # ---- gated
+    def gated_forward(with_stats):
+        def rule(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
+            nd, n = x.ndim, x.shape[-1]
+            ngroups = 1 if group_size is None else n // group_size
+            p = lambda t, pl: pl if t is not None else None  # noqa: E731
+            out = []
+
+            def add(xp, wp, stat):
+                ins = [xp, p(weight, wp), p(bias, wp), p(z, xp), None, None, None, None, None]
+                mean = R if is_rms_norm else stat  # RMS: an empty mean on every rank
+                out.append(([xp, mean, stat] if with_stats else [xp], ins))
+
+            add(R, R, R)
+            for d in row_dims(nd):
+                if not with_stats or (d == 0 and ngroups == 1):
+                    add(Shard(d), R, Shard(0))
+            if last_ok(n, group_size):
+                add(Shard(nd - 1), Shard(0), Shard(0))
+            return out
+        return rule
+
+    register_sharding(_ops.gated_norm_infer.default)(gated_forward(False))
+    register_sharding([_ops.gated_norm.default, _ops.gated_norm_fwd.default])(gated_forward(True))
+
+    @register_sharding(_ops.gated_norm_bwd.default)
+    def _(dy, x, weight, bias, z, mean, rstd, eps, group_size, norm_before_gate, is_rms_norm, activation,
+          recompute_output):
+        nd, n = x.ndim, x.shape[-1]
+        ngroups = 1 if group_size is None else n // group_size
+        p = lambda t, pl: pl if t is not None else None  # noqa: E731
+        has_mean = mean.shape[0] > 0
+        out = []
+
+        def add(xp, wp, gradp, stat):
+            outs = [xp, p(weight, gradp), p(bias, gradp), p(z, xp), xp if recompute_output else None]
+            ins = [xp, xp, p(weight, wp), p(bias, wp), p(z, xp), stat if has_mean else R, stat] + [None] * 6
+            out.append((outs, ins))
+
+        add(R, R, R, R)
+        if ngroups == 1:
+            add(Shard(0), R, Partial(), Shard(0))
+        if last_ok(n, group_size):
+            add(Shard(nd - 1), Shard(0), Shard(0), Shard(0))
+        return out
+
+    # ---- add + RMSNorm (no groups: rows only)
+    @register_sharding(_ops.rms_norm.default)
+    def _(input, weight, eps, gemma=False):
+        w = lambda pl: pl if weight is not None else None  # noqa: E731
+        return [([R], [R, w(R), None, None])] + [([Shard(d)], [Shard(d), w(R), None, None])
+                                                 for d in row_dims(input.ndim)]
+
+    @register_sharding(_ops.add_rms_norm_infer.default)
+    def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
+        w = lambda pl: pl if weight is not None else None  # noqa: E731
+        return [([R, R], [R, R, w(R), None, None, None])] + [
+            ([Shard(d), Shard(d)], [Shard(d), Shard(d), w(R), None, None, None]) for d in row_dims(x.ndim)]
+
+    @register_sharding(_ops.add_rms_norm.default)
+    def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
+        w = lambda pl: pl if weight is not None else None  # noqa: E731
+        return [([R, R, R], [R, R, w(R), None, None, None]),
+                ([Shard(0), Shard(0), Shard(0)], [Shard(0), Shard(0), w(R), None, None, None])]
+
+    @register_sharding(_ops.add_rms_norm_bwd.default)
+    def _(dout, dresidual_out, h, weight, rstd, gemma):
+        w = lambda pl: pl if weight is not None else None  # noqa: E731
+        d = lambda pl: pl if dresidual_out is not None else None  # noqa: E731
+        return [([R, R, w(R)], [R, d(R), R, w(R), R, None]),
+                ([Shard(0), Shard(0), w(Partial())], [Shard(0), d(Shard(0)), Shard(0), w(R), Shard(0), None])]
+
+    _registered = True
+
+
+def maybe_register(*tensors) -> None:
+    """register() when one of `tensors` is a DTensor (the public functions' slow path)."""
+    if _registered or "torch.distributed.tensor" not in sys.modules:
+        return
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(t, DTensor) for t in tensors):
+        register()
