@@ -3,7 +3,8 @@ torchtitan-style): without them DTensor refuses an op it has no strategy for.
 
     import torch_ops.dtensor
     torch_ops.dtensor.register()      # idempotent; the public functions call it on their
-                                      # first DTensor argument
+                                      # first DTensor argument in eager mode (under
+                                      # torch.compile, call it before compiling)
 
 Per row (and group) the norm needs the whole group, so a placement is acceptable when
 every group stays on one rank:
