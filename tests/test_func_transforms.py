@@ -46,6 +46,7 @@ def _add_fns(device):
         "add_rms_norm": (lambda xx: torch_ops.add_rms_norm(xx, r, w, 1e-6)[0], x),
         "add_rms_norm-residual_out": (lambda xx: torch_ops.add_rms_norm(xx, r, w, 1e-6, gemma=True)[1], x),
         "rms_norm": (lambda xx: torch_ops.rms_norm(xx, w, 1e-6), x),
+        "rms_norm-out": (lambda xx: torch_ops.rms_norm(xx, w, 1e-6, out=torch.empty_like(xx)), x),
         "fused_add_rms_norm": (fused, x),
     }
 
@@ -76,7 +77,7 @@ def test_jvp_and_dual_tangents(name, device):
         torch.testing.assert_close(fwAD.unpack_dual(y).tangent, expected, rtol=TOL, atol=TOL)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("rms_norm", "fused_add_rms_norm")])
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("rms_norm", "rms_norm-out", "fused_add_rms_norm")])
 def test_func_grad_and_jacrev_are_the_kernel_backward(name, device):
     """(rms_norm and the in-place op have no backward kernel: the jvp test covers them.)"""
     f, x = _all(device)[name]

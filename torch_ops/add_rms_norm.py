@@ -165,6 +165,8 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
                 return rms_norm_ref(input, weight, eps, gemma)
             _dtensor.maybe_register(input, weight)
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
+    if not c and _transform_differentiates():
+        return out.copy_(rms_norm_ref(input, weight, eps, gemma))
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
 
