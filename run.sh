@@ -34,6 +34,7 @@ install_test_deps() {
 
 build() {
   local so
+  rm -f torch_ops/_C.abi3.so  # left by builds before 2026-12-04 (limited-API then)
   so=$(ls torch_ops/_C*.so 2>/dev/null | head -n1 || true)
   if [ -n "$so" ] && [ -z "$(find csrc setup.py -newer "$so" -type f | head -n1)" ]; then
     return
