@@ -122,10 +122,11 @@ struct NoGil {
 
 PyObject* wrap(Tensor t) { return THPVariable_Wrap(std::move(t)); }
 PyObject* wrap(std::tuple<Tensor, Tensor> ts) {
-  PyObject* tuple = PyTuple_New(2);
-  if (!tuple) return nullptr;
-  PyTuple_SET_ITEM(tuple, 0, THPVariable_Wrap(std::move(std::get<0>(ts))));
-  PyTuple_SET_ITEM(tuple, 1, THPVariable_Wrap(std::move(std::get<1>(ts))));
+  PyObject* a = wrap(std::move(std::get<0>(ts)));
+  PyObject* b = a ? wrap(std::move(std::get<1>(ts))) : nullptr;
+  PyObject* tuple = b ? PyTuple_Pack(2, a, b) : nullptr;
+  Py_XDECREF(a);
+  Py_XDECREF(b);
   return tuple;
 }
 
