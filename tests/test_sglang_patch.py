@@ -87,8 +87,23 @@ def _install(layout: str) -> tuple[Path | None, str, float]:
         subprocess.run(["rm", "-rf", str(tmp)])
     return target, "", time.time() - t0
 
+def _hidden(*packages) -> Path:
+    """A folder whose packages of these names raise ImportError, put before the rest of the
+    path: the srt tree's pinned transformers (5.12.1) imports `kernels` when it is installed,
+    and the `kernels` that newer transformers bring along (0.19: this machine's venv) fails at
+    its import-time repository table with a ValueError, which it does not catch; without
+    `kernels` (as on the GPU machines) it takes its ImportError branch."""
+    root = CACHE / "hidden"
+    for name in packages:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "__init__.py").write_text(f"raise ImportError('{name} hidden by tests/test_sglang_patch.py')\n")
+    return root
+
+
 def _env(*paths) -> dict:
     env = dict(os.environ)
+    if any(Path(p).name == f"sglang-{RELEASES['srt'][0]}" for p in paths):
+        paths = (_hidden("kernels"), *paths)
     env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO)])
     env.pop("GATEDNORM_SGLANG_PATCH", None)  # the launcher sets it itself
     env["PYTHONWARNINGS"] = "ignore"
