@@ -264,3 +264,55 @@ def test_fused_add_direct_bumps_versions_as_the_op(device):
         with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
             call(xi, ri, w, 1e-6, False)
         assert torch.equal(xi, before)  # refused before the write
+
+
+# ---------------------------------------------------------------- random calls: direct == op
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def _same(direct, op, args):
+    """The direct call gives the op's result bitwise, or the op's error, or NotImplemented."""
+    try:
+        got = direct(*args)
+    except Exception as e:  # noqa: BLE001
+        with pytest.raises(type(e)) as expected:
+            op(*args)
+        assert str(expected.value).split("\nException")[0] == str(e).split("\nException")[0]
+        return
+    if got is NotImplemented:
+        return
+    want = op(*args)
+    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(0, 5), n=st.sampled_from([1, 7, 32, 96]), group=st.sampled_from([None, 1, 3, 16, 32]),
+       dt=st.sampled_from(_DTYPES), wdt=st.sampled_from([None, *_DTYPES]), bias=st.booleans(), gate=st.booleans(),
+       nbg=st.booleans(), rms=st.booleans(), act=st.sampled_from(["silu", "swish", "sigmoid", "relu"]),
+       eps=st.sampled_from([1e-6, 0.0, -1.0, 1e-2]), strided=st.booleans(), gemma=st.booleans())
+def test_random_calls_match_the_ops(m, n, group, dt, wdt, bias, gate, nbg, rms, act, eps, strided, gemma, device):
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    rnd = lambda *s, dtype=dt: torch.randn(*s, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    x = rnd(m, 2 * n)[:, :n] if strided else rnd(m, n)
+    z = rnd(m, n) if gate else None
+    w = rnd(n, dtype=wdt) if wdt is not None else None
+    b = rnd(n, dtype=wdt) if (bias and wdt is not None) else None
+    _same(C.gated_norm_infer, ops.gated_norm_infer, (x, w, b, z, eps, group, nbg, rms, act))
+    _same(C.rms_norm, ops.rms_norm, (x, w, eps, gemma))
+    r = rnd(m, n)
+    _same(C.add_rms_norm_infer, ops.add_rms_norm_infer, (x, r, w, eps, rms, gemma))
+    x1, r1, x2, r2 = x.clone(), r.clone(), x.clone(), r.clone()
+    try:
+        C.fused_add_rms_norm(x1, r1, w, eps, gemma)
+    except RuntimeError as e:
+        with pytest.raises(RuntimeError, match="gatednorm"):
+            ops.fused_add_rms_norm(x2, r2, w, eps, gemma)
+        assert "gatednorm" in str(e)
+        return
+    ops.fused_add_rms_norm(x2, r2, w, eps, gemma)
+    assert torch.equal(x1, x2) and torch.equal(r1, r2)
