@@ -194,7 +194,7 @@ _DIRECT_INFER = _C.gated_norm_infer
 # silently dropped), and torch.func cannot run an op whose autograd comes from
 # `register_autograd` ("must override the setup_context staticmethod"). Same math, computed
 # by PyTorch ops (fp32, fp64 for fp64): results within the rounding of the kernels'.
-# vmap and functionalize run the ops (vmap through its per-sample fallback).
+# vmap (through the rules of _vmap.py) and functionalize run the ops.
 _DIFFERENTIATING = (_functorch.TransformType.Grad, _functorch.TransformType.Jvp)
 
 
