@@ -1,4 +1,4 @@
-"""DTensor (tensor / sequence parallel) through the public functions, on 2 ranks of one
+"""DTensor (tensor / sequence parallel) and FSDP2 through the public functions, on 2 ranks of one
 machine (gloo on the CPU; NCCL on two GPUs when the device has them): results and
 gradients of sharded inputs equal those of the whole tensors on one rank (the same
 kernels on the same rows: bitwise for the forwards, fp32 reassociation of the dw/db
@@ -75,6 +75,45 @@ def _cases(device):
         torch.testing.assert_close(full(a), e, rtol=1e-5, atol=1e-5)
 
 
+def _fsdp2(device):
+    """FSDP2 (fully_shard) over a block of our modules: parameters are DTensors sharded on
+    dim 0 between steps and unsharded (gathered) around each forward / backward; the
+    gradients equal those of the unsharded block (each rank feeds its own batch: the
+    gradients are averaged over ranks, as the reference computes on both batches)."""
+    import torch_ops
+    from torch.distributed.fsdp import fully_shard
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(64, 128)
+            self.gated = torch_ops.RMSNormGated(64, group_size=16)
+            self.norm = torch_ops.FusedAddRMSNorm(64)
+
+        def forward(self, x):
+            xz = self.proj(x)
+            out, res = self.norm(self.gated(xz[..., :64], xz[..., 64:]), x)
+            return (out.square() + res).mean()
+
+    def block():
+        torch.manual_seed(0)
+        return Block().to(device)
+
+    run = lambda m, x: m(x)  # noqa: E731
+
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(3, 5, 64, generator=g).to(device) for _ in range(WORLD)]
+    ref = block()
+    sum(run(ref, b) for b in batches).div(WORLD).backward()
+    sharded = block()
+    for name in ("proj", "gated", "norm"):
+        fully_shard(getattr(sharded, name))
+    fully_shard(sharded)
+    run(sharded, batches[dist.get_rank()]).backward()
+    for (name, p), (_, q) in zip(sharded.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _worker(rank, port, device):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     backend = "nccl" if device == "cuda" else "gloo"
@@ -83,6 +122,7 @@ def _worker(rank, port, device):
     dist.init_process_group(backend, rank=rank, world_size=WORLD)
     try:
         _cases(device)
+        _fsdp2(device)
         dist.barrier()  # (else one rank's teardown can race the other's last collective)
     finally:
         dist.destroy_process_group()
