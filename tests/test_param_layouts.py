@@ -1,5 +1,6 @@
 """Weights and biases that are 1-D views other than contiguous: a strided slice (w[::2]),
-a column of a matrix, an expanded scalar (stride 0). The kernels read parameters as
+a column of a matrix, an expanded scalar (stride 0); and a contiguous one that starts one
+element past a 16-byte boundary (taken as is: the kernels load such parameters by element). The kernels read parameters as
 [N] contiguous, so the shim copies these first; before, they were read as if
 contiguous: wrong values, and past the end of the storage for an expanded one (on CUDA
 an out-of-bounds read). Results must be bitwise those of the contiguous copy, forward
@@ -27,16 +28,23 @@ def _views(device, dtype):
         base = 1 + 0.1 * torch.randn(1, device=device, dtype=dtype)
         return base, base.expand(N)
 
-    return {"strided": strided, "column": column, "expanded": expanded}
+    def offset():  # contiguous, one element past a 16-byte boundary: the kernels' scalar parameter loads
+        base = torch.randn(N + 1, device=device, dtype=dtype)
+        return base, base[1:]
+
+    return {"strided": strided, "column": column, "expanded": expanded, "offset": offset}
 
 
-@pytest.mark.parametrize("layout", ["strided", "column", "expanded"])
+LAYOUTS = ["strided", "column", "expanded", "offset"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_gated_forward_and_backward(layout, dtype, device):
     x, _, _, z = make_inputs((5, N), dtype, device)
     make = _views(device, dtype)[layout]
     (wb, w), (bb, b) = make(), make()
-    assert not w.is_contiguous()
+    assert not w.is_contiguous() or w.data_ptr() % 16
     for args in [(w, b, z, 1e-6, 16, True, False, "swish"), (w, None, z, 1e-6, None, False, True, "silu")]:
         out = ops.gated_norm_infer(x, *args)
         c = (args[0].contiguous(), None if args[1] is None else args[1].contiguous())
@@ -44,7 +52,9 @@ def test_gated_forward_and_backward(layout, dtype, device):
         assert torch.equal(torch_ops.layernorm_fn(x, *args), out)
     # backward through the view: the gradient of the base gathers the view's
     wb.requires_grad_()
-    w = wb[::2] if layout == "strided" else (wb[:, 1] if layout == "column" else wb.expand(N))
+    view = {"strided": lambda t: t[::2], "column": lambda t: t[:, 1], "expanded": lambda t: t.expand(N),
+            "offset": lambda t: t[1:]}[layout]
+    w = view(wb)
     xr = x.detach().clone().requires_grad_()
     y = torch_ops.rmsnorm_fn(xr, w, None, z=z, eps=1e-6, group_size=16, norm_before_gate=False)
     dy = torch.randn_like(y)
@@ -55,7 +65,7 @@ def test_gated_forward_and_backward(layout, dtype, device):
     dx2, dw2 = torch.autograd.grad(y2, (xr2, wc), dy)
     assert torch.equal(y, y2) and torch.equal(dx, dx2)
     expected = torch.zeros_like(wb)
-    (expected[::2] if layout == "strided" else expected[:, 1] if layout == "column" else expected).add_(
+    (expected if layout == "expanded" else view(expected)).add_(
         dw2 if layout != "expanded" else dw2.float().sum().to(dtype).expand(1))
     if layout == "expanded":  # autograd sums the expanded gradient in its own order
         torch.testing.assert_close(dwb.float(), expected.float(), rtol=1e-2, atol=1e-2)
@@ -63,7 +73,7 @@ def test_gated_forward_and_backward(layout, dtype, device):
         assert torch.equal(dwb, expected)
 
 
-@pytest.mark.parametrize("layout", ["strided", "column", "expanded"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_add_rms_norm_family(layout, device):
     x, r = torch.randn(4, N, device=device), torch.randn(4, N, device=device)
     _, w = _views(device, torch.float32)[layout]()
