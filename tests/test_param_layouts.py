@@ -47,7 +47,7 @@ def test_gated_forward_and_backward(layout, dtype, device):
     assert not w.is_contiguous() or w.data_ptr() % 16
     for args in [(w, b, z, 1e-6, 16, True, False, "swish"), (w, None, z, 1e-6, None, False, True, "silu")]:
         out = ops.gated_norm_infer(x, *args)
-        c = (args[0].contiguous(), None if args[1] is None else args[1].contiguous())
+        c = (args[0].clone(), None if args[1] is None else args[1].clone())  # fresh, aligned, contiguous
         assert torch.equal(out, ops.gated_norm_infer(x, *c, *args[2:]))
         assert torch.equal(torch_ops.layernorm_fn(x, *args), out)
     # backward through the view: the gradient of the base gathers the view's
@@ -59,7 +59,7 @@ def test_gated_forward_and_backward(layout, dtype, device):
     y = torch_ops.rmsnorm_fn(xr, w, None, z=z, eps=1e-6, group_size=16, norm_before_gate=False)
     dy = torch.randn_like(y)
     dx, dwb = torch.autograd.grad(y, (xr, wb), dy)
-    wc = w.detach().contiguous().requires_grad_()
+    wc = w.detach().clone().requires_grad_()
     xr2 = x.detach().clone().requires_grad_()
     y2 = torch_ops.rmsnorm_fn(xr2, wc, None, z=z, eps=1e-6, group_size=16, norm_before_gate=False)
     dx2, dw2 = torch.autograd.grad(y2, (xr2, wc), dy)
@@ -77,7 +77,7 @@ def test_gated_forward_and_backward(layout, dtype, device):
 def test_add_rms_norm_family(layout, device):
     x, r = torch.randn(4, N, device=device), torch.randn(4, N, device=device)
     _, w = _views(device, torch.float32)[layout]()
-    wc = w.contiguous()
+    wc = w.clone()
     assert torch.equal(torch_ops.rms_norm(x, w, 1e-6), torch_ops.rms_norm(x, wc, 1e-6))
     assert torch.equal(ops.rms_norm(x, w, 1e-6, True), ops.rms_norm(x, wc, 1e-6, True))
     for a, e in zip(torch_ops.add_rms_norm(x, r, w, 1e-6), torch_ops.add_rms_norm(x, r, wc, 1e-6)):
