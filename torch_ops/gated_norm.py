@@ -264,6 +264,7 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
                    is_rms_norm=False, activation="swish"):
     """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    _dtensor.maybe_register(x, z, weight, bias)
     if out is None:
         out, mean, rstd = (_ops.gated_norm if _needs_grad(x, weight, bias, z) else _ops.gated_norm_fwd)(*args)
     else:
@@ -277,6 +278,7 @@ def layer_norm_bwd(dy, x, weight, bias, eps, mean, rstd, z=None, group_size=None
     `dz` / `out` given: written in place (row-strided views are fine)."""
     if mean is None:
         mean = rstd.new_empty((0,))
+    _dtensor.maybe_register(dy, x, z, weight, bias)
     config = (eps, group_size, norm_before_gate, is_rms_norm, activation)
     if dz is None and out is None:
         dx, dw, db, dz, out = _ops.gated_norm_bwd(dy, x, weight, bias, z, mean, rstd, *config, recompute_output)
