@@ -43,6 +43,7 @@ HF_CLASSES = [
     ("kimi_linear", "KimiLinearRMSNormGated", "fp32"),
     ("bailing_hybrid", "BailingHybridRMSNormGated", "fp32"),
     ("glm5_next", "Glm5NextTextRMSNormGated", "fp32"),
+    ("lara_mini", "LaraMiniRMSNormGated", "fp32"),  # silu
     ("falcon_h1", "FalconH1RMSNormGated", "falcon"),
 ]
 

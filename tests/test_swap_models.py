@@ -43,6 +43,14 @@ def _cfg_qwen3_next():
         max_position_embeddings=64)
 
 
+def _cfg_lara_mini():  # transformers 5.25; Qwen3-Next-like (MoE: 4 experts of 16)
+    return transformers.LaraMiniConfig(
+        vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, linear_key_head_dim=8, linear_value_head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4, layer_types=["linear_attention", "full_attention"], moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2, max_position_embeddings=64)
+
+
 def _cfg_qwen3_5():
     return transformers.Qwen3_5TextConfig(
         vocab_size=V, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -92,6 +100,7 @@ def _cfg_bamba():
 MODELS = {
     "qwen3_next": (_cfg_qwen3_next, "Qwen3NextRMSNormGated", 1, ("fla", "causal_conv1d")),
     "qwen3_5": (_cfg_qwen3_5, "Qwen3_5RMSNormGated", 1, ("fla", "causal_conv1d")),
+    "lara_mini": (_cfg_lara_mini, "LaraMiniRMSNormGated", 1, ("fla", "causal_conv1d")),
     # transformers 5.25 renamed MambaRMSNormGated to Mamba2RMSNormGated
     "mamba2": (_cfg_mamba2, ("MambaRMSNormGated", "Mamba2RMSNormGated"), 2, ("mamba_ssm", "causal_conv1d")),
     # transformers < 5.2x builds NemotronH's mixer norm from Zamba2's class

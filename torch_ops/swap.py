@@ -148,7 +148,8 @@ class SwappedHFNormThenGate(SwappedGatedNorm):
       weight is bf16, final), ours once: they differ by up to ~4 bf16 roundings (4 * 2^-8
       relative); fp32 inputs: fp32 reordering only.
     - `KimiLinearRMSNormGated`, `BailingHybridRMSNormGated`, `Glm5NextTextRMSNormGated`
-      (sigmoid): everything in fp32, one final cast: the same as ours up to fp32 reordering.
+      (sigmoid), `LaraMiniRMSNormGated` (silu): everything in fp32, one final cast: the same
+      as ours up to fp32 reordering.
 
     Output dtype: x.dtype."""
 
@@ -238,6 +239,7 @@ for _model, _name, _act in [("qwen3_next", "Qwen3NextRMSNormGated", "silu"), ("q
                             ("qwen3_5_moe", "Qwen3_5MoeRMSNormGated", "silu"),
                             ("olmo_hybrid", "OlmoHybridRMSNormGated", "silu"),
                             ("qwen4_exp", "Qwen4ExpTextRMSNormGated", "silu"),
+                            ("lara_mini", "LaraMiniRMSNormGated", "silu"),  # transformers 5.25
                             ("kimi_linear", "KimiLinearRMSNormGated", "sigmoid"),
                             ("bailing_hybrid", "BailingHybridRMSNormGated", "sigmoid"),
                             ("glm5_next", "Glm5NextTextRMSNormGated", "sigmoid")]:
