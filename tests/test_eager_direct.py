@@ -318,3 +318,25 @@ def test_random_calls_match_the_ops(m, n, group, dt, wdt, bias, gate, nbg, rms, 
     ops.fused_add_rms_norm(x2, r2, w, eps, gemma)
     for a, b in ((x1, x2), (r1, r2)):
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, still used
+def test_jit_trace_records_the_ops(device):
+    """Tracing sets a dispatch key in TLS: the direct entry points step aside, so the
+    traced graph holds the op (else it would have baked in the result)."""
+    x, w, _, z = make_inputs((4, 64), torch.float32, device, bias=False)
+    r = torch.randn_like(x)
+
+    def f(x, z, r):
+        y = torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu")
+        out, res = torch_ops.add_rms_norm(y, r, w, 1e-6)
+        return torch_ops.rms_norm(out + res, w, 1e-6)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(f, (x, z, r))
+    graph = str(traced.graph)
+    for op in ("gatednorm::gated_norm_infer", "gatednorm::add_rms_norm_infer", "gatednorm::rms_norm"):
+        assert op in graph, op
+    x2, z2, r2 = torch.randn_like(x), torch.randn_like(x), torch.randn_like(x)
+    with torch.no_grad():
+        assert torch.equal(traced(x2, z2, r2), f(x2, z2, r2))
