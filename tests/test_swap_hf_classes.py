@@ -253,3 +253,20 @@ def test_training_flag_and_repr():
     swap_norms_(model)
     assert model.norm.training
     assert "Zamba2RMSNormGated" in repr(model.norm)
+
+
+def test_swapped_module_copies_and_pickles():
+    """copy.deepcopy and torch.save / torch.load of a swapped model: the same class, its
+    own parameters, the same outputs."""
+    import copy
+    import io
+
+    holder = _Holder(_make_hf(_hf_class("mamba2", MAMBA2), "group"))
+    swap_norms_(holder)
+    x, z = torch.randn(3, N), torch.randn(3, N)
+    buf = io.BytesIO()
+    torch.save(holder, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(holder), torch.load(buf, weights_only=False)):
+        assert type(other.norm) is type(holder.norm) and other.norm.weight is not holder.norm.weight
+        assert torch.equal(other(x, z), holder(x, z))
