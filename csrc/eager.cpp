@@ -171,6 +171,40 @@ PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
+// ADInplaceOrView would run for an op on these tensors (the op's kernel there bumps the
+// version counters of what it writes: csrc/shim.cpp).
+bool bumps_versions(std::initializer_list<const Tensor*> ts) {
+  const auto tls = c10::impl::tls_local_dispatch_key_set();
+  DispatchKeySet ks = tls.included_;
+  for (const Tensor* t : ts)
+    if (t && t->defined()) ks = ks | t->key_set();
+  return (ks - tls.excluded_).has(DispatchKey::ADInplaceOrView);
+}
+
+// gated_norm_infer_out(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out)
+// -> None: gated_norm_fwd_out's out (x itself allowed: in place) without the statistics.
+// The caller's fallback is that op, whose results for out are the same.
+PyObject* gated_norm_infer_out(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("gated_norm_infer_out", nargs, 10)) return nullptr;
+  Reader r;
+  const Tensor *x = nullptr, *out = nullptr;
+  std::optional<Tensor> w, b, z;
+  double eps = 0;
+  std::optional<int64_t> group_size;
+  bool norm_before_gate = false, is_rms_norm = false;
+  c10::string_view activation;
+  if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.opt_tensor(args[2], b) &&
+        r.opt_tensor(args[3], z) && r.real(args[4], eps) && r.opt_int(args[5], group_size) &&
+        r.flag(args[6], norm_before_gate) && r.flag(args[7], is_rms_norm) && r.text(args[8], activation) &&
+        r.tensor(args[9], out)))
+    Py_RETURN_NOTIMPLEMENTED;
+  const bool bump = bumps_versions({x, out, w ? &*w : nullptr, b ? &*b : nullptr, z ? &*z : nullptr});
+  return run([&] {
+    if (bump) torch::autograd::impl::bump_version(*out);
+    gn_shim::gated_norm_infer_out(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation, *out);
+  });
+}
+
 // rms_norm(input, weight, eps, gemma) -> Tensor
 PyObject* rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("rms_norm", nargs, 4)) return nullptr;
@@ -198,10 +232,7 @@ PyObject* fused_add_rms_norm(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   if (!(no_interposer() && r.tensor(args[0], x) && r.tensor(args[1], res) && r.opt_tensor(args[2], w) &&
         r.real(args[3], eps) && r.flag(args[4], gemma)))
     Py_RETURN_NOTIMPLEMENTED;
-  const auto tls = c10::impl::tls_local_dispatch_key_set();
-  DispatchKeySet ks = x->key_set() | res->key_set() | tls.included_;
-  if (w) ks = ks | w->key_set();
-  const bool bump = (ks - tls.excluded_).has(DispatchKey::ADInplaceOrView);
+  const bool bump = bumps_versions({x, res, w ? &*w : nullptr});
   return run([&] {
     if (bump) {  // (an inference tensor raises here, as in the op)
       torch::autograd::impl::bump_version(*x);
@@ -225,14 +256,15 @@ PyObject* add_rms_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs)
   return run([&] { return gn_shim::add_rms_norm_infer(*x, *res, w, eps, residual_in_fp32, gemma); });
 }
 
-#define GN_METHOD(name) \
+#define GN_METHOD(name, op) \
   {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, \
-   "gatednorm::" #name " without the dispatcher, or NotImplemented (csrc/eager.cpp)"}
+   "gatednorm::" op " without the dispatcher, or NotImplemented (csrc/eager.cpp)"}
 PyMethodDef methods[] = {
-    GN_METHOD(gated_norm_infer),
-    GN_METHOD(rms_norm),
-    GN_METHOD(fused_add_rms_norm),
-    GN_METHOD(add_rms_norm_infer),
+    GN_METHOD(gated_norm_infer, "gated_norm_infer"),
+    GN_METHOD(gated_norm_infer_out, "gated_norm_fwd_out (out only, no statistics)"),
+    GN_METHOD(rms_norm, "rms_norm"),
+    GN_METHOD(fused_add_rms_norm, "fused_add_rms_norm"),
+    GN_METHOD(add_rms_norm_infer, "add_rms_norm_infer"),
     {nullptr, nullptr, 0, nullptr},
 };
 #undef GN_METHOD

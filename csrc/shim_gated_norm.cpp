@@ -153,17 +153,33 @@ Tensor gated_norm_infer(Tensor x, OptTensor weight, OptTensor bias, OptTensor z,
   return out;
 }
 
-std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
-                                              std::optional<int64_t> group_size, bool norm_before_gate,
-                                              bool is_rms_norm, c10::string_view activation, Tensor out) {
+namespace {
+
+// out's row stride, after the checks of a forward written into `out`.
+int64_t out_row_stride(const Tensor& x, const OptTensor& z, const Tensor& out) {
   GN_REQUIRE(x.dim() >= 1, "x must have at least one dimension");
   check_like_x(x, out, "out");
   check_no_overlap(out, "out", x, "x", true);  // out = x: in place (docs/api.md)
   if (z) check_no_overlap(out, "out", *z, "z", false);
   const int64_t n = x.size(x.dim() - 1);
-  const int64_t s = output_rows(out, "out", x.numel() / (n ? n : 1), n);
+  return output_rows(out, "out", x.numel() / (n ? n : 1), n);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
+                                              std::optional<int64_t> group_size, bool norm_before_gate,
+                                              bool is_rms_norm, c10::string_view activation, Tensor out) {
+  const int64_t s = out_row_stride(x, z, out);
   return forward_into(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out, s,
                       true);
+}
+
+void gated_norm_infer_out(const Tensor& x, const OptTensor& weight, const OptTensor& bias, const OptTensor& z,
+                          double eps, std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm,
+                          c10::string_view activation, const Tensor& out) {
+  const int64_t s = out_row_stride(x, z, out);
+  forward_into(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out, s, false);
 }
 
 namespace {

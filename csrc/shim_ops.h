@@ -22,6 +22,11 @@ Tensor gated_norm_infer(Tensor x, OptTensor weight, OptTensor bias, OptTensor z,
 std::tuple<Tensor, Tensor> gated_norm_fwd_out(Tensor x, OptTensor weight, OptTensor bias, OptTensor z, double eps,
                                               std::optional<int64_t> group_size, bool norm_before_gate,
                                               bool is_rms_norm, c10::string_view activation, Tensor out);
+// gated_norm_fwd_out's out without the statistics: no op of its own, only the direct
+// entry point of csrc/eager.cpp calls it (its op fallback is gated_norm_fwd_out).
+void gated_norm_infer_out(const Tensor& x, const OptTensor& weight, const OptTensor& bias, const OptTensor& z,
+                          double eps, std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm,
+                          c10::string_view activation, const Tensor& out);
 std::tuple<Tensor, OptTensor, OptTensor, OptTensor, OptTensor> gated_norm_bwd(
     Tensor dy, Tensor x, OptTensor weight, OptTensor bias, OptTensor z, Tensor mean, Tensor rstd, double eps,
     std::optional<int64_t> group_size, bool norm_before_gate, bool is_rms_norm, c10::string_view activation,

@@ -57,6 +57,25 @@ def test_gated_direct_is_the_op_bitwise(i, mode, device, no_op_fallback):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("i", range(7))
+def test_gated_infer_out_is_fwd_out_bitwise(i, mode, device):
+    """gated_norm_infer_out (no op of its own: the sglang fused-gate path's in-place call)
+    writes what gated_norm_fwd_out writes, into a new tensor and into x itself, and bumps
+    out's version as that op does."""
+    x, *rest = gated_cases(device)[i]
+    with MODES[mode]():
+        expected = torch.empty_like(x)
+        ops.gated_norm_fwd_out(x, *rest, expected)
+        out = torch.full_like(x, float("nan"))
+        v = None if mode == "inference" else out._version  # (inference tensors have none)
+        assert C.gated_norm_infer_out(x, *rest, out) is None
+        assert torch.equal(out, expected) and (v is None or out._version == v + 1)
+        xin = x.clone()
+        assert C.gated_norm_infer_out(xin, *rest, xin) is None  # in place
+        assert torch.equal(xin, expected)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("i", range(4))
 def test_add_direct_is_the_op_bitwise(i, mode, device, no_op_fallback):
     args = add_cases(device)[i]
@@ -127,6 +146,10 @@ def test_errors_are_the_ops(device):
         assert got == _error(ops.fused_add_rms_norm, *args) and got[1].startswith("gatednorm: "), got
     args = (x, r[:2], w, 1e-6, False, False)
     assert _error(C.add_rms_norm_infer, *args) == _error(ops.add_rms_norm_infer, *args)
+    for out in (x[:2], z, torch.empty(4, 64, device=device, dtype=torch.float64)):  # shape, overlap, dtype
+        args = (x, w, None, z, 1e-6, None, True, True, "silu", out)
+        got = _error(C.gated_norm_infer_out, *args)
+        assert got == _error(ops.gated_norm_fwd_out, *args) and got[1].startswith("gatednorm: "), got
     args = (x, w[:8], 1e-6, False)
     assert _error(C.rms_norm, *args) == _error(ops.rms_norm, *args)
 
@@ -217,6 +240,7 @@ def test_steps_aside_under_modes_and_profiler(ctx, device):
         assert C.rms_norm(x, w, 1e-6, False) is NotImplemented
         assert C.fused_add_rms_norm(x, r, w, 1e-6, False) is NotImplemented
         assert C.add_rms_norm_infer(x, r, w, 1e-6, False, False) is NotImplemented
+        assert C.gated_norm_infer_out(x, w, None, z, 1e-6, None, True, True, "silu", r) is NotImplemented
         torch_ops.layernorm_fn(x, w, None, z, 1e-6, None, True, True, "silu")
     if ctx == "profiler":  # the op shows up in the trace
         assert any(e.name == "gatednorm::gated_norm_infer" for e in m.events())
@@ -304,6 +328,18 @@ def test_random_calls_match_the_ops(m, n, group, dt, wdt, bias, gate, nbg, rms, 
     w = rnd(n, dtype=wdt) if wdt is not None else None
     b = rnd(n, dtype=wdt) if (bias and wdt is not None) else None
     _same(C.gated_norm_infer, ops.gated_norm_infer, (x, w, b, z, eps, group, nbg, rms, act))
+    out1, out2 = torch.full_like(x, 7.0), torch.full_like(x, 7.0)
+    args = (x, w, b, z, eps, group, nbg, rms, act)
+    try:
+        done = C.gated_norm_infer_out(*args, out1)
+    except RuntimeError as e:
+        with pytest.raises(RuntimeError) as expected:
+            ops.gated_norm_fwd_out(*args, out2)
+        assert str(expected.value).split("\nException")[0] == str(e).split("\nException")[0]
+    else:
+        if done is not NotImplemented:
+            ops.gated_norm_fwd_out(*args, out2)
+            torch.testing.assert_close(out1, out2, rtol=0, atol=0, equal_nan=True)
     _same(C.rms_norm, ops.rms_norm, (x, w, eps, gemma))
     r = rnd(m, n)
     _same(C.add_rms_norm_infer, ops.add_rms_norm_infer, (x, r, w, eps, rms, gemma))
