@@ -67,6 +67,8 @@ def cases(M: int, N: int, dtype: torch.dtype, device: str):
         ("op:add_rms_norm", lambda: ops.add_rms_norm(x, r, w, eps, False, False)),
         # the direct entry points (csrc/eager.cpp): the same implementations, no dispatcher
         ("direct:gated_norm_infer", lambda: direct.gated_norm_infer(x, w, None, z, eps, None, True, True, "silu")),
+        ("direct:gated_norm_infer_out", lambda: direct.gated_norm_infer_out(x, w, None, z, eps, None, True, True,
+                                                                             "silu", x)),
         ("direct:fused_add_rms_norm", lambda: direct.fused_add_rms_norm(x, r, w, eps, False)),
         ("direct:rms_norm", lambda: direct.rms_norm(x, w, eps, False)),
         ("direct:add_rms_norm_infer", lambda: direct.add_rms_norm_infer(x, r, w, eps, False, False)),
