@@ -152,22 +152,31 @@ PyObject* run(F&& impl) {
   END_HANDLE_TH_ERRORS
 }
 
-// gated_norm_infer(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation) -> Tensor
-PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (!arity("gated_norm_infer", nargs, 9)) return nullptr;
-  Reader r;
+// The gated forward's arguments: x, weight, bias, z, eps, group_size, norm_before_gate,
+// is_rms_norm, activation (gated_norm_infer's schema; the _out form adds out).
+struct GatedArgs {
   const Tensor* x = nullptr;
   std::optional<Tensor> w, b, z;
   double eps = 0;
   std::optional<int64_t> group_size;
   bool norm_before_gate = false, is_rms_norm = false;
   c10::string_view activation;
-  if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.opt_tensor(args[2], b) &&
-        r.opt_tensor(args[3], z) && r.real(args[4], eps) && r.opt_int(args[5], group_size) &&
-        r.flag(args[6], norm_before_gate) && r.flag(args[7], is_rms_norm) && r.text(args[8], activation)))
-    Py_RETURN_NOTIMPLEMENTED;
+
+  bool read(const Reader& r, PyObject* const* a) {
+    return r.tensor(a[0], x) && r.opt_tensor(a[1], w) && r.opt_tensor(a[2], b) && r.opt_tensor(a[3], z) &&
+           r.real(a[4], eps) && r.opt_int(a[5], group_size) && r.flag(a[6], norm_before_gate) &&
+           r.flag(a[7], is_rms_norm) && r.text(a[8], activation);
+  }
+};
+
+// gated_norm_infer(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation) -> Tensor
+PyObject* gated_norm_infer(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (!arity("gated_norm_infer", nargs, 9)) return nullptr;
+  GatedArgs g;
+  if (!(no_interposer() && g.read(Reader{}, args))) Py_RETURN_NOTIMPLEMENTED;
   return run([&] {
-    return gn_shim::gated_norm_infer(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation);
+    return gn_shim::gated_norm_infer(*g.x, g.w, g.b, g.z, g.eps, g.group_size, g.norm_before_gate, g.is_rms_norm,
+                                     g.activation);
   });
 }
 
@@ -186,22 +195,15 @@ bool bumps_versions(std::initializer_list<const Tensor*> ts) {
 // The caller's fallback is that op, whose results for out are the same.
 PyObject* gated_norm_infer_out(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("gated_norm_infer_out", nargs, 10)) return nullptr;
-  Reader r;
-  const Tensor *x = nullptr, *out = nullptr;
-  std::optional<Tensor> w, b, z;
-  double eps = 0;
-  std::optional<int64_t> group_size;
-  bool norm_before_gate = false, is_rms_norm = false;
-  c10::string_view activation;
-  if (!(no_interposer() && r.tensor(args[0], x) && r.opt_tensor(args[1], w) && r.opt_tensor(args[2], b) &&
-        r.opt_tensor(args[3], z) && r.real(args[4], eps) && r.opt_int(args[5], group_size) &&
-        r.flag(args[6], norm_before_gate) && r.flag(args[7], is_rms_norm) && r.text(args[8], activation) &&
-        r.tensor(args[9], out)))
-    Py_RETURN_NOTIMPLEMENTED;
-  const bool bump = bumps_versions({x, out, w ? &*w : nullptr, b ? &*b : nullptr, z ? &*z : nullptr});
+  const Reader r;
+  GatedArgs g;
+  const Tensor* out = nullptr;
+  if (!(no_interposer() && g.read(r, args) && r.tensor(args[9], out))) Py_RETURN_NOTIMPLEMENTED;
+  const bool bump = bumps_versions({g.x, out, g.w ? &*g.w : nullptr, g.b ? &*g.b : nullptr, g.z ? &*g.z : nullptr});
   return run([&] {
     if (bump) torch::autograd::impl::bump_version(*out);
-    gn_shim::gated_norm_infer_out(*x, w, b, z, eps, group_size, norm_before_gate, is_rms_norm, activation, *out);
+    gn_shim::gated_norm_infer_out(*g.x, g.w, g.b, g.z, g.eps, g.group_size, g.norm_before_gate, g.is_rms_norm,
+                                  g.activation, *out);
   });
 }
 

@@ -27,6 +27,11 @@ _ops = torch.ops.gatednorm
 _registered = False
 
 
+def _given(t, placement):
+    """`placement` for an optional tensor argument that is given, else None."""
+    return placement if t is not None else None
+
+
 def register() -> None:
     """Registers the sharding rules with DTensor (once)."""
     global _registered
@@ -48,11 +53,10 @@ def register() -> None:
         def rule(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
             nd, n = x.ndim, x.shape[-1]
             ngroups = 1 if group_size is None else n // group_size
-            p = lambda t, pl: pl if t is not None else None  # noqa: E731
             out = []
 
             def add(xp, wp, stat):
-                ins = [xp, p(weight, wp), p(bias, wp), p(z, xp), None, None, None, None, None]
+                ins = [xp, _given(weight, wp), _given(bias, wp), _given(z, xp), None, None, None, None, None]
                 mean = R if is_rms_norm else stat  # RMS: an empty mean on every rank
                 out.append(([xp, mean, stat] if with_stats else [xp], ins))
 
@@ -73,47 +77,44 @@ def register() -> None:
           recompute_output):
         nd, n = x.ndim, x.shape[-1]
         ngroups = 1 if group_size is None else n // group_size
-        p = lambda t, pl: pl if t is not None else None  # noqa: E731
         has_mean = mean.shape[0] > 0
         out = []
 
         def add(xp, wp, gradp, stat):
-            outs = [xp, p(weight, gradp), p(bias, gradp), p(z, xp), xp if recompute_output else None]
-            ins = [xp, xp, p(weight, wp), p(bias, wp), p(z, xp), stat if has_mean else R, stat] + [None] * 6
-            out.append((outs, ins))
+            outs = [xp, _given(weight, gradp), _given(bias, gradp), _given(z, xp), xp if recompute_output else None]
+            ins = [xp, xp, _given(weight, wp), _given(bias, wp), _given(z, xp), stat if has_mean else R, stat]
+            out.append((outs, ins + [None] * 6))
 
         add(R, R, R, R)
-        if ngroups == 1:
+        if ngroups == 1 and nd >= 2:  # rows on dim 0 (a 1-D x is one row: its dim 0 is the group)
             add(Shard(0), R, Partial(), Shard(0))
         if last_ok(n, group_size):
             add(Shard(nd - 1), Shard(0), Shard(0), Shard(0))
         return out
 
-    # ---- add + RMSNorm (no groups: rows only)
+    # ---- add + RMSNorm (no groups: rows only; the ops with rstd on dim 0 of a >= 2-D x)
     @register_sharding(_ops.rms_norm.default)
     def _(input, weight, eps, gemma=False):
-        w = lambda pl: pl if weight is not None else None  # noqa: E731
-        return [([R], [R, w(R), None, None])] + [([Shard(d)], [Shard(d), w(R), None, None])
-                                                 for d in row_dims(input.ndim)]
+        return [([pl], [pl, _given(weight, R), None, None]) for pl in [R, *map(Shard, row_dims(input.ndim))]]
 
     @register_sharding(_ops.add_rms_norm_infer.default)
     def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
-        w = lambda pl: pl if weight is not None else None  # noqa: E731
-        return [([R, R], [R, R, w(R), None, None, None])] + [
-            ([Shard(d), Shard(d)], [Shard(d), Shard(d), w(R), None, None, None]) for d in row_dims(x.ndim)]
+        return [([pl, pl], [pl, pl, _given(weight, R), None, None, None])
+                for pl in [R, *map(Shard, row_dims(x.ndim))]]
 
     @register_sharding(_ops.add_rms_norm.default)
     def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
-        w = lambda pl: pl if weight is not None else None  # noqa: E731
-        return [([R, R, R], [R, R, w(R), None, None, None]),
-                ([Shard(0), Shard(0), Shard(0)], [Shard(0), Shard(0), w(R), None, None, None])]
+        return [([pl, pl, pl], [pl, pl, _given(weight, R), None, None, None])
+                for pl in [R] + ([Shard(0)] if x.ndim >= 2 else [])]
 
     @register_sharding(_ops.add_rms_norm_bwd.default)
     def _(dout, dresidual_out, h, weight, rstd, gemma):
-        w = lambda pl: pl if weight is not None else None  # noqa: E731
-        d = lambda pl: pl if dresidual_out is not None else None  # noqa: E731
-        return [([R, R, w(R)], [R, d(R), R, w(R), R, None]),
-                ([Shard(0), Shard(0), w(Partial())], [Shard(0), d(Shard(0)), Shard(0), w(R), Shard(0), None])]
+        rules = [([R, R, _given(weight, R)], [R, _given(dresidual_out, R), R, _given(weight, R), R, None])]
+        if h.ndim >= 2:
+            s0 = Shard(0)
+            rules.append(([s0, s0, _given(weight, Partial())],
+                          [s0, _given(dresidual_out, s0), s0, _given(weight, R), s0, None]))
+        return rules
 
     _registered = True
 
