@@ -95,6 +95,12 @@ TORCH_LIBRARY_IMPL(gatednorm, CUDA, m) { register_impls(m); }
 static const char* const kMutatingOps[] = {"gated_norm_fwd_out", "gated_norm_bwd_out", "rms_norm_out",
                                            "fused_add_rms_norm"};
 
+// "rms_norm" of "gatednorm::rms_norm" (fail() prefixes "gatednorm: ").
+static std::string short_name(const c10::OperatorHandle& op) {
+  const std::string& name = op.schema().name();
+  return name.substr(name.find("::") + 2);
+}
+
 template <typename F>
 static void for_each_written(const c10::OperatorHandle& op, const torch::jit::Stack* stack, F&& f) {
   const auto& args = op.schema().arguments();
@@ -117,10 +123,35 @@ static void refuse_written_requiring_grad(const c10::OperatorHandle& op, c10::Di
   if (at::GradMode::is_enabled()) {
     for_each_written(op, stack, [&](const std::string& name, const at::Tensor& t) {
       if (t.requires_grad())
-        fail(op.schema().name(), " writes into `", name, "`, which requires grad: it has no derivative; "
+        fail(short_name(op), " writes into `", name, "`, which requires grad: it has no derivative; "
              "use the differentiable out-of-place op (gated_norm, add_rms_norm) or call it under "
              "torch.no_grad()");
     });
+  }
+  at::AutoDispatchBelowAutograd guard;
+  op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
+}
+
+// The out-of-place ops without a derivative (the inference forms and the backward ops):
+// without a kernel here torch's autograd fallback would give their outputs a grad_fn
+// whose gradients are silently None (a warning at backward). Under grad mode an
+// argument requiring grad is refused by name instead; the Python functions pick the
+// differentiable op (gated_norm, add_rms_norm) or the reference when one is needed.
+static const char* const kUndifferentiableOps[] = {"gated_norm_fwd", "gated_norm_infer", "gated_norm_bwd",
+                                                   "rms_norm", "add_rms_norm_infer", "add_rms_norm_bwd"};
+
+static void refuse_inputs_requiring_grad(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
+                                         torch::jit::Stack* stack) {
+  if (at::GradMode::is_enabled()) {
+    const auto& args = op.schema().arguments();
+    const size_t first = stack->size() - args.size();
+    for (size_t i = 0; i < args.size(); ++i) {
+      const c10::IValue& v = (*stack)[first + i];
+      if (v.isTensor() && v.toTensor().requires_grad())
+        fail(short_name(op), ": `", args[i].name(), "` requires grad, and this op has no derivative; "
+             "use the differentiable op (gated_norm, add_rms_norm; the torch_ops functions pick it when a "
+             "gradient is needed) or call it under torch.no_grad()");
+    }
   }
   at::AutoDispatchBelowAutograd guard;
   op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
@@ -132,4 +163,6 @@ TORCH_LIBRARY_IMPL(gatednorm, ADInplaceOrView, m) {
 TORCH_LIBRARY_IMPL(gatednorm, Autograd, m) {
   for (const char* op : kMutatingOps)
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_written_requiring_grad>());
+  for (const char* op : kUndifferentiableOps)
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_inputs_requiring_grad>());
 }

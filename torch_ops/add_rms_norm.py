@@ -164,11 +164,22 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
             if _transform_differentiates():  # (gated_norm.py says why)
                 return rms_norm_ref(input, weight, eps, gemma)
             _dtensor.maybe_register(input, weight)
+        if _grad_enabled() and (input.requires_grad or (weight is not None and weight.requires_grad)):
+            return _differentiable_rms_norm(input, weight, eps, gemma)
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
     if not c and _transform_differentiates():
         return out.copy_(rms_norm_ref(input, weight, eps, gemma))
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
+
+
+def _differentiable_rms_norm(input, weight, eps, gemma):
+    """rms_norm when autograd needs its backward: the gated family's differentiable op
+    without gate, bias or groups is this RMSNorm (same fp32 math). Gemma's 1 + w is formed
+    in fp32 (fp64), as the kernels form it, and differentiated by autograd."""
+    if gemma and weight is not None:
+        weight = 1 + weight.to(torch.promote_types(weight.dtype, torch.float32))
+    return _ops.gated_norm(input, weight, None, None, eps, None, True, True, "silu")[0]
 
 
 def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-6, gemma: bool = False) -> None:
@@ -230,9 +241,5 @@ class FusedAddRMSNorm(nn.Module):
 
     def forward(self, x, residual=None):
         if residual is None:
-            if not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
-                return rms_norm(x, self.weight, self.eps, gemma=self.gemma)
-            # Training without a residual: adding zeros is exact and reuses the
-            # differentiable op (one extra read of a zero tensor).
-            return add_rms_norm(x, torch.zeros_like(x), self.weight, self.eps, False, self.gemma)[0]
+            return rms_norm(x, self.weight, self.eps, gemma=self.gemma)
         return add_rms_norm(x, residual, self.weight, self.eps, self.residual_in_fp32, self.gemma)

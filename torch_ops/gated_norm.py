@@ -260,10 +260,32 @@ class LayerNormFn:
         return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
 
 
+def stats_ref(x, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False, activation="swish"):
+    """(mean, rstd) of the reference, laid out as the ops return them: fp32 (fp64 for fp64),
+    [ngroups * M] with element g * M + r (group-major); mean is empty for RMSNorm. Not
+    differentiable (the ops mark them so)."""
+    acc = _stat_dtype(x)
+    n = x.shape[-1]
+    g = n if group_size is None else group_size
+    v = x.detach().reshape(-1, n).to(acc)
+    if z is not None and not norm_before_gate:
+        v = v * _act(z.detach().reshape(-1, n).to(acc), activation)
+    v = v.unflatten(-1, (n // g, g)) if g else v.reshape(v.shape[0], 0, 0)
+    mean = v.mean(dim=-1)
+    c = v if is_rms_norm else v - mean.unsqueeze(-1)
+    rstd = torch.rsqrt(c.square().mean(dim=-1) + eps)
+    return (v.new_empty((0,)) if is_rms_norm else mean.t().reshape(-1)), rstd.t().reshape(-1)
+
+
 def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm_before_gate=True,
                    is_rms_norm=False, activation="swish"):
     """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    if _transform_differentiates():  # the reference: (_transform_differentiates says why)
+        y = gated_norm_ref(*args)
+        mean, rstd = stats_ref(x, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+        out = y if out is None else out.copy_(y)
+        return out, (None if is_rms_norm else mean), rstd
     _dtensor.maybe_register(x, z, weight, bias)
     if out is None:
         out, mean, rstd = (_ops.gated_norm if _needs_grad(x, weight, bias, z) else _ops.gated_norm_fwd)(*args)
@@ -275,11 +297,23 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
 def layer_norm_bwd(dy, x, weight, bias, eps, mean, rstd, z=None, group_size=None, norm_before_gate=True,
                    is_rms_norm=False, recompute_output=False, dz=None, out=None, activation="swish"):
     """The Triton `_layer_norm_bwd` -> (dx, dw, db, dz) or (dx, dw, db, dz, out) with recompute_output.
-    `dz` / `out` given: written in place (row-strided views are fine)."""
+    `dz` / `out` given: written in place (row-strided views are fine).
+
+    Differentiable where Triton's is not: when an argument requires grad under grad mode,
+    or under forward-mode AD / a differentiating torch.func transform, the gradients are
+    computed as a graph through the eager reference (mean and rstd are then recomputed
+    from x and z, not read)."""
+    config = (eps, group_size, norm_before_gate, is_rms_norm, activation)
+    if _transform_differentiates() or (_grad_enabled() and dy.requires_grad) or _needs_grad(x, weight, bias, z):
+        grads = _grads_ref(dy, x, weight, bias, z, config, recompute_output)
+        if dz is not None and z is not None:
+            grads[3] = dz.copy_(grads[3])
+        if out is not None and recompute_output:
+            grads[4] = out.copy_(grads[4])
+        return tuple(grads) if recompute_output else tuple(grads[:4])
     if mean is None:
         mean = rstd.new_empty((0,))
     _dtensor.maybe_register(dy, x, z, weight, bias)
-    config = (eps, group_size, norm_before_gate, is_rms_norm, activation)
     if dz is None and out is None:
         dx, dw, db, dz, out = _ops.gated_norm_bwd(dy, x, weight, bias, z, mean, rstd, *config, recompute_output)
     else:
@@ -293,3 +327,17 @@ def layer_norm_bwd(dy, x, weight, bias, eps, mean, rstd, z=None, group_size=None
         _ops.gated_norm_bwd_out(dy, x, weight, bias, z, mean, rstd, *config, dx, dz,
                                 out if recompute_output else None, dw, db)
     return (dx, dw, db, dz, out) if recompute_output else (dx, dw, db, dz)
+
+
+def _grads_ref(dy, x, weight, bias, z, config, recompute_output):
+    """[dx, dw, db, dz, out or None] of the reference by torch.func.vjp, which composes with
+    autograd and with the torch.func transforms: the gradients are themselves differentiable."""
+    given = [t is not None for t in (x, weight, bias, z)]
+
+    def f(*tensors):
+        it = iter(tensors)
+        return gated_norm_ref(*(next(it) if g else None for g in given), *config)
+
+    y, vjp_fn = torch.func.vjp(f, *(t for t in (x, weight, bias, z) if t is not None))
+    it = iter(vjp_fn(dy.to(y.dtype)))
+    return [next(it) if g else None for g in given] + [y if recompute_output else None]
