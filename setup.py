@@ -40,7 +40,9 @@ def extension():
     # Not limited-API: csrc/eager.cpp unwraps and wraps tensors (libtorch_python) for
     # the direct eager entry points. The op registrations are classic TORCH_LIBRARY
     # (docs/design.md says why not the stable ABI), so a build serves one torch anyway.
-    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"]
+    # -ffp-contract=off: the CPU kernels' AVX-512 copies (csrc/cpu/common.h) compute
+    # bitwise what the others do only if a*b+c is never fused into an FMA.
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", "-ffp-contract=off"]
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.c")
     kwargs = dict(
         name="torch_ops._C",
