@@ -96,6 +96,18 @@ def test_rms_norm_mixed_dtype_gradients(device):
     torch.testing.assert_close(gw.double(), ew, rtol=1e-4, atol=1e-4 * ew.abs().max().item())
 
 
+def test_rms_norm_gemma_weight_formed_in_fp32(device):
+    """The differentiable path forms gemma's 1 + w in fp32, as the kernels do: with a bf16
+    weight of small values, 1 + w rounded to bf16 would be off by up to 2^-8 relative,
+    far outside fp32's rounding (rtol 1e-6: a few fp32 ulps of the row's rstd and y)."""
+    x = torch.randn(4, 96, device=device, requires_grad=True)
+    w = (0.02 * torch.randn(96, device=device)).to(torch.bfloat16).requires_grad_()
+    y = torch_ops.rms_norm(x, w, 1e-6, gemma=True)
+    assert y.grad_fn is not None
+    with torch.no_grad():
+        torch.testing.assert_close(y, ops.rms_norm(x, w, 1e-6, True), rtol=1e-6, atol=1e-6)
+
+
 def test_module_without_residual_trains(device):
     m = torch_ops.FusedAddRMSNorm(48, gemma=True, dtype=F64, device=device)
     with torch.no_grad():

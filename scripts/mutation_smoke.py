@@ -1,0 +1,93 @@
+"""Mutation smoke test: does the CPU test suite catch small, plausible defects?
+
+Each mutant replaces one snippet of the source (a kernel, the shim, the Python layer),
+rebuilds the CPU-only extension in place, runs the core test files on the CPU and
+reports KILLED (some test failed: good) or SURVIVED (a gap in the tests). The source is
+restored and rebuilt afterwards, also on Ctrl-C. A mutant whose snippet is gone is
+reported as STALE: update the table when the code moves.
+
+    python scripts/mutation_smoke.py [name ...]      # ~35 s a mutant on 2 cores
+"""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PY = sys.executable
+BUILD = f"GATEDNORM_CPU_ONLY=1 MAX_JOBS=2 {PY} -m pip install -q --no-build-isolation --no-deps --no-index -e ."
+TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_norm.py", "tests/test_fast_path.py",
+         "tests/test_inplace_out.py", "tests/test_errors.py", "tests/test_param_layouts.py",
+         "tests/test_no_silent_grads.py", "tests/test_eager_direct.py", "tests/test_func_transforms.py",
+         "tests/test_torch_integration.py"]
+
+# name -> (file, snippet, replacement). All were KILLED on 2026-12-05.
+MUTANTS = {
+    "addnorm_normalises_unrounded_sum": ("csrc/cpu/add_rms_norm_impl.h", "      ROUND(H, p->rdt, n); /* h_s",
+                                         "      (void)0; /* h_s"),
+    "stats_row_major": ("csrc/cpu/gated_norm_impl.h",
+                        "      if (mean != NULL) mean[g * p->rows + r] = mu;\n"
+                        "      if (rstd != NULL) rstd[g * p->rows + r] = rs;",
+                        "      if (mean != NULL) mean[r * ng + g] = mu;\n"
+                        "      if (rstd != NULL) rstd[r * ng + g] = rs;"),
+    "rms_bwd_subtracts_mean_term": ("csrc/cpu/gated_norm_impl.h", "c2 = p->is_rms ? (GN_T)0 : c2 * inv_n;",
+                                    "c2 = c2 * inv_n;"),
+    "sum_drops_last_element": ("csrc/cpu/common_impl.h", "const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;",
+                               "const int64_t j1 = n - j0 < GN_TILE ? n - (n > 1) : j0 + GN_TILE;"),
+    "weight_read_in_x_dtype": ("csrc/cpu/gated_norm_impl.h", "    LOAD(wb, weight, p->pdt, n);",
+                               "    LOAD(wb, weight, p->dt, n);"),
+    "gemma_ignored": ("csrc/cpu/add_rms_norm_impl.h", "    if (p->gemma) {", "    if (p->gemma && 0) {"),
+    "silu_derivative_off_by_1e-4": ("csrc/cpu/gated_norm_impl.h", "da[j] = s * ((GN_T)1 + z * ((GN_T)1 - s));",
+                                    "da[j] = s * ((GN_T)1 + z * ((GN_T)1 - s)) * (GN_T)1.0001;"),
+    "addnorm_eps_doubled": ("csrc/cpu/add_rms_norm_impl.h", "* inv_n + eps);", "* inv_n + eps * (GN_T)2);"),
+    "direct_entry_ignores_requires_grad": ("csrc/eager.cpp", "!(grad && out->requires_grad())",
+                                           "!(false && out->requires_grad())"),
+    "direct_rms_norm_drops_gemma": ("csrc/eager.cpp", "gn_shim::rms_norm(*x, w, eps, gemma)",
+                                    "gn_shim::rms_norm(*x, w, eps, false)"),
+    "no_version_bump": ("csrc/shim.cpp",
+                        "[](const std::string&, const at::Tensor& t) { torch::autograd::impl::bump_version(t); }",
+                        "[](const std::string&, const at::Tensor& t) { (void)t; }"),
+    "add_bwd_drops_dresidual": ("torch_ops/add_rms_norm.py",
+                                "_ops.add_rms_norm_bwd(dout, dresidual_out, h, weight, rstd, ctx.gemma)",
+                                "_ops.add_rms_norm_bwd(dout, None, h, weight, rstd, ctx.gemma)"),
+    "gemma_weight_rounded_in_bf16": ("torch_ops/add_rms_norm.py",
+                                     "weight = 1 + weight.to(torch.promote_types(weight.dtype, torch.float32))",
+                                     "weight = 1 + weight"),
+}
+
+
+def run(name: str) -> str:
+    rel, old, new = MUTANTS[name]
+    path = ROOT / rel
+    src = path.read_text()
+    if old not in src:
+        return "STALE (snippet not found)"
+    path.write_text(src.replace(old, new))
+    try:
+        b = subprocess.run(BUILD, shell=True, cwd=ROOT, capture_output=True, text=True)
+        if b.returncode:
+            return "BUILD FAILED\n" + b.stderr[-800:]
+        t = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cpu", *TESTS], cwd=ROOT,
+                           capture_output=True, text=True)
+        summary = t.stdout.strip().splitlines()[-1] if t.stdout.strip() else t.stderr[-300:]
+        failed = [ln.split(" ")[1] for ln in t.stdout.splitlines() if ln.startswith("FAILED")][:3]
+        return ("KILLED" if t.returncode else "SURVIVED") + f": {summary}" + "".join(f"\n    {f}" for f in failed)
+    finally:
+        path.write_text(src)
+
+
+def main(names) -> int:
+    survived = 0
+    try:
+        for name in names or list(MUTANTS):
+            result = run(name)
+            survived += not result.startswith("KILLED")
+            print(f"{name}: {result}", flush=True)
+    finally:
+        subprocess.run(BUILD, shell=True, cwd=ROOT, capture_output=True)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
