@@ -4,6 +4,8 @@
 # carried sglang releases, optionally the benchmark.
 # Logs go to $OUT (the device tool's return folder) or /tmp/gatednorm-out.
 #   bash scripts/device_check.sh [tests] [sanitize] [sglang] [host] [bench] [bench-args...]
+# Environment: PYTEST_FILES / PYTEST_ARGS (tests), SANITIZE_FILES / SANITIZE_TOOLS
+# (sanitize; default memcheck and racecheck).
 # host: benchmarks.host_overhead on CUDA at the decode shape (host wall per eager call,
 # layer by layer: op entry points, direct entry points, public functions, modules).
 set -uo pipefail
@@ -77,7 +79,7 @@ case " $steps " in *" tests "*)
   eval "python3 -m pytest -p no:cacheprovider ${PYTEST_ARGS:--q -x} ${PYTEST_FILES:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
 esac
 case " $steps " in *" sanitize "*)
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
       python3 -m pytest -q -x -p no:cacheprovider -m "not slow" -k cuda ${SANITIZE_FILES:-tests/test_forward.py tests/test_backward.py tests/test_add_rms_norm.py tests/test_param_layouts.py} \
       > "$OUT/sanitizer-$tool.log" 2>&1
