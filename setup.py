@@ -53,7 +53,9 @@ def extension():
     if not cuda:
         return CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
     kwargs["sources"] = srcs + sources("csrc/cuda/*.cu")
+    # GATEDNORM_NVCC_FLAGS: extra nvcc flags for tuning sweeps (e.g. -DGN_FWD_RING=4, plan.h).
     nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc += os.environ.get("GATEDNORM_NVCC_FLAGS", "").split()
     return CUDAExtension(
         extra_compile_args={"cxx": cxx + ["-DGN_WITH_CUDA", "-DUSE_CUDA"], "nvcc": nvcc},
         **kwargs,

@@ -79,7 +79,11 @@ gn_status device_info(DeviceInfo* out);
 constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
 // Rows in the forward's cp.async ring (aligned register path): this row and the
 // next RING - 1 ones in flight.
-constexpr int FWD_RING = 3, BWD_RING = 3;
+// -DGN_FWD_RING=k builds another depth for sweeps (GATEDNORM_NVCC_FLAGS in setup.py).
+#ifndef GN_FWD_RING
+#define GN_FWD_RING 3
+#endif
+constexpr int FWD_RING = GN_FWD_RING, BWD_RING = 3;
 // The split forward's ring: 2 rows (one ahead) leave room for two CTAs of 512 threads
 // an SM, so twice the clusters fit (H100 bf16, slices of 8192: N = 16K-128K 0.80-0.84
 // vs 0.74-0.85 with 3 rows, 0.72-0.84 with 4; docs/data/h100_row_iters_sweep.txt).
