@@ -230,3 +230,31 @@ def test_layer_norm_bwd_writes_given_outputs_when_differentiating(device):
     assert got[3] is dz and got[4] is out and dz.grad_fn is not None
     for g, ee in zip(got, e):
         torch.testing.assert_close(g.detach(), ee, **TIGHT)
+
+
+def test_sglang_layer_norm_fwd_under_transforms(device):
+    """sglang's `_layer_norm_fwd` replacement: the reference under grad / jvp (it raised in
+    torch.func before), its statistics fp32 as sglang's; `out` is written."""
+    from torch_ops.integrations.sglang import gated
+
+    x, w, _, z = make_inputs((6, 32), F64, device, bias=False)
+    dy, t = torch.randn_like(x), torch.randn_like(x)
+    f = lambda v: gated.layer_norm_fwd(v, w, None, 1e-6, z=z, group_size=8, norm_before_gate=False,  # noqa: E731
+                                       is_rms_norm=True)[0]
+    g = lambda v: torch_ops.layernorm_fn(v, w, None, z, 1e-6, 8, False, True, "swish")  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(lambda v: (f(v) * dy).sum())(x),
+                               torch.func.grad(lambda v: (g(v) * dy).sum())(x), **TIGHT)
+    torch.testing.assert_close(torch.func.jvp(f, (x,), (t,))[1], torch.func.jvp(g, (x,), (t,))[1], **TIGHT)
+    seen = {}
+
+    def h(v):
+        out = torch.full_like(v, float("nan"))
+        y, mean, rstd = gated.layer_norm_fwd(v, w, None, 1e-6, z=z, out=out, group_size=8, norm_before_gate=False,
+                                             is_rms_norm=True)
+        seen.update(y_is_out=y is out, mean=mean, rstd=rstd)
+        return y
+
+    torch.func.grad(lambda v: (h(v) * dy).sum())(x)
+    _, _, e_rstd = ops.gated_norm_fwd(x, w, None, z, 1e-6, 8, False, True, "swish")
+    assert seen["y_is_out"] and seen["mean"] is None and seen["rstd"].dtype == torch.float32
+    torch.testing.assert_close(seen["rstd"], e_rstd.float(), rtol=1e-6, atol=0)
