@@ -49,6 +49,36 @@ def _cases(device):
             eo, eh = torch_ops.add_rms_norm(x, r, w, 1e-6)
             assert torch.equal(full(o), eo) and torch.equal(full(h), eh)
 
+    # in place (no sharding rule: the public functions run the op on the local rows)
+    for pl in [Shard(0), Shard(1), Replicate()]:
+        with torch.no_grad():
+            a, res = dt(x.clone(), pl), dt(r.clone(), pl)
+            local_a, local_res = a.to_local(), res.to_local()
+            torch_ops.fused_add_rms_norm(a, res, dt(w, Replicate()), 1e-6)
+            ea, eres = x.clone(), r.clone()
+            torch_ops.fused_add_rms_norm(ea, eres, w, 1e-6)
+            assert a.placements == (pl,)
+            assert torch.equal(full(a), ea) and torch.equal(full(res), eres), pl
+            assert torch.equal(local_a, a.to_local()) and torch.equal(local_res, res.to_local())  # in place
+            out = dt(torch.full_like(x, float("nan")), pl)
+            assert torch_ops.rms_norm(dt(x, pl), w, 1e-6, out=out) is out
+            assert torch.equal(full(out), torch_ops.rms_norm(x, w, 1e-6)), pl
+    bad = [  # (input, residual, weight) -> the argument the error names
+        ((dt(x, Shard(2)), dt(r, Shard(2)), w), "input"),  # rows split across ranks
+        ((dt(x, Shard(0)), dt(r, Shard(1)), w), "residual"),  # different placements
+        ((dt(x, Shard(0)), r, w), "residual"),  # a plain tensor with a DTensor
+        ((x, r, dt(w, Replicate())), "input"),
+        ((dt(x, Shard(0)), dt(r, Shard(0)), dt(w, Shard(0))), "weight"),  # a sharded weight
+    ]
+    for args, name in bad:
+        try:
+            with torch.no_grad():
+                torch_ops.fused_add_rms_norm(*args, 1e-6)
+        except ValueError as e:
+            assert f"`{name}`" in str(e) and "fused_add_rms_norm" in str(e), e
+        else:
+            raise AssertionError(f"no error for {name}")
+
     # training: rows on dim 0 (2-D, one group) and groups on the last dim
     x2, z2, r2, dy = rnd(8, 64), rnd(8, 64), rnd(8, 64), rnd(8, 64)
     for pl, wpl, group in [(Shard(0), Replicate(), None), (Shard(1), Shard(0), 16)]:

@@ -169,6 +169,10 @@ def rms_norm(input: Tensor, weight, eps: float = 1e-6, out: Tensor | None = None
         return (_ops.rms_norm if c else _RMS_NORM)(input, weight, eps, gemma)
     if not c and _transform_differentiates():
         return out.copy_(rms_norm_ref(input, weight, eps, gemma))
+    if not c and _dtensor.any_dtensor(input, out, weight):  # in place on the local rows (dtensor.py)
+        (x, o), w = _dtensor.local_rows("rms_norm", {"input": input, "out": out}, weight)
+        _RMS_NORM_OUT(x, w, eps, o, gemma)
+        return out
     (_ops.rms_norm_out if c else _RMS_NORM_OUT)(input, weight, eps, out, gemma)
     return out
 
@@ -194,6 +198,9 @@ def fused_add_rms_norm(input: Tensor, residual: Tensor, weight, eps: float = 1e-
         out, h = add_rms_norm_ref(input, residual, weight, eps, False, gemma)
         residual.copy_(h)
         input.copy_(out)
+    elif _dtensor.any_dtensor(input, residual, weight):  # in place on the local rows (dtensor.py)
+        (x, r), w = _dtensor.local_rows("fused_add_rms_norm", {"input": input, "residual": residual}, weight)
+        _FUSED_ADD_RMS_NORM(x, r, w, eps, gemma)
     else:
         _FUSED_ADD_RMS_NORM(input, residual, weight, eps, gemma)
 

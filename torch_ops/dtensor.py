@@ -16,6 +16,8 @@ every group stays on one rank:
 - the last dim sharded with groups (`group_size` given, each rank holding whole groups:
   head-parallel Mamba2 / Qwen3-Next layouts): x, z, weight, bias, out and the
   statistics (group-major: a rank's groups are one block) all Shard on their last dim.
+The in-place forms (`fused_add_rms_norm`, `rms_norm(out=)`) have no rule: the public
+functions run them on the local shards after checking the placements (`local_rows`).
 Importing torch.distributed.tensor costs ~0.6 s, so nothing here runs at import."""
 from __future__ import annotations
 
@@ -117,6 +119,53 @@ def register() -> None:
         return rules
 
     _registered = True
+
+
+def any_dtensor(*tensors) -> bool:
+    """Is one of `tensors` a DTensor? (False at no cost while DTensor is not imported.)"""
+    if "torch.distributed.tensor" not in sys.modules:
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(t, DTensor) for t in tensors)
+
+
+def local_rows(op: str, written: dict, weight):
+    """The local tensors on which to run an in-place op over DTensors (`written`: name ->
+    the tensors it writes, and reads, by rows; `weight`: replicated or a plain tensor).
+
+    No sharding rule can serve an op that writes into its arguments: DTensor could
+    redistribute a written argument first, and the write would land in a temporary. So
+    the placements are checked here and the op runs on the local shards in place, which
+    is exact when every row stays on one rank: the written tensors on one mesh with the
+    same placements, each Replicate or Shard of a dim other than the last (not Partial:
+    the norm of a partial sum is not the sum of norms), the weight replicated. Else a
+    ValueError naming the argument. -> (local tensors in `written`'s order, local weight)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    names = list(written)
+    dts = [n for n in names if isinstance(written[n], DTensor)]
+    if len(dts) < len(names):
+        plain = next(n for n in names if n not in dts)
+        other = dts[0] if dts else "weight"
+        raise ValueError(f"gatednorm ({op}): `{other}` is a DTensor but `{plain}` is a plain tensor; pass "
+                         f"{', '.join(names)} as DTensors with the same placements (or all as plain tensors)")
+    first = written[names[0]]
+    for name in names:
+        t = written[name]
+        if t.device_mesh != first.device_mesh or t.placements != first.placements:
+            raise ValueError(f"gatednorm ({op}): `{name}` has placements {t.placements} on {t.device_mesh}, "
+                             f"`{names[0]}` {first.placements} on {first.device_mesh}: they must be the same")
+        for pl in t.placements:
+            if not (isinstance(pl, Replicate) or (isinstance(pl, Shard) and pl.dim < t.ndim - 1)):
+                raise ValueError(f"gatednorm ({op}): `{name}` has placement {pl}: in place, every row must stay on "
+                                 f"one rank (Replicate, or Shard of a dim other than the last, {t.ndim - 1})")
+    if isinstance(weight, DTensor):
+        if weight.device_mesh != first.device_mesh or any(not isinstance(pl, Replicate) for pl in weight.placements):
+            raise ValueError(f"gatednorm ({op}): `weight` must be replicated on the mesh of `{names[0]}`, "
+                             f"got {weight.placements}")
+        weight = weight.to_local()
+    return [written[n].to_local() for n in names], weight
 
 
 def maybe_register(*tensors) -> None:
