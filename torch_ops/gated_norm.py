@@ -277,13 +277,20 @@ def stats_ref(x, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rm
     return (v.new_empty((0,)) if is_rms_norm else mean.t().reshape(-1)), rstd.t().reshape(-1)
 
 
+def reference_forward(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
+    """(out, mean, rstd) as `gated_norm_fwd` returns them, computed by the eager reference
+    (what the statistics-returning functions run under the differentiating transforms)."""
+    cfg = (eps, group_size, norm_before_gate, is_rms_norm, activation)
+    mean, rstd = stats_ref(x, z, *cfg)
+    return gated_norm_ref(x, weight, bias, z, *cfg), mean, rstd
+
+
 def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm_before_gate=True,
                    is_rms_norm=False, activation="swish"):
     """sglang's `_layer_norm_fwd` -> (out, mean or None, rstd)."""
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     if _transform_differentiates():  # the reference: (_transform_differentiates says why)
-        y = gated_norm_ref(*args)
-        mean, rstd = stats_ref(x, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+        y, mean, rstd = reference_forward(*args)
         out = y if out is None else out.copy_(y)
         return out, (None if is_rms_norm else mean), rstd
     _dtensor.maybe_register(x, z, weight, bias)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ... import _C
-from ...gated_norm import _compiling, _forward_op, _transform_differentiates, gated_norm_ref, stats_ref
+from ...gated_norm import _compiling, _forward_op, _transform_differentiates, reference_forward
 from ...gated_norm import layernorm_fn as _layernorm_fn
 
 _ops = torch.ops.gatednorm
@@ -64,7 +64,7 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
     z = _z_rows(z, m, n, "_layer_norm_fwd")
     args = (x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     # forward AD / differentiating torch.func transforms: the reference (gated_norm.py says why)
-    forward = _reference_forward if _transform_differentiates() else _forward_op(x, weight, bias, z)
+    forward = reference_forward if _transform_differentiates() else _forward_op(x, weight, bias, z)
     if quant_heads:
         if x.dim() != 2 or (group_size is not None and group_size != n) or m % quant_heads:
             raise ValueError(f"gatednorm (_layer_norm_fwd): quant_heads={quant_heads} needs a 2-D x with one group "
@@ -73,20 +73,13 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
         result = _fp8_per_token(y, quant_heads)
     elif out is None:
         result, mean, rstd = forward(*args)
-    elif forward is _reference_forward:
+    elif forward is reference_forward:
         y, mean, rstd = forward(*args)
         result = out.copy_(y)
     else:
         mean, rstd = _ops.gated_norm_fwd_out(*args, out)
         result = out
     return result, (None if is_rms_norm else _stats32(mean)), _stats32(rstd)
-
-
-def _reference_forward(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
-    """(out, mean, rstd) as the ops return them, computed by the eager reference."""
-    cfg = (eps, group_size, norm_before_gate, is_rms_norm, activation)
-    mean, rstd = stats_ref(x, z, *cfg)
-    return gated_norm_ref(x, weight, bias, z, *cfg), mean, rstd
 
 
 def _gated(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
