@@ -258,3 +258,22 @@ def test_sglang_layer_norm_fwd_under_transforms(device):
     _, _, e_rstd = ops.gated_norm_fwd(x, w, None, z, 1e-6, 8, False, True, "swish")
     assert seen["y_is_out"] and seen["mean"] is None and seen["rstd"].dtype == torch.float32
     torch.testing.assert_close(seen["rstd"], e_rstd.float(), rtol=1e-6, atol=0)
+
+
+def test_rms_norm_gradients_under_compile(device):
+    """torch.compile(fullgraph=True) takes the same differentiable path (gated_norm) when a
+    gradient is needed, and the inference op under no_grad."""
+    x = torch.randn(8, 64, device=device, requires_grad=True)
+    w = torch.randn(64, device=device, requires_grad=True)
+
+    def loss(x, w):
+        return torch_ops.rms_norm(x, w, 1e-6, gemma=True).square().sum()
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(x, w), (x, w))
+    expected = torch.autograd.grad(loss(x, w), (x, w))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        y = torch.compile(lambda x: torch_ops.rms_norm(x, w, 1e-6), backend="aot_eager", fullgraph=True)(x)
+        assert torch.equal(y, ops.rms_norm(x, w, 1e-6, False))
