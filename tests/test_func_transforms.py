@@ -91,8 +91,18 @@ def test_func_grad_and_jacrev_are_the_kernel_backward(name, device):
     torch.testing.assert_close(jac, jac_kernel, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.filterwarnings("error")  # vmap's per-sample fallback warns: our rules must take every case
-def test_vmap_rules(device):
+@pytest.fixture
+def no_vmap_fallback():
+    """vmap's per-sample fallback turned into an error (its warning is a C++ log line that
+    pytest cannot catch): every vmapped call must take one of our rules."""
+    f = torch._C._functorch
+    was = f._is_vmap_fallback_enabled()
+    f._set_vmap_fallback_enabled(False)
+    yield
+    f._set_vmap_fallback_enabled(was)
+
+
+def test_vmap_rules(device, no_vmap_fallback):
     """torch_ops/_vmap.py: batched rows in one call (any in_dims), batched parameters (an
     ensemble) one call per sample; bitwise the unbatched calls."""
     x, w, _, z = make_inputs((5, 3, 64), torch.float32, device, bias=False)
@@ -114,6 +124,50 @@ def test_vmap_rules(device):
     assert torch.equal(torch.func.vmap(lambda a: torch_ops.rms_norm(a, w, 1e-6))(x), torch_ops.rms_norm(x, w, 1e-6))
     assert torch.equal(torch.func.vmap(torch_ops.rms_norm, in_dims=(0, 0, None))(x, W, 1e-6),
                        torch.stack([torch_ops.rms_norm(x[i], W[i], 1e-6) for i in range(5)]))
+
+
+@pytest.mark.parametrize("in_dim", [0, 1])
+def test_vmap_rules_of_the_differentiable_ops(in_dim, device, no_vmap_fallback):
+    """vmap under regular autograd (inputs requiring grad outside vmap): the rule runs the
+    differentiable ops below autograd on the whole batch; outputs bitwise the unbatched
+    call's, each sample's statistics in its own layout, gradients those of the plain call."""
+    x, w, b, z = make_inputs((5, 3, 64), torch.float32, device)
+    ops = torch.ops.gatednorm
+    xs, zs = x.movedim(0, in_dim).contiguous(), z.movedim(0, in_dim).contiguous()
+    leaves = [t.clone().requires_grad_() for t in (xs, w, b, zs)]
+    args = lambda xx, ww, bb, zz: (xx, ww, bb, zz, 1e-6, 16, False, False, "silu")  # noqa: E731
+    out, mean, rstd = torch.func.vmap(lambda a, c: ops.gated_norm(*args(a, leaves[1], leaves[2], c)),
+                                      in_dims=(in_dim, in_dim))(leaves[0], leaves[3])
+    for i in range(5):
+        e_out, e_mean, e_rstd = ops.gated_norm_fwd(*args(x[i], w, b, z[i]))
+        assert torch.equal(out[i].detach(), e_out) and torch.equal(mean[i], e_mean) and torch.equal(rstd[i], e_rstd)
+    dy = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dy)
+    plain = [t.clone().requires_grad_() for t in (x, w, b, z)]
+    e_grads = torch.autograd.grad(ops.gated_norm(*args(*plain))[0], plain, dy)
+    for g, e, name in zip(grads, e_grads, ("dx", "dw", "db", "dz")):
+        g = g.movedim(in_dim, 0) if name in ("dx", "dz") else g
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6, msg=name)
+    # RMS (empty mean) and batched parameters (one call per sample)
+    W = 1 + 0.1 * torch.randn(5, 64, device=device)
+    out, mean, rstd = torch.func.vmap(lambda a, ww: ops.gated_norm(a, ww, None, None, 1e-6, None, True, True, "silu"))(
+        x, W.requires_grad_())
+    assert mean.shape == (5, 0) and rstd.shape == (5, 3)
+    for i in range(5):
+        e_out, _, e_rstd = ops.gated_norm_fwd(x[i], W[i].detach(), None, None, 1e-6, None, True, True, "silu")
+        assert torch.equal(out[i].detach(), e_out) and torch.equal(rstd[i], e_rstd)
+    # add + RMSNorm
+    r = torch.randn_like(x)
+    xl, rl, wl = (t.clone().requires_grad_() for t in (x, r, w))
+    o, h, rs = torch.func.vmap(lambda a, c: ops.add_rms_norm(a, c, wl, 1e-6, False, False))(xl, rl)
+    e_o, e_h, e_rs = ops.add_rms_norm(x, r, w, 1e-6, False, False)
+    assert torch.equal(o.detach(), e_o) and torch.equal(h.detach(), e_h) and torch.equal(rs, e_rs.view(5, 3))
+    g = torch.autograd.grad((o * dy).sum() + h.sum(), (xl, rl, wl))
+    pl = [t.clone().requires_grad_() for t in (x, r, w)]
+    e_o, e_h, _ = ops.add_rms_norm(*pl, 1e-6, False, False)
+    e_g = torch.autograd.grad((e_o * dy).sum() + e_h.sum(), pl)
+    for a, e in zip(g, e_g):
+        torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------- double backward

@@ -83,6 +83,8 @@ def _(x, residual, weight, eps, residual_in_fp32=False, gemma=False):
 torch.library.register_vmap("gatednorm::rms_norm", rows_rule(_ops.rms_norm.default, rows=(0,), params=(1,)))
 torch.library.register_vmap("gatednorm::add_rms_norm_infer",
                             rows_rule(_ops.add_rms_norm_infer.default, rows=(0, 1), params=(2,)))
+torch.library.register_vmap("gatednorm::add_rms_norm",
+                            rows_rule(_ops.add_rms_norm.default, rows=(0, 1), params=(2,), stats=(2,)))
 
 
 @torch.library.register_fake("gatednorm::add_rms_norm_bwd")

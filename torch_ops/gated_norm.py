@@ -104,6 +104,16 @@ torch.library.register_vmap("gatednorm::gated_norm_infer",
                             rows_rule(_ops.gated_norm_infer.default, rows=(0, 3), params=(1, 2)))
 
 
+def _ngroups(args):
+    n, group_size = args[0].shape[-1], args[5]
+    return 1 if group_size is None else n // group_size
+
+
+for _name in ("gated_norm", "gated_norm_fwd"):
+    torch.library.register_vmap(f"gatednorm::{_name}", rows_rule(getattr(_ops, _name).default, rows=(0, 3),
+                                                                 params=(1, 2), stats=(1, 2), ngroups=_ngroups))
+
+
 @torch.library.register_fake("gatednorm::gated_norm_fwd_out")
 def _(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation, out):
     return _stats_like(x, group_size, is_rms_norm)
