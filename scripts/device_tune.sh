@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One device call that tunes the gated forward's launch for the machine it runs on (the
 # ninth session found the H100's grid policy wrong for the H200: docs/data/h200_ring_iters.txt):
-#   1. for each cp.async ring depth in RINGS (rebuilt with -DGN_FWD_RING=k), the forward of
-#      the ROWS regex under each GATEDNORM_ROW_ITERS setting in ITERS (0 = the built-in
-#      policy, -1 = persistent grid, k = k row blocks a block): scripts/sweep_row_iters.sh;
+#   1. for each build variant in VARIANTS (';'-separated nvcc flag sets, e.g. the cp.async
+#      ring depth -DGN_FWD_RING=k or the block width -DGN_FWD_BLOCK=k: csrc/cuda/plan.h),
+#      the forward of the ROWS regex under each GATEDNORM_ROW_ITERS setting in ITERS (0 =
+#      the built-in policy, -1 = persistent grid, k = k row blocks a block):
+#      scripts/sweep_row_iters.sh, a table per variant;
 #   2. (PROFILE=1) Nsight Compute on PROFILE_ROW for ours (built-in policy and persistent
 #      grid) and fng: SpeedOfLight, memory, occupancy, launch, warp-state sections.
-# Leaves the default build (ring 3) installed at the end. Tables and logs in $OUT.
-#   RINGS="3 4" ITERS="0 -1 2 4" ROWS='^(qwen|mamba|gate|rms|ln|sig|odd|sweep)' bash scripts/device_tune.sh
+# Leaves the default build installed at the end. Tables and logs in $OUT.
+#   VARIANTS="-DGN_FWD_RING=3;-DGN_FWD_RING=4;-DGN_FWD_RING=4 -DGN_FWD_BLOCK=512" \
+#   ITERS="0 -1 2 4" ROWS='^(qwen|mamba|gate|rms|ln|sig|odd|sweep)' bash scripts/device_tune.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gatednorm-out}"
@@ -21,11 +24,12 @@ build() {  # $1: extra nvcc flags
     > "$OUT/build.log" 2>&1 || { tail -20 "$OUT/build.log"; exit 1; }
 }
 rows="${ROWS:-^(qwen3next_prefill|mamba2_g1024|gate_before_5120|rms_z_4096|ln_bias_z_4096|rms_noz_4096|odd_n1200|odd_n5000)$}"
-for ring in ${RINGS:-3 4}; do
-  build "-DGN_FWD_RING=$ring"
-  echo "== ring $ring"; mkdir -p "$OUT/ring$ring"
-  OUT="$OUT/ring$ring" PASSES="${PASSES:-fwd}" bash scripts/sweep_row_iters.sh "$rows" ${ITERS:-0 -1 2 4} \
-    | tee "$OUT/ring$ring.txt"
+IFS=';' read -ra variants <<< "${VARIANTS:--DGN_FWD_RING=3;-DGN_FWD_RING=4}"
+for i in "${!variants[@]}"; do
+  build "${variants[$i]}"
+  echo "== variant $i: ${variants[$i]:-(default)}"; mkdir -p "$OUT/v$i"
+  OUT="$OUT/v$i" PASSES="${PASSES:-fwd}" bash scripts/sweep_row_iters.sh "$rows" ${ITERS:-0 -1 2 4} \
+    | tee "$OUT/v$i.txt"
 done
 build ""
 if [ "${PROFILE:-1}" = 1 ]; then

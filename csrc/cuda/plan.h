@@ -76,10 +76,14 @@ gn_status device_info(DeviceInfo* out);
 // forward holds x and z, plus the next row's x and z packed; the backward holds
 // x, z, dy and its dw/db partial sums). Forward: 16-byte vectors per tensor;
 // backward: elements per tensor.
-constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = 256;
+// Tuning sweeps build other values with -DGN_FWD_BLOCK=k and -DGN_FWD_RING=k
+// (GATEDNORM_NVCC_FLAGS in setup.py; scripts/device_tune.sh).
+#ifndef GN_FWD_BLOCK
+#define GN_FWD_BLOCK 256
+#endif
+constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = GN_FWD_BLOCK;
 // Rows in the forward's cp.async ring (aligned register path): this row and the
 // next RING - 1 ones in flight.
-// -DGN_FWD_RING=k builds another depth for sweeps (GATEDNORM_NVCC_FLAGS in setup.py).
 #ifndef GN_FWD_RING
 #define GN_FWD_RING 3
 #endif
@@ -95,7 +99,7 @@ constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
 // varying with unrelated code changes); 64 costs no spills.
-constexpr int FWD_MIN_BLOCKS = 2;
+constexpr int FWD_MIN_BLOCKS = 2;  // (3: 40 registers and spills, sm_90 bf16)
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // Aligned backward groups wider than a team of BWD_BLOCK threads at BWD_MAX_ELEMS (bf16
 // / fp16 past 2048, fp32 past 2048) hold BWD_WIDE_ELEMS a thread (120-128 registers, no
