@@ -20,7 +20,7 @@ BUILD = f"GATEDNORM_CPU_ONLY=1 MAX_JOBS=2 {PY} -m pip install -q --no-build-isol
 TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_norm.py", "tests/test_fast_path.py",
          "tests/test_inplace_out.py", "tests/test_errors.py", "tests/test_param_layouts.py",
          "tests/test_no_silent_grads.py", "tests/test_eager_direct.py", "tests/test_func_transforms.py",
-         "tests/test_torch_integration.py"]
+         "tests/test_torch_integration.py", "tests/test_dtensor.py"]
 
 # name -> (file, snippet, replacement). All were KILLED on 2026-12-05.
 MUTANTS = {
@@ -54,6 +54,17 @@ MUTANTS = {
     "gemma_weight_rounded_in_bf16": ("torch_ops/add_rms_norm.py",
                                      "weight = 1 + weight.to(torch.promote_types(weight.dtype, torch.float32))",
                                      "weight = 1 + weight"),
+    "autograd_kernel_lets_grad_through": ("csrc/shim.cpp",
+                                          "                                         torch::jit::Stack* stack) {\n"
+                                          "  if (at::GradMode::is_enabled()) {\n    const auto& args",
+                                          "                                         torch::jit::Stack* stack) {\n"
+                                          "  if (false) {\n    const auto& args"),
+    "stats_ref_row_major": ("torch_ops/gated_norm.py", "mean.t().reshape(-1)), rstd.t().reshape(-1)",
+                            "mean.reshape(-1)), rstd.reshape(-1)"),
+    "vmap_stats_not_per_sample": ("torch_ops/_vmap.py", "t.view(ngroups, n, -1).transpose(0, 1).reshape(n, -1)",
+                                  "t.view(ngroups, n, -1).reshape(n, -1)"),
+    "dtensor_in_place_allows_split_rows": ("torch_ops/dtensor.py", "isinstance(pl, Shard) and pl.dim < t.ndim - 1",
+                                           "isinstance(pl, Shard) and pl.dim < t.ndim"),
 }
 
 
