@@ -223,13 +223,11 @@ def _needs_grad(x, weight, bias, z):
                                 or (bias is not None and bias.requires_grad) or (z is not None and z.requires_grad))
 
 
-def _forward_op(*tensors):
+def _forward_op(x, weight, bias, z):
     """The differentiable op when autograd will need it, else the one without an
     autograd kernel in its call path (much less host time per call); both return
     (out, mean, rstd)."""
-    if _grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _ops.gated_norm
-    return _ops.gated_norm_fwd
+    return _ops.gated_norm if _needs_grad(x, weight, bias, z) else _ops.gated_norm_fwd
 
 
 def layernorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
@@ -305,7 +303,7 @@ def layer_norm_fwd(x, weight, bias, eps, z=None, out=None, group_size=None, norm
         return out, (None if is_rms_norm else mean), rstd
     _dtensor.maybe_register(x, z, weight, bias)
     if out is None:
-        out, mean, rstd = (_ops.gated_norm if _needs_grad(x, weight, bias, z) else _ops.gated_norm_fwd)(*args)
+        out, mean, rstd = _forward_op(x, weight, bias, z)(*args)
     else:
         mean, rstd = _ops.gated_norm_fwd_out(*args, out)
     return out, (None if is_rms_norm else mean), rstd
