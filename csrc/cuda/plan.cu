@@ -34,6 +34,13 @@ gn_status device_info(DeviceInfo* out) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&d.max_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev);
   if (e != cudaSuccess) return cuda_fail(e, "cudaDeviceGetAttribute");
+  int mem_khz = 0, bus_bits = 0;  // optional: a device without them keeps the H100-measured policies
+  if (cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    mem_khz = bus_bits = 0;
+  }
+  d.dram_gbps = (int)((long long)mem_khz * bus_bits * 2 / 8 / 1000000);  // double data rate
   if (dev < MAX_DEVICES) cache[dev] = d;
   *out = d;
   return GN_OK;
@@ -69,14 +76,14 @@ static int blocks_per_sm(int threads) { return threads >= 1024 ? 2 : 2048 / thre
 // The register-path layout of groups of `nvec` vectors (`ngroups` of them; `split`:
 // a slice per CTA, one team a block): false when a team would exceed the kernel's.
 static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nvec, int64_t ngroups, bool split,
-                        const DeviceInfo& dev) {
+                        const DeviceInfo& dev, int fwd_max_nv, int fwd_max_team) {
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype), M = cfg.rows;
-  int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
+  int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : fwd_max_nv;
   // plan.h, BWD_WIDE_ELEMS: aligned groups wider than a BWD_BLOCK team at BWD_MAX_ELEMS
   // (unaligned ones take one vector a thread, up to BWD_MAX_TEAM threads).
   const int narrow_team = p.layout.aligned ? BWD_BLOCK : BWD_MAX_TEAM;
   if (backward && (split || nvec > (int64_t)narrow_team * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
-  const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
+  const int max_team = backward ? BWD_MAX_TEAM : fwd_max_team;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
 
   // Fewest vectors per thread that keep the team within a warp; else the most.
@@ -128,21 +135,24 @@ static int slice_vecs() {
   return v;
 }
 
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split) {
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split,
+               int fwd_max_nv, int fwd_max_team) {
+  if (fwd_max_nv <= 0) fwd_max_nv = FWD_MAX_VECS;
+  if (fwd_max_team <= 0) fwd_max_team = FWD_MAX_TEAM;
   Plan p{};
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
   const int64_t G = cfg.group_size, ngroups = cfg.cols / G;
   const int64_t nvec = (G + vec - 1) / vec;
   p.layout.aligned = aligned;
   p.layout.csize = 1;
-  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev)) return p;
+  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev, fwd_max_nv, fwd_max_team)) return p;
   // Too wide for one block: a slice of at most slice_vecs() vectors per CTA of a
   // cluster (whole vectors: aligned rows only), if the kernel can take the slice.
   split = split && aligned && dev.major >= 9 && built_for_clusters();
   if (split) {
     int cs = 2;
     while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
-    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
+    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev, fwd_max_nv, fwd_max_team)) {
       p.layout.csize = cs;
       return p;
     }
