@@ -204,9 +204,11 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
   // 512) take 4 row blocks each: RMSNorm at 5120 0.98 vs 0.85 at 2, at 8192 0.99 vs
   // 0.91; add + RMSNorm at 5120 0.98 (as at 3); one block per SM (add at 8192) keeps 3.
   const bool wide = p.threads > FWD_BLOCK;
+  // Bandwidth-rich devices (plan.h): 4 where the H100 took 2 (H200, plain RMSNorm, M =
+  // 65536, N = 4096: 0.87 vs 0.72 at 2, 0.83 persistent; docs/data/h200_row_iters.txt).
   const int preferred = !team_mostly_full(a.cfg.cols, VEC, p.layout.tpg, NV) ? -1
                         : per_sm == 1                                        ? 3
-                        : per_sm >= 3 && !wide                               ? 2
+                        : per_sm >= 3 && !wide                               ? (bandwidth_rich(dev) ? 4 : 2)
                                                                              : 4;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, (long long)per_sm * dev.sms);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", 1, a, p.layout);

@@ -32,7 +32,7 @@ inline size_t fwd_ring_bytes(int nv, int threads, bool gate, bool split) {
 // cluster. A template parameter: with the cluster code merely branched around, the
 // other kernels ran 7-14% slower (H100, N = 1024-8192).
 template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
-__global__ void __launch_bounds__(GATED_FWD_MAX_TEAM, GATED_FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
+__global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = SPLIT ? FWD_SPLIT_RING : FWD_RING;
   __shared__ TeamScratch<1, A> red;
@@ -204,15 +204,15 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
   const bool wide = p.threads > FWD_BLOCK;
   // Bandwidth-rich devices (plan.h; H200 bf16 over GATEDNORM_ROW_ITERS, ring 3:
-  // docs/data/h200_ring_iters.txt): 4 row blocks a block with 3+ resident blocks per SM
-  // (N = 64..4096 and groups of 1024: 0.85-0.96 vs 0.73-0.95 at 2, 0.80-0.86 persistent),
-  // else persistent (gate_before_5120 0.92 vs 0.80 at 4; N = 8192 0.86 vs 0.73 at 8).
-  const int preferred = p.layout.csize > 1  ? -1
-                        : !full             ? (per_sm >= 3 ? 8 : -1)
+  // docs/data/h200_row_iters.txt): 4 row blocks a block with 3+ resident blocks per SM
+  // (N = 64..4096, groups of 1024: 0.84-0.94 vs 0.73-0.95 at 2, 0.80-0.85 persistent),
+  // else persistent (gate_before_5120 0.91 vs 0.80 at 4; N = 8192 0.85 vs 0.73 at 8).
+  const int preferred = p.layout.csize > 1    ? -1
+                        : !full               ? (per_sm >= 3 ? 8 : -1)
                         : bandwidth_rich(dev) ? (per_sm >= 3 ? 4 : -1)
-                        : per_sm >= 3       ? (wide ? 4 : 2)
-                        : per_sm == 2       ? (wide && !a.bias ? 4 : -1)
-                                            : 8;
+                        : per_sm >= 3         ? (wide ? 4 : 2)
+                        : per_sm == 2         ? (wide && !a.bias ? 4 : -1)
+                                              : 8;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, resident);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, p.layout);
 }
@@ -240,17 +240,14 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
                (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
   if (p.regs) {
-    static_assert(GATED_FWD_MAX_VECS == 2 || GATED_FWD_MAX_VECS == 4,
-                  "instantiate the register path for every vector count");
-    constexpr int NVMAX = GATED_FWD_MAX_VECS;
+    static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;
-    if (p.layout.csize > 1) return p.nv == NVMAX ? launch_aligned<T, NVMAX, true>(a, p, s) : GN_ERR_INVALID;
-    if (p.nv == 1) return launch_aligned<T, 1>(a, p, s);
-    if (p.nv == 2) return launch_aligned<T, 2>(a, p, s);
-    if constexpr (NVMAX == 4) {
-      if (p.nv == 4) return launch_aligned<T, 4>(a, p, s);
+    if (p.layout.csize > 1) return p.nv == FWD_MAX_VECS ? launch_aligned<T, FWD_MAX_VECS, true>(a, p, s) : GN_ERR_INVALID;
+    switch (p.nv) {
+      case 1: return launch_aligned<T, 1>(a, p, s);
+      case 2: return launch_aligned<T, 2>(a, p, s);
+      default: return GN_ERR_INVALID;
     }
-    return GN_ERR_INVALID;
   }
   return launch_fwd_loop(a, p, s);
 }
@@ -270,8 +267,7 @@ extern "C" gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream) {
   if (st != GN_OK) return st;
   const void* ptrs[3] = {a->x, a->z, a->out};
   const int64_t strides[3] = {a->x_stride, a->z_stride, a->out_stride};
-  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev, true, GATED_FWD_MAX_VECS,
-                           GATED_FWD_MAX_TEAM);
+  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev, true);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (c.dtype) {
     case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;

@@ -76,14 +76,14 @@ static int blocks_per_sm(int threads) { return threads >= 1024 ? 2 : 2048 / thre
 // The register-path layout of groups of `nvec` vectors (`ngroups` of them; `split`:
 // a slice per CTA, one team a block): false when a team would exceed the kernel's.
 static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nvec, int64_t ngroups, bool split,
-                        const DeviceInfo& dev, int fwd_max_nv, int fwd_max_team) {
+                        const DeviceInfo& dev) {
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype), M = cfg.rows;
-  int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : fwd_max_nv;
+  int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
   // plan.h, BWD_WIDE_ELEMS: aligned groups wider than a BWD_BLOCK team at BWD_MAX_ELEMS
   // (unaligned ones take one vector a thread, up to BWD_MAX_TEAM threads).
   const int narrow_team = p.layout.aligned ? BWD_BLOCK : BWD_MAX_TEAM;
   if (backward && (split || nvec > (int64_t)narrow_team * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
-  const int max_team = backward ? BWD_MAX_TEAM : fwd_max_team;
+  const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
 
   // Fewest vectors per thread that keep the team within a warp; else the most.
@@ -135,24 +135,21 @@ static int slice_vecs() {
   return v;
 }
 
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split,
-               int fwd_max_nv, int fwd_max_team) {
-  if (fwd_max_nv <= 0) fwd_max_nv = FWD_MAX_VECS;
-  if (fwd_max_team <= 0) fwd_max_team = FWD_MAX_TEAM;
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split) {
   Plan p{};
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
   const int64_t G = cfg.group_size, ngroups = cfg.cols / G;
   const int64_t nvec = (G + vec - 1) / vec;
   p.layout.aligned = aligned;
   p.layout.csize = 1;
-  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev, fwd_max_nv, fwd_max_team)) return p;
+  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev)) return p;
   // Too wide for one block: a slice of at most slice_vecs() vectors per CTA of a
   // cluster (whole vectors: aligned rows only), if the kernel can take the slice.
   split = split && aligned && dev.major >= 9 && built_for_clusters();
   if (split) {
     int cs = 2;
     while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
-    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev, fwd_max_nv, fwd_max_team)) {
+    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
       p.layout.csize = cs;
       return p;
     }

@@ -107,16 +107,6 @@ constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
 // varying with unrelated code changes); 64 costs no spills.
 constexpr int FWD_MIN_BLOCKS = 2;  // (3: 40 registers and spills, sm_90 bf16)
-// The gated forward's own limits (the add-norm forward keeps the ones above). A tuning
-// build with -DGN_FWD_NV4 tries 4 vectors a thread (half the per-row work per element:
-// addresses, reductions, ring bookkeeping) in teams of at most 256 threads, 3 blocks an
-// SM (85 registers; at 64, ptxas spilled 112-116 bytes).
-#ifdef GN_FWD_NV4
-constexpr int GATED_FWD_MAX_VECS = 4, GATED_FWD_MAX_TEAM = 256, GATED_FWD_MIN_BLOCKS = 3;
-#else
-constexpr int GATED_FWD_MAX_VECS = FWD_MAX_VECS, GATED_FWD_MAX_TEAM = FWD_MAX_TEAM,
-              GATED_FWD_MIN_BLOCKS = FWD_MIN_BLOCKS;
-#endif
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // Aligned backward groups wider than a team of BWD_BLOCK threads at BWD_MAX_ELEMS (bf16
 // / fp16 past 2048, fp32 past 2048) hold BWD_WIDE_ELEMS a thread (120-128 registers, no
@@ -137,9 +127,7 @@ constexpr int LOOP_BLOCK = 512;
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
 // `split`: the caller's kernels take the split register path (Layout::csize).
-// `fwd_max_nv` / `fwd_max_team`: the forward kernel's limits (0: FWD_MAX_VECS / FWD_MAX_TEAM).
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split,
-               int fwd_max_nv = 0, int fwd_max_team = 0);
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);
 
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
 // `stage_bytes` per row in shared memory when they fit; `csize` > 1: per (row, slice
