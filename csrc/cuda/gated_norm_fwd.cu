@@ -195,7 +195,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
   const long long resident = resident_total<kernel>(p, smem, dev.sms);
   if (resident == 0) {
-    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
     loop.layout.aligned = ALIGNED;
     return launch_fwd_loop(a, loop, s);
   }
@@ -238,7 +238,7 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
   p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
-               (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+               (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;
@@ -267,7 +267,7 @@ extern "C" gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream) {
   if (st != GN_OK) return st;
   const void* ptrs[3] = {a->x, a->z, a->out};
   const int64_t strides[3] = {a->x_stride, a->z_stride, a->out_stride};
-  const Plan p = make_plan(c, false, a->z ? 2 : 1, rows_aligned(c, ptrs, strides, 3), dev, true);
+  const Plan p = make_plan(c, false, fwd_loop_arrays(*a), rows_aligned(c, ptrs, strides, 3), dev, true);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (c.dtype) {
     case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;

@@ -31,6 +31,10 @@ __device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int
   if (a.rstd) static_cast<A*>(a.rstd)[i] = rstd;
 }
 
+// Arrays the forward loop path stages per group: x, and z only when the statistics
+// need it (gate before the norm); a gate after the norm is read once, in the last pass.
+inline int fwd_loop_arrays(const gn_fwd_args& a) { return a.z && !a.cfg.norm_before_gate ? 2 : 1; }
+
 // The loop path (groups too wide for the register path, or unaligned and wider than
 // one vector a thread); see gated_norm_fwd_loop.cu.
 gn_status launch_fwd_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s);

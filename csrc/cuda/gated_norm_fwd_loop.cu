@@ -34,6 +34,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
   };
   if (SPLIT) cluster_sum_init(cred, csize);
   const bool gate = a.z != nullptr, use_stage = L.staged;
+  const bool z_early = gate && !c.norm_before_gate;  // z enters the statistics (fwd_loop_arrays)
   // Staging is thread-private (each thread re-reads only what it wrote), so it
   // needs no barrier.
   T* sx = reinterpret_cast<T*>(stage_raw);
@@ -51,7 +52,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
       A v[VEC], zz[VEC];
       load_vec<T, VEC>(p.x, cj, G, al, v);
       if (use_stage) store_vec<T, VEC>(sx, cj, G, al, v);
-      if (gate) {
+      if (z_early) {
         load_vec<T, VEC>(p.z, cj, G, al, zz);
         if (use_stage) store_vec<T, VEC>(sz, cj, G, al, zz);
       }
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
     }
     group_sum(s);
     const T* xs = use_stage ? sx : p.x;
-    const T* zs = use_stage ? sz : p.z;
+    const T* zs = use_stage && z_early ? sz : p.z;
     A mean = 0, var = s[0] / gsize;
     if (!c.is_rms_norm) {  // pass 2 (LayerNorm): mean((v - mu)^2)
       mean = var;
@@ -113,7 +114,7 @@ gn_status launch_loop_kernel(const gn_fwd_args& a, const Plan& p, cudaStream_t s
   if ((st = allow_smem<kernel>(p.smem)) != GN_OK) return st;
   const long long resident = resident_total<kernel>(p, p.smem, dev.sms);
   if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
-    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * (a.z ? 2 : 1), dev);
+    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
     loop.layout.aligned = p.layout.aligned;
     return launch_loop_kernel<T, false>(a, loop, s);
   }
