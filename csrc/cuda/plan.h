@@ -105,7 +105,8 @@ constexpr int FWD_RING = GN_FWD_RING, BWD_RING = 3;
 constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
-// varying with unrelated code changes); 64 costs no spills.
+// varying with unrelated code changes); 64 costs no spills, but for the split (cluster)
+// 16-bit kernels: 16 bytes (sm_90, ptxas -v, 2026-12-05).
 constexpr int FWD_MIN_BLOCKS = 2;  // (3: 40 registers and spills, sm_90 bf16)
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // Aligned backward groups wider than a team of BWD_BLOCK threads at BWD_MAX_ELEMS (bf16
