@@ -195,7 +195,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
   const long long resident = resident_total<kernel>(p, smem, dev.sms);
   if (resident == 0) {
-    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
+    Plan loop = loop_plan(a.cfg, fwd_loop_stage_bytes<T>(a), dev);
     loop.layout.aligned = ALIGNED;
     return launch_fwd_loop(a, loop, s);
   }
@@ -238,7 +238,7 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
   p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
-               (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
+               fwd_loop_stage_bytes<T>(a), dev);
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;

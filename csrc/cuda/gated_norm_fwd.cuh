@@ -34,6 +34,11 @@ __device__ __forceinline__ void store_stats(const gn_fwd_args& a, int64_t g, int
 // Arrays the forward loop path stages per group: x, and z only when the statistics
 // need it (gate before the norm); a gate after the norm is read once, in the last pass.
 inline int fwd_loop_arrays(const gn_fwd_args& a) { return a.z && !a.cfg.norm_before_gate ? 2 : 1; }
+// Bytes the forward loop path stages per row (a whole group).
+template <typename T>
+size_t fwd_loop_stage_bytes(const gn_fwd_args& a) {
+  return (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a);
+}
 
 // The loop path (groups too wide for the register path, or unaligned and wider than
 // one vector a thread); see gated_norm_fwd_loop.cu.

@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
   };
   if (SPLIT) cluster_sum_init(cred, csize);
   const bool gate = a.z != nullptr, use_stage = L.staged;
-  const bool z_early = gate && !c.norm_before_gate;  // z enters the statistics (fwd_loop_arrays)
+  const bool z_early = gate && !c.norm_before_gate;  // z enters the statistics (fwd_loop_stage_bytes)
   // Staging is thread-private (each thread re-reads only what it wrote), so it
   // needs no barrier.
   T* sx = reinterpret_cast<T*>(stage_raw);
@@ -114,7 +114,7 @@ gn_status launch_loop_kernel(const gn_fwd_args& a, const Plan& p, cudaStream_t s
   if ((st = allow_smem<kernel>(p.smem)) != GN_OK) return st;
   const long long resident = resident_total<kernel>(p, p.smem, dev.sms);
   if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
-    Plan loop = loop_plan(a.cfg, (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a), dev);
+    Plan loop = loop_plan(a.cfg, fwd_loop_stage_bytes<T>(a), dev);
     loop.layout.aligned = p.layout.aligned;
     return launch_loop_kernel<T, false>(a, loop, s);
   }
