@@ -88,6 +88,39 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   if (SPLIT) cluster_sum_init(cred, csize);
 
   int st = 0;  // the ring slot of this row
+#ifdef GN_FWD_LEAN
+  // Tuning variant (scripts/device_tune.sh): per-row constants hoisted, and the output
+  // loop specialised on bias and activation (the default build selects per element).
+  const A inv_g = A(1) / (SPLIT ? (A)c.group_size : (A)G), eps = (A)c.eps;
+  // Called with literal flags at four sites: each inlined copy folds them.
+  auto finish = [&](A(&v)[K], int64_t r, A rstd, const bool HB, const bool SG) {
+    const bool ok = team_ok && r < M;
+    const int lim = ok ? G : 0;
+    T* out = static_cast<T*>(a.out) + (ok ? r : 0) * a.out_stride + col0;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int cj = cl + j * cs;
+      if (cj >= lim) continue;
+      A zz[VEC];
+      if (after) unpack<T, VEC>(*slot(st, 1, j), zz);
+      A wv[VEC], bv[VEC];
+      const int nvt = L.gpb * G / VEC, vi = (gl * G + cj) / VEC;  // planar staging (ParamLayout)
+      load_param_vec<A, VEC>(sw, nvt, vi, wv);
+      if (HB) load_param_vec<A, VEC>(sb, nvt, vi, bv);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        A y = v[j * VEC + i] * rstd * wv[i];
+        if (HB) y += bv[i];
+        if (after) {
+          const A sz = sigmoid(zz[i]);
+          y *= SG ? sz : zz[i] * sz;
+        }
+        v[j * VEC + i] = y;
+      }
+      store_vec<T, VEC>(out, cj, lim, true, &v[j * VEC]);
+    }
+  };
+#endif
 #pragma unroll 1
   for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
@@ -120,7 +153,11 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 #pragma unroll
       for (int k = 0; k < K; ++k) s[0] += v[k];
       group_sum(s);
+#ifdef GN_FWD_LEAN
+      mean = s[0] * inv_g;
+#else
       mean = s[0] / (SPLIT ? (A)c.group_size : (A)G);
+#endif
 #pragma unroll
       for (int j = 0; j < NV; ++j)
 #pragma unroll
@@ -131,7 +168,23 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 #pragma unroll
     for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
     group_sum(ss);
+#ifdef GN_FWD_LEAN
+    const A rstd = rsqrt_acc(ss[0] * inv_g + eps);
+    if constexpr (ALIGNED) {  // the output loop per (bias, activation) pair: no per-element selects
+      if (tb) {
+        if (c.act == GN_ACT_SIGMOID) finish(v, r, rstd, true, true);
+        else finish(v, r, rstd, true, false);
+      } else {
+        if (c.act == GN_ACT_SIGMOID) finish(v, r, rstd, false, true);
+        else finish(v, r, rstd, false, false);
+      }
+      if (ok && lt == 0 && crank == 0) store_stats<A>(a, g, r, mean, rstd);
+      st = st + 1 == S ? 0 : st + 1;
+      continue;
+    }
+#else
     const A rstd = rsqrt_acc(ss[0] / (SPLIT ? (A)c.group_size : (A)G) + (A)c.eps);
+#endif
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;
