@@ -5,6 +5,8 @@
 #include "cluster.cuh"
 #include "gated_norm_fwd.cuh"
 
+#include <type_traits>
+
 namespace gn {
 namespace {
 
@@ -14,6 +16,25 @@ namespace {
 template <typename A>
 __host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
   return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
+}
+// Tuning variant -DGN_FWD_P16 (with GN_FWD_LEAN): 16-bit parameters of the rows' dtype
+// stay 16-bit in shared memory (half the bytes: LayerNorm + bias at 4096 bf16 then fits
+// three blocks an SM beside the ring, not two), converted where used.
+template <typename T>
+__host__ __device__ inline bool params16(const gn_fwd_args& a, bool aligned) {
+#if defined(GN_FWD_P16) && defined(GN_FWD_LEAN)
+  const gn_dtype t = sizeof(T) != 2 ? GN_FLOAT32 : (std::is_same<T, __half>::value ? GN_FLOAT16 : GN_BFLOAT16);
+  return aligned && sizeof(T) == 2 && (a.weight || a.bias) && a.cfg.param_dtype == t &&
+         (uintptr_t)a.weight % 16 == 0 && (uintptr_t)a.bias % 16 == 0;
+#else
+  (void)a, (void)aligned;
+  return false;
+#endif
+}
+template <typename T>
+__host__ __device__ inline size_t fwd_params_bytes_of(const gn_fwd_args& a, int gpb, int64_t G, bool aligned) {
+  return params16<T>(a, aligned) ? ((size_t)gpb * G * 2 * (a.bias ? 2 : 1) + 15) / 16 * 16
+                                 : fwd_params_bytes<acc_t<T>>(gpb, G, a.bias != nullptr);
 }
 inline size_t fwd_ring_bytes(int nv, int threads, bool gate, bool split) {
   return (size_t)(split ? FWD_SPLIT_RING : FWD_RING) * (gate ? 2 : 1) * nv * threads * 16;
@@ -60,7 +81,10 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const A* tb = sb ? sb + gl * G : nullptr;
   const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
-  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<A>(L.gpb, G, a.bias != nullptr));
+  const bool p16 = params16<T>(a, ALIGNED);
+  const uint4* w16 = reinterpret_cast<const uint4*>(dyn);  // p16: VEC parameters a vector
+  const uint4* b16 = a.bias ? w16 + L.gpb * G / VEC : nullptr;
+  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes_of<T>(a, L.gpb, G, ALIGNED));
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
@@ -83,11 +107,66 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
-  stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
-                  sw, sb, ALIGNED ? VEC : 0);
+  if (p16) {  // 16-byte copies; an absent weight is ones (exact in 16 bits)
+    const int64_t c0 = SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G;
+    const int nvec = L.gpb * G / VEC;
+    union { uint4 u; T e[VEC]; } one;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) one.e[i] = from_acc<T, A>(A(1));
+    const uint4* gw = a.weight ? reinterpret_cast<const uint4*>(static_cast<const T*>(a.weight) + c0) : nullptr;
+    const uint4* gb = a.bias ? reinterpret_cast<const uint4*>(static_cast<const T*>(a.bias) + c0) : nullptr;
+    uint4* dw = reinterpret_cast<uint4*>(dyn);
+#pragma unroll 1
+    for (int k = threadIdx.x; k < nvec; k += blockDim.x) {
+      dw[k] = gw ? __ldg(gw + k) : one.u;
+      if (gb) dw[nvec + k] = __ldg(gb + k);
+    }
+    __syncthreads();
+  } else {
+    stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
+                    sw, sb, ALIGNED ? VEC : 0);
+  }
   if (SPLIT) cluster_sum_init(cred, csize);
 
   int st = 0;  // the ring slot of this row
+#ifdef GN_FWD_LEAN
+  // Tuning variant (scripts/device_tune.sh): per-row constants hoisted, and the output
+  // loop specialised on bias and activation (the default build selects per element).
+  const A inv_g = A(1) / (SPLIT ? (A)c.group_size : (A)G), eps = (A)c.eps;
+  // Called with literal flags at four sites: each inlined copy folds them.
+  auto finish = [&](A(&v)[K], int64_t r, A rstd, const bool HB, const bool SG) {
+    const bool ok = team_ok && r < M;
+    const int lim = ok ? G : 0;
+    T* out = static_cast<T*>(a.out) + (ok ? r : 0) * a.out_stride + col0;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int cj = cl + j * cs;
+      if (cj >= lim) continue;
+      A zz[VEC];
+      if (after) unpack<T, VEC>(*slot(st, 1, j), zz);
+      A wv[VEC], bv[VEC];
+      const int nvt = L.gpb * G / VEC, vi = (gl * G + cj) / VEC;  // planar staging (ParamLayout)
+      if (p16) {
+        unpack<T, VEC>(w16[vi], wv);
+        if (HB) unpack<T, VEC>(b16[vi], bv);
+      } else {
+        load_param_vec<A, VEC>(sw, nvt, vi, wv);
+        if (HB) load_param_vec<A, VEC>(sb, nvt, vi, bv);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        A y = v[j * VEC + i] * rstd * wv[i];
+        if (HB) y += bv[i];
+        if (after) {
+          const A sz = sigmoid(zz[i]);
+          y *= SG ? sz : zz[i] * sz;
+        }
+        v[j * VEC + i] = y;
+      }
+      store_vec<T, VEC>(out, cj, lim, true, &v[j * VEC]);
+    }
+  };
+#endif
 #pragma unroll 1
   for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
@@ -120,7 +199,11 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 #pragma unroll
       for (int k = 0; k < K; ++k) s[0] += v[k];
       group_sum(s);
+#ifdef GN_FWD_LEAN
+      mean = s[0] * inv_g;
+#else
       mean = s[0] / (SPLIT ? (A)c.group_size : (A)G);
+#endif
 #pragma unroll
       for (int j = 0; j < NV; ++j)
 #pragma unroll
@@ -131,7 +214,23 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 #pragma unroll
     for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
     group_sum(ss);
+#ifdef GN_FWD_LEAN
+    const A rstd = rsqrt_acc(ss[0] * inv_g + eps);
+    if constexpr (ALIGNED) {  // the output loop per (bias, activation) pair: no per-element selects
+      if (tb) {
+        if (c.act == GN_ACT_SIGMOID) finish(v, r, rstd, true, true);
+        else finish(v, r, rstd, true, false);
+      } else {
+        if (c.act == GN_ACT_SIGMOID) finish(v, r, rstd, false, true);
+        else finish(v, r, rstd, false, false);
+      }
+      if (ok && lt == 0 && crank == 0) store_stats<A>(a, g, r, mean, rstd);
+      st = st + 1 == S ? 0 : st + 1;
+      continue;
+    }
+#else
     const A rstd = rsqrt_acc(ss[0] / (SPLIT ? (A)c.group_size : (A)G) + (A)c.eps);
+#endif
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;
@@ -170,7 +269,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 
 template <typename T>
 size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned) {
-  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
+  return fwd_params_bytes_of<T>(a, p.layout.gpb, a.cfg.group_size / p.layout.csize, aligned) +
          (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, p.layout.csize > 1) : 0);
 }
 

@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
       }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        A vi = (gate && !c.norm_before_gate) ? v[i] * act_fwd(zz[i], c.act) : v[i];
+        A vi = z_early ? v[i] * act_fwd(zz[i], c.act) : v[i];
         s[0] += c.is_rms_norm ? vi * vi : vi;
       }
     }
@@ -72,11 +72,11 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
       for (int64_t cj = (int64_t)threadIdx.x * VEC; cj < G; cj += step) {
         A v[VEC], zz[VEC];
         load_vec<T, VEC, false>(xs, cj, G, al, v);
-        if (gate && !c.norm_before_gate) load_vec<T, VEC, false>(zs, cj, G, al, zz);
+        if (z_early) load_vec<T, VEC, false>(zs, cj, G, al, zz);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
           if (cj + i >= G) continue;
-          A d = ((gate && !c.norm_before_gate) ? v[i] * act_fwd(zz[i], c.act) : v[i]) - mean;
+          A d = (z_early ? v[i] * act_fwd(zz[i], c.act) : v[i]) - mean;
           q[0] += d * d;
         }
       }
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, c
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const A az = gate ? act_fwd(zz[i], c.act) : A(1);
-        A vi = (gate && !c.norm_before_gate) ? v[i] * az : v[i];
+        A vi = z_early ? v[i] * az : v[i];
         vi = (vi - mean) * rstd * wv[i] + bv[i];
         v[i] = (gate && c.norm_before_gate) ? vi * az : vi;
       }
