@@ -8,7 +8,7 @@
 #      scripts/sweep_row_iters.sh, a table per variant;
 #   2. (PROFILE=1) Nsight Compute on PROFILE_ROW for ours (built-in policy and persistent
 #      grid) and fng: SpeedOfLight, memory, occupancy, launch, warp-state sections.
-# Leaves the default build installed at the end. Tables and logs in $OUT.
+# With PROFILE=1 it leaves the default build installed at the end. Tables and logs in $OUT.
 #   VARIANTS="-DGN_FWD_RING=3;-DGN_FWD_RING=4;-DGN_FWD_RING=4 -DGN_FWD_BLOCK=512" \
 #   ITERS="0 -1 2 4" ROWS='^(qwen|mamba|gate|rms|ln|sig|odd|sweep)' bash scripts/device_tune.sh
 set -uo pipefail
@@ -31,8 +31,8 @@ for i in "${!variants[@]}"; do
   OUT="$OUT/v$i" PASSES="${PASSES:-fwd}" bash scripts/sweep_row_iters.sh "$rows" ${ITERS:-0 -1 2 4} \
     | tee "$OUT/v$i.txt"
 done
-build ""
 if [ "${PROFILE:-1}" = 1 ]; then
+  build ""
   row="${PROFILE_ROW:-rms_z_4096}"
   S="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats"
   ncu --profile-from-start off $S python3 -m benchmarks.ncu_rows "$row" --providers ours,fng > "$OUT/ncu_$row.txt" 2>&1
