@@ -375,6 +375,16 @@ __device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
 __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
 
+// Per-row constants of the register kernels (1/G, eps) as a kernel parameter: they live in
+// the constant bank, so neither costs a division or a double->float conversion a row
+// (not free at 16 elements a thread: these kernels are issue-bound on the H200) nor holds
+// a register across the row loop (hoisted into registers they spilled at the 64-register
+// bound of the forward).
+template <typename A>
+struct RowConsts {
+  A inv_g, eps;
+};
+
 // act(z) and act'(z) for silu (z*s) and sigmoid (s), s = sigmoid(z).
 template <typename A>
 __device__ __forceinline__ A act_fwd(A z, gn_act act) {

@@ -54,7 +54,7 @@ inline size_t bwd_ring_bytes(int nv, int threads, bool gate) {
 // own slice's. A template parameter, as in the forward.
 template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
-    bwd_regs(const gn_bwd_args a, const Layout L) {
+    bwd_regs(const gn_bwd_args a, const Layout L, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = NV * VEC, S = BWD_RING;
   __shared__ TeamScratch<2, A> red;
@@ -115,8 +115,9 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   for (int k = 0; k < K; ++k) dw[k] = db[k] = 0;
 
   int st = 0;  // the ring slot of this row
-#pragma unroll 1
-  for (int64_t rb = rb0; rb < M; rb += step) {
+  // One row; called with a literal activation, so each inlined copy folds the
+  // activation's selects out of both per-element passes.
+  auto row = [&](int64_t rb, const gn_act act) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
@@ -156,7 +157,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         if (!ALIGNED && cj + i >= lim) continue;
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
+        const Elem<A> e = elem_grad<A>(act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         s[0] += e.vhat * wv[i] * e.dy0;
         s[1] += wv[i] * e.dy0;
         dw[j * VEC + i] += e.dy0 * e.vhat;
@@ -165,8 +166,12 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     }
     team_sum<2>(s, L.tpg, red, phase);
     if (SPLIT) cluster_sum<2>(s, csize, cred, cphase);
+#ifdef GN_BWD_LEAN
+    const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+#else
     const A gd = SPLIT ? (A)c.group_size : (A)G;
     const A c1 = s[0] / gd, c2 = c.is_rms_norm ? A(0) : s[1] / gd;
+#endif
     // Recomputing the per-element terms is cheaper than keeping them in registers.
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -177,7 +182,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       load_weights<A, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
+        const Elem<A> e = elem_grad<A>(act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         A dxi, dzi;
         input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
         x[i] = dxi;  // reuse registers: x -> dx, z -> dz, dy -> y
@@ -189,7 +194,18 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       if (p.out) store_vec<T, VEC>(p.out, cj, lim, ALIGNED, dy);
     }
     st = st + 1 == S ? 0 : st + 1;
+  };
+#ifdef GN_BWD_LEAN
+  const bool sg = gate && c.act == GN_ACT_SIGMOID;  // without a gate, one copy
+#pragma unroll 1
+  for (int64_t rb = rb0; rb < M; rb += step) {
+    if (sg) row(rb, GN_ACT_SIGMOID);
+    else row(rb, GN_ACT_SILU);
   }
+#else
+#pragma unroll 1
+  for (int64_t rb = rb0; rb < M; rb += step) row(rb, c.act);
+#endif
   if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
 
   // Teams of different rows in this block own the same columns: fold them into
@@ -226,7 +242,8 @@ gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsig
   }
   const dim3 grid = resident_grid(p.grid, resident);
   parts = grid.y;
-  return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, p.layout);
+  return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, p.layout,
+                   RowConsts<A>{A(1) / (A)a.cfg.group_size, (A)a.cfg.eps});
 }
 
 // The aligned register path per gate mode; fp64 keeps the mode a run-time value.

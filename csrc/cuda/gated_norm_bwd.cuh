@@ -29,22 +29,22 @@ __device__ __forceinline__ BwdRow<T> bwd_row(const gn_bwd_args& a, int64_t r, in
   return p;
 }
 
-// The per-element part shared by both paths. In: x, z (raw), dy, w, b, the
-// statistics. Out: dy0 (gradient w.r.t. the affine output before the gate),
-// vhat, act(z), act'(z), and y (the forward output, for recompute) / dz for a
-// gate after the norm.
+// The per-element part shared by both paths. In: the activation (a literal where the
+// caller specialises on it), x, z (raw), dy, w, b, the statistics. Out: dy0 (gradient
+// w.r.t. the affine output before the gate), vhat, act(z), act'(z), and y (the forward
+// output, for recompute) / dz for a gate after the norm.
 template <typename A>
 struct Elem {
   A vhat, dy0, az, daz, y, dz_after;
 };
 
 template <typename A>
-__device__ __forceinline__ Elem<A> elem_grad(const gn_config& c, bool gate, bool after, A x, A z, A dy, A w, A b,
-                                             A mean, A rstd) {
+__device__ __forceinline__ Elem<A> elem_grad(gn_act act, bool gate, bool after, A x, A z, A dy, A w, A b, A mean,
+                                             A rstd) {
   Elem<A> e;
   e.az = A(1);
   e.daz = A(0);
-  if (gate) act_fwd_bwd(z, c.act, e.az, e.daz);
+  if (gate) act_fwd_bwd(z, act, e.az, e.daz);
   const bool before = gate && !after;
   const A v = before ? x * e.az : x;
   e.vhat = (v - mean) * rstd;

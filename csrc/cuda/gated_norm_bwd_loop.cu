@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
       load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + G, wvec, A(1), wv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const Elem<A> e = elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], A(0), mean, rstd);
+        const Elem<A> e = elem_grad<A>(c.act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], A(0), mean, rstd);
         s[0] += e.vhat * wv[i] * e.dy0;
         s[1] += wv[i] * e.dy0;
       }
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 2) bwd_loop(const gn_bwd_args a, c
       for (int i = 0; i < VEC; ++i) {
         const bool in = cj + i < G;
         const Elem<A> e =
-            elem_grad<A>(c, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
+            elem_grad<A>(c.act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         A dxi, dzi;
         input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
         if (L.acc_smem) {  // padding columns add 0 (dy0 of a column past G is 0)

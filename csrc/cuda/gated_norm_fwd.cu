@@ -15,15 +15,6 @@ template <typename A>
 __host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
   return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
 }
-// 1/G and eps of the register path as a kernel parameter: they live in the constant
-// bank, so neither costs a division and a double->float conversion a row (not free
-// at 16 elements a thread: the kernel is issue-bound on the H200) nor holds a register
-// across the row loop (hoisted into registers they spilled at the 64-register bound).
-template <typename A>
-struct RowConsts {
-  A inv_g, eps;
-};
-
 inline size_t fwd_ring_bytes(int nv, int threads, bool gate, bool split) {
   return (size_t)(split ? FWD_SPLIT_RING : FWD_RING) * (gate ? 2 : 1) * nv * threads * 16;
 }
