@@ -100,6 +100,7 @@ def cuda_cases(quick=False, families=FAMILIES):
         Case("gate_before_5120", 16384, 5120, nbg=False),
         Case("rms_z_4096", 32768, 4096),
         Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
+        Case("ln_z_4096", 32768, 4096, rms=False),  # LayerNorm without the bias: what the bias costs
         Case("rms_noz_4096", 32768, 4096, z=False),
         Case("sigmoid_4096", 32768, 4096, act="sigmoid"),
     ]

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       for (int j = 0; j < NV; ++j)
 #pragma unroll
         for (int i = 0; i < VEC; ++i)
-          if (cl + j * cs + i < lim) v[j * VEC + i] -= mean;  // padding stays 0
+          if (cl + j * cs + (ALIGNED ? 0 : i) < lim) v[j * VEC + i] -= mean;  // padding stays 0 (aligned: G % VEC == 0)
     }
     A ss[1] = {0};
 #pragma unroll
