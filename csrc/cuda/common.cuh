@@ -421,11 +421,24 @@ struct TeamScratch {
 // it may hit __syncthreads. All team members get the same, order-fixed result.
 template <int NVAL, typename A>
 __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
+#ifdef GN_TEAM_LEAN
+  // Tuning variant (not yet run on a GPU): unrolled, each step predicated on the
+  // (uniform) team width -- a run-time loop costs six instructions a step (SASS), this
+  // two or three; the same additions in the same order.
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    if (off < tpg) {
+#pragma unroll
+      for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+    }
+  }
+#else
   const int width = tpg < 32 ? tpg : 32;
   for (int off = width >> 1; off > 0; off >>= 1) {
 #pragma unroll
     for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
   }
+#endif
   if (tpg <= 32) return;
   A* part = red.part[phase];
   phase ^= 1;
@@ -435,14 +448,25 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
     for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];
   }
   __syncthreads();
-  const int wpt = tpg >> 5;                 // warps per team
-  const int first = (warp / wpt) * wpt;     // first warp of this thread's team
+  const int wpt = tpg >> 5;  // warps per team
   // The team's warp partials, summed by a shuffle tree in every group of `tree` lanes
   // (each group holds them all, so every lane gets the same, order-fixed sum): log2
   // steps, not wpt dependent shared-memory reads (32 of them in a 1024-thread block
-  // were ~0.4 us of a decode-sized kernel).
+  // were ~0.4 us of a decode-sized kernel). tree: wpt rounded up to a power of two.
+#ifdef GN_TEAM_LEAN
+  // The first warp of this thread's team, warp / wpt * wpt, without an integer division
+  // (~25 instructions, redone at every call of a row loop: SASS of the gated forward):
+  // warp + 1/2 lies at least 1/64 from a multiple of wpt <= 32, far beyond the
+  // approximate reciprocal's error (~2 ulp).
+  float rw;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(rw) : "f"((float)wpt));
+  const int first = (int)(((float)warp + 0.5f) * rw) * wpt;
+  const int tree = 1 << (32 - __clz(wpt - 1));
+#else
+  const int first = (warp / wpt) * wpt;  // first warp of this thread's team
   int tree = 1;
   while (tree < wpt) tree <<= 1;
+#endif
   const int slot = lane & (tree - 1);
 #pragma unroll
   for (int k = 0; k < NVAL; ++k) {
