@@ -128,6 +128,23 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       store_vec<T, VEC>(p.out, cj, lim, ALIGNED, &v[j * VEC]);
     }
   };
+  auto output = [&](A(&v)[K], const FwdRow<T>& p, int lim, A rstd) {
+    const bool sg = after && c.act == GN_ACT_SIGMOID;  // without a gate after, one copy per bias
+    if (tb) {
+      if (sg) finish(v, p, lim, rstd, true, true);
+      else finish(v, p, lim, rstd, true, false);
+    } else {
+      if (sg) finish(v, p, lim, rstd, false, true);
+      else finish(v, p, lim, rstd, false, false);
+    }
+  };
+#ifdef GN_FWD_LN1
+  // Tuning variant: LayerNorm with one team reduction a row where the team tiles the group
+  // exactly (aligned rows, no split, a power-of-two team): see team_mean_m2.
+  __shared__ TeamScratch<2, A> red2;
+  int phase2 = 0;
+  const bool ln1 = ALIGNED && !SPLIT && !c.is_rms_norm && L.tpg * K == G && (L.tpg & (L.tpg - 1)) == 0;
+#endif
 #pragma unroll 1
   for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
@@ -155,6 +172,28 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       }
     }
     A mean = 0;
+#ifdef GN_FWD_LN1
+    if (ln1) {  // LayerNorm, one reduction a row (team_mean_m2)
+      A tm = 0, q = 0;
+#pragma unroll
+      for (int k = 0; k < K; ++k) tm += v[k];
+      tm *= A(1) / A(K);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const A d = v[k] - tm;
+        q += d * d;
+      }
+      team_mean_m2<A>(tm, q, A(K), L.tpg, red2, phase2);
+      mean = tm;
+#pragma unroll
+      for (int k = 0; k < K; ++k) v[k] -= mean;
+      const A rstd = rsqrt_acc(q * rc.inv_g + rc.eps);
+      output(v, p, lim, rstd);
+      if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
+      st = st + 1 == S ? 0 : st + 1;
+      continue;
+    }
+#endif
     if (!c.is_rms_norm) {
       A s[1] = {0};
 #pragma unroll
@@ -172,14 +211,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     for (int k = 0; k < K; ++k) ss[0] += v[k] * v[k];
     group_sum(ss);
     const A rstd = rsqrt_acc(ss[0] * rc.inv_g + rc.eps);
-    const bool sg = after && c.act == GN_ACT_SIGMOID;  // without a gate after, one copy per bias
-    if (tb) {
-      if (sg) finish(v, p, lim, rstd, true, true);
-      else finish(v, p, lim, rstd, true, false);
-    } else {
-      if (sg) finish(v, p, lim, rstd, false, true);
-      else finish(v, p, lim, rstd, false, false);
-    }
+    output(v, p, lim, rstd);
     if (ok && lt == 0 && crank == 0) store_stats<A>(a, g, r, mean, rstd);
     st = st + 1 == S ? 0 : st + 1;
   }
