@@ -162,42 +162,50 @@ def test_cuda_kernel_paths(shape, kernel):
     assert any(kernel in n for n in names), names
 
 
-# GATEDNORM_BWD_VECS (read once a process: csrc/cuda/plan.cu, a tuning knob) in a child
-# process: the backward must take the asked vectors a thread and stay correct, including
-# teams of a few threads sharing a block (64 x 256 at 2 vectors: teams of 16) and groups.
-_BWD_VECS_SCRIPT = """
+# GATEDNORM_FWD_VECS / GATEDNORM_BWD_VECS (read once a process: csrc/cuda/plan.cu, tuning
+# knobs) in a child process: the kernels must take the asked vectors a thread and stay
+# correct, including teams of a few threads sharing a block (64 x 256 at 2 vectors: teams
+# of 16) and groups.
+_VECS_SCRIPT = """
 import re, sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import cuda_kernels, make_inputs, ops
 from test_backward import grads_vs_reference
+from test_forward import check_fwd
 for shape, dt, g, nbg, rms, act in {cases!r}:
+    check_fwd(shape, getattr(torch, dt), "cuda", g, nbg, rms, act)
     grads_vs_reference(shape, getattr(torch, dt), "cuda", g, nbg, rms, act)
 x, w, b, z = make_inputs((64, 512), torch.bfloat16, "cuda")
 out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
 dy = torch.randn_like(out)
-names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu", False))
-nvs = sorted({{int(m.group(1)) for n in names for m in [re.search(r"bwd_regs<__nv_bfloat16, (?:\\(int\\))?(\\d+)", n)] if m}})
-print("nv", nvs)
+for kernel, fn in [("fwd", lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")),
+                   ("bwd", lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu",
+                                                      False))]:
+    names = cuda_kernels(fn)
+    pat = kernel + r"_regs<__nv_bfloat16, (?:\\(int\\))?(\\d+)"
+    print(kernel, sorted({{int(m.group(1)) for n in names for m in [re.search(pat, n)] if m}}))
 """
 
 
 @requires_cuda
 @pytest.mark.parametrize("vecs", [1, 2], ids=["vecs1", "vecs2"])
-def test_cuda_bwd_vecs_knob(vecs):
+def test_cuda_vecs_knobs(vecs):
     import os
     import subprocess
     import sys
     cases = [((64, 256), "bfloat16", None, True, False, "swish"), ((33, 1000), "bfloat16", 250, True, False, "sigmoid"),
              ((600, 512), "bfloat16", None, False, True, "silu"), ((4, 3, 160), "float16", 32, False, False, "swish"),
-             ((64, 256), "float32", 64, False, True, "sigmoid"), ((4, 4096), "bfloat16", None, True, True, "silu")]
+             ((64, 256), "float32", 64, False, True, "sigmoid"), ((4, 4096), "bfloat16", None, True, True, "silu"),
+             ((40, 128), "bfloat16", None, False, True, "silu")]
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, GATEDNORM_BWD_VECS=str(vecs))
-    r = subprocess.run([sys.executable, "-c", _BWD_VECS_SCRIPT.format(tests=tests, cases=cases)], env=env,
+    env = dict(os.environ, GATEDNORM_FWD_VECS=str(vecs), GATEDNORM_BWD_VECS=str(vecs))
+    r = subprocess.run([sys.executable, "-c", _VECS_SCRIPT.format(tests=tests, cases=cases)], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("nv ")][-1]
-    if line != "nv []":  # [] is CUPTI missing (as under compute-sanitizer), not a wrong kernel
-        assert line == f"nv [{vecs}]", line
+    for kernel in ("fwd", "bwd"):
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith(kernel + " ")][-1]
+        if line != kernel + " []":  # [] is CUPTI missing (as under compute-sanitizer), not a wrong kernel
+            assert line == f"{kernel} [{vecs}]", line
 
 
 @pytest.mark.parametrize("x_dtype,p_dtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),

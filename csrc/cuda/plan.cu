@@ -73,18 +73,20 @@ bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* 
 // Resident blocks per SM we aim for with a persistent grid (more would only queue).
 static int blocks_per_sm(int threads) { return threads >= 1024 ? 2 : 2048 / threads; }
 
-// GATEDNORM_BWD_VECS=k (read once; for tuning sweeps): aligned, unsplit backward groups
-// of 16- and 32-bit types take k vectors a thread (1, 2 or 4, at most BWD_WIDE_ELEMS
-// elements) instead of the fewest that keep a team within a warp. More elements a thread
-// spread the per-row work (two team sums, the statistics, the ring bookkeeping) over more
-// of them; the H200's backward is issue-bound at N = 512..2048 (8 elements a thread).
-static int bwd_vecs_override() {
-  static const int v = [] {
-    const char* e = getenv("GATEDNORM_BWD_VECS");
+// GATEDNORM_FWD_VECS / GATEDNORM_BWD_VECS=k (read once; for tuning sweeps): aligned,
+// unsplit groups of 16- and 32-bit types take k vectors a thread in the forward (1 or 2) /
+// the backward (1, 2 or 4, at most BWD_WIDE_ELEMS elements) instead of the fewest that keep
+// a team within a warp. More elements a thread spread the per-row work (team sums, the
+// statistics, the ring bookkeeping: about half the instructions of a 16-element row on the
+// H200, SASS) over more of them; the H200's kernels are issue-bound.
+static int vecs_override(bool backward) {
+  auto read = [](const char* name, int max) {
+    const char* e = getenv(name);
     const int k = e ? atoi(e) : 0;
-    return k == 1 || k == 2 || k == 4 ? k : 0;
-  }();
-  return v;
+    return (k == 1 || k == 2 || k == 4) && k <= max ? k : 0;
+  };
+  static const int fwd = read("GATEDNORM_FWD_VECS", FWD_MAX_VECS), bwd = read("GATEDNORM_BWD_VECS", 4);
+  return backward ? bwd : fwd;
 }
 
 // The register-path layout of groups of `nvec` vectors (`ngroups` of them; `split`:
@@ -104,9 +106,9 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
   int nv = 1;
   const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
   while (nv < nv_cap && (split || nvec > 32 * (int64_t)nv)) nv <<= 1;  // split slices: the most (one kernel each)
-  if (backward && !split && p.layout.aligned && vec >= 4 && bwd_vecs_override()) {
-    const int wide = (int)(BWD_WIDE_ELEMS / vec);
-    nv = bwd_vecs_override() < wide ? bwd_vecs_override() : wide;
+  if (!split && p.layout.aligned && vec >= 4 && vecs_override(backward)) {
+    const int most = backward ? (int)(BWD_WIDE_ELEMS / vec) : FWD_MAX_VECS;
+    nv = vecs_override(backward) < most ? vecs_override(backward) : most;
   }
   const int tpg = team_threads((nvec + nv - 1) / nv);
   // Unaligned rows (odd group sizes, offset views) take the register path only
