@@ -26,7 +26,8 @@ inline size_t fwd_regs_smem(const gn_addnorm_fwd_args& a, const Plan& p, bool al
 // in shared memory, FWD_RING - 1 rows ahead, as in the gated forward. In place is
 // safe: a row is read (into the ring) before the same team writes it.
 template <typename T, typename R, int NV, bool ALIGNED>
-__global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(const gn_addnorm_fwd_args a, const Layout L) {
+__global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(const gn_addnorm_fwd_args a, const Layout L,
+                                                                           const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T, R>(), K = NV * VEC, S = FWD_RING;
   constexpr int NUR = Packed<R, VEC>::NU, NUT = Packed<T, VEC>::NU;
@@ -126,7 +127,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
       for (int j = 0; j < NV; ++j) store_vec<R, VEC>(ro, cl + j * cs, lim, ALIGNED, &h[j * VEC]);
     }
     team_sum<1>(ss, L.tpg, red, phase);
-    const A rstd = rsqrt_acc(ss[0] / (A)N + (A)c.eps);
+    const A rstd = row_rstd<A>(ss[0], c, rc);
     T* out = static_cast<T*>(a.out) + rr * a.out_stride;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -151,7 +152,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
 // h is staged in shared memory when it fits, else read back from residual_out
 // (this thread wrote it: a plain load, not the non-coherent cache) or recomputed.
 template <typename A>
-__global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_args a, const Layout L) {
+__global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_args a, const Layout L,
+                                                  const RowConsts<A> rc) {
   extern __shared__ __align__(16) unsigned char stage_raw[];
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_a
       ss[0] += h * h;
     }
     team_sum<1>(ss, blockDim.x, red, phase);
-    const A rstd = rsqrt_acc(ss[0] / (A)N + (A)c.eps);
+    const A rstd = row_rstd<A>(ss[0], c, rc);
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
       const A h = L.staged ? sh[j] : (ro ? load_param<A>(ro, c.residual_dtype, j) : h_at(j));
       store_param<A>(out, c.dtype, j, h * rstd * weight_at<A>(c, a.weight, j));
@@ -211,7 +213,8 @@ gn_status launch_regs(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t 
                         : per_sm >= 3 && !wide                               ? (bandwidth_rich(dev) ? 4 : 2)
                                                                              : 4;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, (long long)per_sm * dev.sms);
-  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", 1, a, p.layout);
+  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "add_rms_norm forward launch", 1, a, p.layout,
+                    row_consts<acc_t<T>>(a.cfg));
 }
 
 template <typename A>
@@ -238,7 +241,7 @@ template <typename A>
 gn_status launch_loop(const gn_addnorm_fwd_args& a, const Plan& p, cudaStream_t s) {
   gn_status st = allow_smem<an_fwd_loop<A>>(p.smem);
   if (st != GN_OK) return st;
-  an_fwd_loop<A><<<p.grid, p.threads, p.smem, s>>>(a, p.layout);
+  an_fwd_loop<A><<<p.grid, p.threads, p.smem, s>>>(a, p.layout, row_consts<A>(a.cfg));
   return GN_OK;
 }
 

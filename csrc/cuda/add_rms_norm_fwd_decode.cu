@@ -23,7 +23,8 @@ using namespace an;
 constexpr int DECODE_MAX_THREADS = 1024;
 
 template <typename T, typename R, typename P>
-__device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScratch<1, acc_t<T>>& red) {
+__device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, const RowConsts<acc_t<T>>& rc,
+                                           TeamScratch<1, acc_t<T>>& red) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T, R>();
   const gn_addnorm_config& c = a.cfg;
@@ -54,7 +55,7 @@ __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScr
   if (a.residual_out) store_vec<R, VEC>(static_cast<R*>(a.residual_out) + r * a.residual_out_stride, cj, N, true, h);
   int phase = 0;
   team_sum<1>(ss, blockDim.x, red, phase);
-  const A rstd = rsqrt_acc(ss[0] / (A)N + (A)c.eps);
+  const A rstd = row_rstd<A>(ss[0], c, rc);
   A wv[VEC];
   if (w) {
     acc_t<P> wp[VEC];
@@ -76,13 +77,14 @@ __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, TeamScr
 // kernel: with a run-time switch over four the kernel took 48 registers (one block of
 // 1024 threads an SM); alone it fits 32 with none spilled, two blocks of 1024 an SM.
 template <typename T, typename R, typename P>
-__global__ void __launch_bounds__(DECODE_MAX_THREADS, 2) an_fwd_decode(const gn_addnorm_fwd_args a) {
+__global__ void __launch_bounds__(DECODE_MAX_THREADS, 2) an_fwd_decode(const gn_addnorm_fwd_args a,
+                                                                            const RowConsts<acc_t<T>> rc) {
   __shared__ TeamScratch<1, acc_t<T>> red;
   pdl_wait();
   // The next kernel may start launching once every block of this grid has passed here;
   // its blocks wait in pdl_wait until this grid has finished.
   pdl_trigger();
-  decode_row<T, R, P>(a, red);
+  decode_row<T, R, P>(a, rc, red);
 }
 
 template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {
@@ -112,7 +114,7 @@ gn_status launch(const gn_addnorm_fwd_args& a, int threads, const DeviceInfo& de
   if (a.cfg.rows > 0x7fffffff || (a.cfg.rows + resident - 1) / resident > waves) return GN_OK;  // grid.x's limit
   *done = true;
   return launch_pdl(kernel, dim3((unsigned)a.cfg.rows), threads, 0, s, dev, "add_rms_norm forward (decode) launch", 1,
-                    a);
+                    a, row_consts<acc_t<T>>(a.cfg));
 }
 
 }  // namespace
