@@ -6,7 +6,7 @@ specialised on run-time flags all count), the spill instructions inside it, and 
 registers and spill bytes.
 
     python scripts/sass_loop.py csrc/cuda/gated_norm_fwd.cu --match 'bfloat16Li2ELb1E'
-    python scripts/sass_loop.py csrc/cuda/gated_norm_bwd.cu --flags '-DGN_BWD_KEEP' --match bfloat16
+    python scripts/sass_loop.py csrc/cuda/gated_norm_bwd.cu --flags=-DGN_BWD_KEEP --match bfloat16
 
 Needs nvcc and cuobjdump + nvdisasm (pip: nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm; their
 bin/ is found inside the active Python's site-packages).
@@ -93,7 +93,7 @@ def short(name):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
-    ap.add_argument("--flags", default="", help="extra nvcc flags, e.g. '-DGN_TEAM_LEAN'")
+    ap.add_argument("--flags", default="", help="extra nvcc flags, as --flags='-DA -DB' (the = is needed)")
     ap.add_argument("--match", default="", help="regex on the mangled kernel name")
     ap.add_argument("--arch", default="sm_90")
     args = ap.parse_args()
