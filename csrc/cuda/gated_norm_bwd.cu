@@ -237,11 +237,16 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     }
     st = st + 1 == S ? 0 : st + 1;
   };
-  const bool sg = gate && c.act == GN_ACT_SIGMOID;  // without a gate, one copy
+  if constexpr (MODE == GATE_RUNTIME) {  // unaligned rows, fp64: one copy (two spilled 80 bytes)
 #pragma unroll 1
-  for (int64_t rb = rb0; rb < M; rb += step) {
-    if (sg) row(rb, GN_ACT_SIGMOID);
-    else row(rb, GN_ACT_SILU);
+    for (int64_t rb = rb0; rb < M; rb += step) row(rb, c.act);
+  } else {
+    const bool sg = gate && c.act == GN_ACT_SIGMOID;  // without a gate, one copy
+#pragma unroll 1
+    for (int64_t rb = rb0; rb < M; rb += step) {
+      if (sg) row(rb, GN_ACT_SIGMOID);
+      else row(rb, GN_ACT_SILU);
+    }
   }
   if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
 
