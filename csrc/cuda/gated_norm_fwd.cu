@@ -292,6 +292,10 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   if (st != GN_OK) return st;
   p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
                fwd_loop_stage_bytes<T>(a), dev);
+  if constexpr (sizeof(T) <= 4) {
+    bool done = false;
+    if ((st = launch_fwd_decode(a, p, dev, s, &done)) != GN_OK || done) return st;
+  }
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;
