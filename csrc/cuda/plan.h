@@ -105,8 +105,9 @@ constexpr int FWD_RING = GN_FWD_RING, BWD_RING = 3;
 constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
 // Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
-// varying with unrelated code changes); 64 costs no spills, but for the split (cluster)
-// 16-bit kernels: 16 bytes (sm_90, ptxas -v, 2026-12-05).
+// varying with unrelated code changes); at 64 only the split (cluster) bf16 kernel with
+// the gate before the norm spills, 8 bytes (and fp64's split one; sm_90, ptxas -v, with the
+// per-row constants in the constant bank: scripts/sass_loop.py, eleventh session).
 constexpr int FWD_MIN_BLOCKS = 2;  // (3: 40 registers and spills, sm_90 bf16)
 constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // Aligned backward groups wider than a team of BWD_BLOCK threads at BWD_MAX_ELEMS (bf16
