@@ -384,6 +384,10 @@ template <typename A>
 struct RowConsts {
   A inv_g, eps;
 };
+template <typename A>
+inline RowConsts<A> row_consts(const gn_config& c) {
+  return RowConsts<A>{A(1) / (A)c.group_size, (A)c.eps};
+}
 
 // act(z) and act'(z) for silu (z*s) and sigmoid (s), s = sigmoid(z).
 template <typename A>

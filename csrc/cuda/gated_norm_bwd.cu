@@ -285,7 +285,7 @@ gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsig
   const dim3 grid = resident_grid(p.grid, resident);
   parts = grid.y;
   return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, p.layout,
-                   RowConsts<A>{A(1) / (A)a.cfg.group_size, (A)a.cfg.eps});
+                   row_consts<A>(a.cfg));
 }
 
 // The aligned register path per gate mode; fp64 keeps the mode a run-time value.

@@ -267,7 +267,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
                                               : 8;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, resident);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, p.layout,
-                    RowConsts<acc_t<T>>{acc_t<T>(1) / (acc_t<T>)a.cfg.group_size, (acc_t<T>)a.cfg.eps});
+                    row_consts<acc_t<T>>(a.cfg));
 }
 
 // The aligned register path per gate mode; fp64 (correctness, not speed) keeps

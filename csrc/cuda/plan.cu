@@ -106,9 +106,10 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
   int nv = 1;
   const int nv_cap = cfg.dtype == GN_FLOAT64 && max_nv > 4 ? 4 : max_nv;  // fp64: correctness, not speed
   while (nv < nv_cap && (split || nvec > 32 * (int64_t)nv)) nv <<= 1;  // split slices: the most (one kernel each)
-  if (!split && p.layout.aligned && vec >= 4 && vecs_override(backward)) {
+  const int asked = split || !p.layout.aligned || vec < 4 ? 0 : vecs_override(backward);
+  if (asked) {
     const int most = backward ? (int)(BWD_WIDE_ELEMS / vec) : FWD_MAX_VECS;
-    nv = vecs_override(backward) < most ? vecs_override(backward) : most;
+    nv = asked < most ? asked : most;
   }
   const int tpg = team_threads((nvec + nv - 1) / nv);
   // Unaligned rows (odd group sizes, offset views) take the register path only
