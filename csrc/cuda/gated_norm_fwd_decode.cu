@@ -102,7 +102,7 @@ gn_status launch(const gn_fwd_args& a, const Plan& p, const DeviceInfo& dev, cud
   *done = true;
   using A = acc_t<T>;
   return launch_pdl(kernel, dim3((unsigned)blocks), DECODE_BLOCK, 0, s, dev, "gated_norm forward (decode) launch", 1,
-                    a, p.layout, RowConsts<A>{A(1) / (A)a.cfg.group_size, (A)a.cfg.eps});
+                    a, p.layout, row_consts<A>(a.cfg));
 }
 #endif
 
