@@ -259,3 +259,44 @@ def test_cuda_kernel_paths(case):
     assert any(kernel in n for n in names), names
     out = run_fwd(x, w, b, z, 1e-6, g, True, False, "swish")[0]
     assert_close(out, ref64(x, w, b, z, 1e-6, g, True, False, "swish"), tol(dtype, g or shape[-1]), "out")
+
+
+# GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_fwd_loop_async.cu): the
+# aligned loop path stages at most k vectors a thread, so shapes of a few MB exercise what
+# only 2^20-wide rows reach by themselves: nothing staged (0), x partly staged (1), x whole
+# and z in part (5: 4 vectors a thread of each). 40 rows of 2^18 split 4 ways leave some
+# clusters a second row (the next row's copies issued under this row's output).
+_SLOTS_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import cuda_kernels, make_inputs, ops
+from test_forward import check_fwd
+for shape, dt, g, nbg, rms, act in {cases!r}:
+    check_fwd(shape, getattr(torch, dt), "cuda", g, nbg, rms, act)
+x, w, b, z = make_inputs((3, 1 << 18), torch.bfloat16, "cuda")
+names = cuda_kernels(lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu"))
+print("kernels", sorted(set(names)))
+"""
+
+
+@requires_cuda
+@pytest.mark.parametrize("slots", [0, 1, 5, -1], ids=["none", "x-part", "z-part", "all"])
+def test_cuda_loop_slots(slots):
+    import os
+    import subprocess
+    import sys
+    cases = [((3, 1 << 18), "bfloat16", None, True, True, "silu"),
+             ((3, 1 << 18), "bfloat16", None, False, False, "swish"),  # z in the statistics, LayerNorm
+             ((40, 1 << 18), "float16", None, True, False, "sigmoid"),
+             ((2, 1 << 17), "float32", None, False, True, "swish"),
+             ((2, 1 << 18), "bfloat16", 1 << 17, True, False, "silu"),
+             ((1, 1 << 17), "float64", None, False, False, "sigmoid")]
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, GATEDNORM_LOOP_SLOTS=str(slots))
+    r = subprocess.run([sys.executable, "-c", _SLOTS_SCRIPT.format(tests=tests, cases=cases)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("kernels ")][-1]
+    if "fwd_loop" in line and "fwd_loop_async" not in line:
+        pytest.skip("a build without the aligned loop kernel (-DGN_LOOP_ASYNC)")
+    assert line == "kernels []" or "fwd_loop_async" in line, line  # [] is CUPTI missing
