@@ -261,20 +261,25 @@ def test_cuda_kernel_paths(case):
     assert_close(out, ref64(x, w, b, z, 1e-6, g, True, False, "swish"), tol(dtype, g or shape[-1]), "out")
 
 
-# GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_fwd_loop_async.cu): the
-# aligned loop path stages at most k vectors a thread, so shapes of a few MB exercise what
+# GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_*_loop_async.cu): the
+# aligned loop paths stage at most k vectors a thread, so shapes of a few MB exercise what
 # only 2^20-wide rows reach by themselves: nothing staged (0), x partly staged (1), x whole
-# and z in part (5: 4 vectors a thread of each). 40 rows of 2^18 split 4 ways leave some
+# and the next tensor in part (5: 4 vectors a thread of each), forward and backward. 40 rows of 2^18 split 4 ways leave some
 # clusters a second row (the next row's copies issued under this row's output).
 _SLOTS_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import cuda_kernels, make_inputs, ops
+from test_backward import grads_vs_reference
 from test_forward import check_fwd
 for shape, dt, g, nbg, rms, act in {cases!r}:
     check_fwd(shape, getattr(torch, dt), "cuda", g, nbg, rms, act)
+    grads_vs_reference(shape, getattr(torch, dt), "cuda", g, nbg, rms, act)
 x, w, b, z = make_inputs((3, 1 << 18), torch.bfloat16, "cuda")
+out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
+dy = torch.randn_like(out)
 names = cuda_kernels(lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu"))
+names += cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu", False))
 print("kernels", sorted(set(names)))
 """
 
@@ -298,5 +303,5 @@ def test_cuda_loop_slots(slots):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("kernels ")][-1]
     if "fwd_loop" in line and "fwd_loop_async" not in line:
-        pytest.skip("a build without the aligned loop kernel (-DGN_LOOP_ASYNC)")
-    assert line == "kernels []" or "fwd_loop_async" in line, line  # [] is CUPTI missing
+        pytest.skip("a build without the aligned loop kernels (-DGN_LOOP_ASYNC)")
+    assert line == "kernels []" or ("fwd_loop_async" in line and "bwd_loop_async" in line), line  # []: no CUPTI
