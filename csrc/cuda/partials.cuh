@@ -65,9 +65,82 @@ __global__ void __launch_bounds__(RED_COLS * RED_SPLIT)
   }
 }
 
+#ifdef GN_RED_VEC
+// Tuning variant (not yet run on a GPU). reduce_partials loads 4 bytes a thread and, with
+// few partials (16 rows of 2^20: 8-16 of them), one load a thread: ~8 KB in flight an SM,
+// ~0.2 of the copy ceiling -- for bign_1m's 32-64 MB of partials, tens of microseconds.
+// Here a thread owns a 16-byte vector of columns, and the partials are split over
+// `split` threads only when the columns alone would leave the GPU short of threads; each
+// thread issues its loads 8 at a time. Thread (x, y) sums partials y, y + split, ... of
+// its columns in order, then y == 0 adds the split sums in order: a fixed order for
+// given (nparts, n), so dw/db stay bitwise reproducible.
+constexpr int RED_THREADS = 256, RED_MAX_SPLIT = 16;
+
+template <typename A>
+__global__ void __launch_bounds__(RED_THREADS)
+    reduce_partials_vec(const A* __restrict__ ws, int64_t nparts, int64_t n, void* dw, void* db,
+                        gn_dtype param_dtype) {
+  constexpr int VW = 16 / (int)sizeof(A);  // columns a thread
+  __shared__ A sums[RED_THREADS * VW];
+  const int split = blockDim.y, x = threadIdx.x, y = threadIdx.y;
+  const int64_t col = ((int64_t)blockIdx.x * blockDim.x + x) * VW;
+  for (int which = 0; which < 2; ++which) {
+    void* dst = which ? db : dw;
+    if (!dst) continue;
+    const A* src = ws + (int64_t)which * nparts * n + col;
+    A s[VW] = {};
+    if (col < n) {
+      constexpr int B = 8;  // loads issued before the first add (an unrolled loop re-tests its bound each trip)
+      for (int64_t q0 = y; q0 < nparts; q0 += (int64_t)B * split) {
+        A v[B][VW];
+#pragma unroll
+        for (int b = 0; b < B; ++b) {  // past the last partial: zeros (adding +0 keeps the order fixed)
+          const int64_t q = q0 + (int64_t)b * split;
+          load_vec<A, VW>(src + (q < nparts ? q : 0) * n, 0, q < nparts ? VW : 0, true, v[b]);
+        }
+#pragma unroll
+        for (int b = 0; b < B; ++b)
+#pragma unroll
+          for (int i = 0; i < VW; ++i) s[i] += v[b][i];
+      }
+    }
+    if (split > 1) {
+#pragma unroll
+      for (int i = 0; i < VW; ++i) sums[(y * blockDim.x + x) * VW + i] = s[i];
+      __syncthreads();
+      if (y == 0) {
+#pragma unroll
+        for (int i = 0; i < VW; ++i) s[i] = 0;
+        for (int k = 0; k < split; ++k)
+#pragma unroll
+          for (int i = 0; i < VW; ++i) s[i] += sums[(k * blockDim.x + x) * VW + i];
+      }
+      __syncthreads();
+    }
+    if (y == 0 && col < n) {
+#pragma unroll
+      for (int i = 0; i < VW; ++i) store_param<A>(dst, param_dtype, col + i, s[i]);
+    }
+  }
+}
+#endif
+
 template <typename A>
 inline void launch_reduce(const void* ws, int64_t nparts, int64_t n, void* dw, void* db, gn_dtype param_dtype,
                           cudaStream_t s) {
+#ifdef GN_RED_VEC
+  constexpr int VW = 16 / (int)sizeof(A);
+  if (n % VW == 0 && (uintptr_t)ws % 16 == 0) {  // whole vectors in every partial row
+    // The fewest splits that give the GPU ~64K threads (a fixed function of nparts and n).
+    const int64_t vecs = n / VW;
+    int split = 1;
+    while (split < RED_MAX_SPLIT && split < nparts && vecs * split < 65536) split <<= 1;
+    const int bx = RED_THREADS / split;
+    reduce_partials_vec<A><<<(unsigned)((vecs + bx - 1) / bx), dim3(bx, split), 0, s>>>(
+        static_cast<const A*>(ws), nparts, n, dw, db, param_dtype);
+    return;
+  }
+#endif
   reduce_partials<A><<<(unsigned)((n + RED_COLS - 1) / RED_COLS), dim3(RED_COLS, RED_SPLIT), 0, s>>>(
       static_cast<const A*>(ws), nparts, n, dw, db, param_dtype);
 }
