@@ -16,22 +16,15 @@
 // Slot s of thread t is stage[s * nt + t]: x's vectors k < nx, then dy's k < ndy, then
 // z's k < nz (k: the thread's k-th vector of the slice); the dw/db sums follow.
 #ifdef GN_LOOP_ASYNC
-#include <stdlib.h>
-
 #include "cluster.cuh"
 #include "gated_norm_bwd.cuh"
+#include "loop_async.cuh"
 
 namespace gn {
 namespace {
 
-#ifndef GN_LOOP_BATCH
-#define GN_LOOP_BATCH 4
-#endif
-#ifndef GN_OUT_BATCH
-#define GN_OUT_BATCH 2
-#endif
-constexpr int SUM_BATCH = GN_LOOP_BATCH / 2 > 0 ? GN_LOOP_BATCH / 2 : 1;  // three tensors a vector
-constexpr int GRAD_BATCH = GN_OUT_BATCH;
+constexpr int SUM_BATCH = LOOP_BATCH / 2 > 0 ? LOOP_BATCH / 2 : 1;  // three tensors a vector
+constexpr int GRAD_BATCH = OUT_BATCH;
 
 // One block an SM (124-128 registers, no spills at sm_90; two, at 64 registers, spilled
 // 70-190 bytes): the staged rows fill its shared memory anyway.
@@ -221,14 +214,6 @@ __global__ void __launch_bounds__(LOOP_BLOCK, 1) bwd_loop_async(const gn_bwd_arg
   if (SPLIT) cluster_exit(csize);
 }
 
-int slots_cap() {  // GATEDNORM_LOOP_SLOTS, as in the forward (tests)
-  static const int v = [] {
-    const char* e = getenv("GATEDNORM_LOOP_SLOTS");
-    return e ? atoi(e) : -1;
-  }();
-  return v;
-}
-
 template <typename T, bool SPLIT>
 gn_status launch_async(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& parts, const DeviceInfo& dev) {
   constexpr auto kernel = bwd_loop_async<T, SPLIT>;
@@ -243,9 +228,7 @@ gn_status launch_async(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& p
   const size_t acc = (size_t)nvec * VEC * sizeof(A) * ((a.dw ? 1 : 0) + (a.db ? 1 : 0));
   p.layout.acc_smem = acc > 0 && acc <= whole / 2;
   const size_t acc_used = p.layout.acc_smem ? acc : 0;
-  const int64_t want = kn * (a.z ? 3 : 2), fit = (int64_t)((whole - acc_used) / ((size_t)nt * 16));
-  int slots = (int)(want < fit ? want : fit);
-  if (slots_cap() >= 0 && slots > slots_cap()) slots = slots_cap();
+  const int slots = loop_slots(kn * (a.z ? 3 : 2), whole - acc_used, 0, nt);
   p.layout.staged = slots > 0;
   p.smem = (size_t)slots * nt * 16 + acc_used;
   gn_status st = allow_smem<kernel>(p.smem, fixed);

@@ -17,25 +17,19 @@
 // Slot s of thread t is stage[s * nt + t] (16 bytes; thread-private, so no barrier):
 // x's vectors k < nx, then z's vectors k < nz, k the thread's k-th vector of the slice.
 #ifdef GN_LOOP_ASYNC
-#include <stdlib.h>
-
 #include "cluster.cuh"
 #include "gated_norm_fwd.cuh"
+#include "loop_async.cuh"
 
 namespace gn {
 namespace {
 
-#ifndef GN_LOOP_BATCH
-#define GN_LOOP_BATCH 4
-#endif
-#ifndef GN_OUT_BATCH
-#define GN_OUT_BATCH 2
-#endif
+// One block an SM by default (108-126 registers, no spills, sm_90): the staged slice of a
+// 2^20-wide row fills its shared memory anyway. -DGN_LOOP_MIN_BLOCKS=2 -DGN_OUT_BATCH=1: 64
+// registers (0-12 bytes of spills), two blocks an SM where the slice leaves room.
 #ifndef GN_LOOP_MIN_BLOCKS
 #define GN_LOOP_MIN_BLOCKS 1
 #endif
-constexpr int LOOP_BATCH = GN_LOOP_BATCH;  // vectors a thread loads before it uses any (global reads)
-constexpr int OUT_BATCH = GN_OUT_BATCH;    // the same in the output pass (weight and bias ride along)
 
 template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(LOOP_BLOCK, GN_LOOP_MIN_BLOCKS) fwd_loop_async(const gn_fwd_args a, const Layout L,
@@ -196,26 +190,13 @@ __global__ void __launch_bounds__(LOOP_BLOCK, GN_LOOP_MIN_BLOCKS) fwd_loop_async
   if (SPLIT) cluster_exit(csize);
 }
 
-// GATEDNORM_LOOP_SLOTS=k (read once; tests): at most k staged vectors a thread, so small
-// shapes exercise the unstaged and partly staged cases. Unset or negative: no cap.
-int slots_cap() {
-  static const int v = [] {
-    const char* e = getenv("GATEDNORM_LOOP_SLOTS");
-    return e ? atoi(e) : -1;
-  }();
-  return v;
-}
-
 template <typename T, bool SPLIT>
 gn_status launch_async(const gn_fwd_args& a, const Plan& p, cudaStream_t s, const DeviceInfo& dev) {
   constexpr auto kernel = fwd_loop_async<T, SPLIT>;
   constexpr int VEC = vec_size<T>();
   const int nt = p.threads, csize = SPLIT ? p.layout.csize : 1;
   const int64_t kn = (a.cfg.group_size / csize / VEC + nt - 1) / nt;
-  const int64_t want = kn * (a.z ? 2 : 1);
-  const int64_t fit = ((int64_t)dev.max_smem_optin - 1024) / ((int64_t)nt * 16);
-  int slots = (int)(want < fit ? want : fit);
-  if (slots_cap() >= 0 && slots > slots_cap()) slots = slots_cap();
+  const int slots = loop_slots(kn * (a.z ? 2 : 1), dev.max_smem_optin, 1024, nt);
   const size_t smem = (size_t)slots * nt * 16;
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
