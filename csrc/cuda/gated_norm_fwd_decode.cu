@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(DECODE_BLOCK) fwd_decode(const gn_fwd_args a, 
   const bool ok = r < c.rows;
   const int lim = ok ? G : 0;
   const int64_t rr = ok ? r : 0, col = (int64_t)g * G;
-  const bool gate = a.z != nullptr, after = gate && !c.norm_before_gate;
+  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;  // norm, then gate
   pdl_wait();
   Packed<T, VEC> px, pz;
   Packed<P, VEC> pw, pb;
