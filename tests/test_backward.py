@@ -315,10 +315,12 @@ def test_layer_norm_bwd_writes_given_views(rms, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
-@pytest.mark.parametrize("m,n", [(3000, 256), (300, 16384)], ids=["3000x256", "300x16384"])
+@pytest.mark.parametrize("m,n", [(3000, 256), (300, 16384), (40, 1 << 18)], ids=["3000x256", "300x16384", "40x2^18"])
 def test_dw_db_deterministic(dtype, rms, m, n, device):
     """Same inputs -> bitwise the same dw/db on every run (fixed reduction order, no atomics);
-    3000 rows span several row chunks / blocks; 16384 is split across a cluster on CUDA."""
+    3000 rows span several row chunks / blocks; 16384 is split across a cluster on CUDA;
+    2^18 takes the loop path split across a cluster, blocks walking two rows (partials
+    read-added-written in the workspace where the sums do not fit in shared memory)."""
     x, w, b, z = make_inputs((m, n), dtype, device, param_dtype=torch.float32)
     _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, False, rms, "swish")
     dy = torch.randn(m, n, dtype=torch.float64).to(dtype).to(device)
