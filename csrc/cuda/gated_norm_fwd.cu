@@ -65,6 +65,34 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
+#ifdef GN_ROW_PTRS
+  // Tuning variant (not yet run on a GPU): row pointers as cursors advanced by a constant
+  // each row, instead of base + row * stride (64-bit multiplies, the clamp of rows past the
+  // end) recomputed for every tensor of every row. issue() is called in row order (rows
+  // rb0 + rl, + step, ...), so its `rn` is the cursor's row; copies that read nothing take
+  // the tensor's base address.
+  const T* const xb = static_cast<const T*>(a.x);
+  const T* const zb = static_cast<const T*>(a.z);
+  int64_t qr = rb0 + rl;
+  const T* qx = xb + qr * a.x_stride + col0 + cl;
+  const T* qz = gate ? zb + qr * a.z_stride + col0 + cl : zb;
+  const int64_t qdx = step * a.x_stride, qdz = gate ? step * a.z_stride : 0;
+  T* po = static_cast<T*>(a.out) + (rb0 + rl) * a.out_stride + col0;  // this row's out (aligned rows)
+  const int64_t pdo = step * a.out_stride;
+  auto issue = [&](int64_t, int st) {  // one commit group per row, even an empty one
+    const bool okn = team_ok && qr < M;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const bool in = okn && cl + j * cs < G;
+      cp_async16(slot(st, 0, j), in ? qx + j * cs : xb, in);
+      if (gate) cp_async16(slot(st, 1, j), in ? qz + j * cs : zb, in);
+    }
+    cp_async_commit();
+    qr += step;
+    qx += qdx;
+    qz += qdz;
+  };
+#else
   auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && rn < M;
     const FwdRow<T> q = fwd_row<T>(a, okn ? rn : 0, col0);
@@ -77,6 +105,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     }
     cp_async_commit();
   };
+#endif
   pdl_wait();
   if (ALIGNED) {
 #pragma unroll
@@ -149,7 +178,18 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
+#ifdef GN_ROW_PTRS
+    FwdRow<T> p;  // aligned rows read the ring and write through the cursor (never past the end: lim)
+    if (ALIGNED) {
+      p.x = p.z = nullptr;
+      p.out = po;
+      po += pdo;
+    } else {
+      p = fwd_row<T>(a, ok ? r : 0, col0);
+    }
+#else
     const FwdRow<T> p = fwd_row<T>(a, ok ? r : 0, col0);
+#endif
     const int lim = ok ? G : 0;  // idle teams read nothing but still reduce
     if (ALIGNED) {
       // The slot refilled here was read in the previous iteration, whose values
