@@ -229,7 +229,6 @@ gn_status launch_async(const gn_bwd_args& a, Plan p, cudaStream_t s, unsigned& p
   p.layout.acc_smem = acc > 0 && acc <= whole / 2;
   const size_t acc_used = p.layout.acc_smem ? acc : 0;
   const int slots = loop_slots(kn * (a.z ? 3 : 2), whole - acc_used, 0, nt);
-  p.layout.staged = slots > 0;
   p.smem = (size_t)slots * nt * 16 + acc_used;
   gn_status st = allow_smem<kernel>(p.smem, fixed);
   if (st != GN_OK) return st;
