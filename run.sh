@@ -2,8 +2,9 @@
 # The two commands of gatednorm; each sets up what the machine lacks first.
 #   bash run.sh demo   self-check against the reference, a tiny training run,
 #                      a benchmark table on whatever device is present
-#   bash run.sh test   the test suite without the slow cases; with arguments,
-#                      they go to pytest instead (e.g. `bash run.sh test -m ""` for all)
+#   bash run.sh test   the test suite without the slow cases, then (no GPU here) the
+#                      CUDA kernels' tests on the CPU emulator; with arguments, they
+#                      go to pytest instead (e.g. `bash run.sh test -m ""` for all)
 #
 # Setup: uses a Python that already has torch (the GPU machines: offline, torch
 # preinstalled — never reinstalled), else makes .venv/ and installs torch there;
@@ -59,8 +60,15 @@ case "$cmd" in
     pick_python
     install_test_deps
     build
-    [ $# -eq 0 ] && set -- -m "not slow"
-    exec "$PY" -m pytest -q "$@" tests
+    if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@" tests; fi
+    "$PY" -m pytest -q -m "not slow" tests
+    # Without a GPU the CUDA kernels run on the CPU emulator (csrc/emu) instead:
+    # GATEDNORM_EMU=1 forces that step, =0 skips it.
+    emu="${GATEDNORM_EMU:-auto}"
+    if [ "$emu" = auto ]; then
+      "$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && emu=1 || emu=0
+    fi
+    if [ "$emu" = 1 ]; then PYTHON="$PY" bash scripts/emu_check.sh; fi
     ;;
   *)
     echo "usage: bash run.sh demo|test [args]" >&2

@@ -3,11 +3,15 @@ CUDA build of torch are present.
 
 Environment:
   GATEDNORM_CPU_ONLY=1     build without CUDA even when it is available
+  GATEDNORM_CUDA_EMU=1     a test build: the CUDA kernels compiled for the CPU emulator
+                           (csrc/emu), which then serves CPU tensors instead of the CPU
+                           kernels (docs/testing.md, "CUDA kernels on the CPU")
   TORCH_CUDA_ARCH_LIST     CUDA targets (default "8.0;9.0+PTX")
   MAX_JOBS                 parallel compile jobs (default 2)
 """
 import glob
 import os
+import re
 import shutil
 
 from setuptools import setup
@@ -33,7 +37,46 @@ def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def emu_sources():
+    """csrc/cuda as C++ for the emulator, in build/emu_src (whose headers the .cpp files
+    find first): each `k<<<cfg>>>(args)` becomes `::emu::chevron(k, cfg)(args)`, the
+    only syntax a host compiler cannot read. Returns the .cpp files."""
+    out_dir = os.path.join(ROOT, "build", "emu_src")
+    os.makedirs(out_dir, exist_ok=True)
+    chevron = re.compile(r"(\b[\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\(", re.S)
+    out = []
+    for src in sources("csrc/cuda/*"):
+        name = os.path.basename(src)
+        if name.endswith(".cu"):
+            name = name[:-3] + ".cpp"
+            out.append(os.path.relpath(os.path.join(out_dir, name), ROOT))
+        with open(os.path.join(ROOT, src)) as f:
+            text = f.read()
+        body = '#line 1 "%s"\n' % src + chevron.sub(r"::emu::chevron(\1, \2)(", text)
+        dst = os.path.join(out_dir, name)
+        old = open(dst).read() if os.path.exists(dst) else None
+        if old != body:  # unchanged files keep their timestamps: no rebuild
+            with open(dst, "w") as f:
+                f.write(body)
+    return out
+
+
+def emu_extension(cxx, kwargs):
+    # -D macros of GATEDNORM_NVCC_FLAGS (tuning variants) apply to the emulated kernels too.
+    defines = [f for f in os.environ.get("GATEDNORM_NVCC_FLAGS", "").split() if f.startswith(("-D", "-U"))]
+    kwargs["sources"] += ["csrc/emu/runtime.cpp"] + emu_sources()
+    kwargs["include_dirs"] = [os.path.join(ROOT, d) for d in ("csrc/emu/include", "csrc/emu")] + kwargs[
+        "include_dirs"]
+    flags = cxx + ["-DGN_EMU", "-DGN_CUDA_EMU", "-Wno-unknown-pragmas"] + defines
+    return CppExtension(extra_compile_args={"cxx": flags}, **kwargs)
+
+
 def extension():
+    if os.environ.get("GATEDNORM_CUDA_EMU", "0") not in ("", "0"):
+        os.environ.setdefault("MAX_JOBS", "2")
+        cxx = ["-O1", "-fopenmp", "-fvisibility=hidden", "-ffp-contract=off"]
+        return emu_extension(cxx, dict(name="torch_ops._C", sources=sources("csrc/*.cpp") + sources("csrc/cpu/*.c"),
+                                       include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"]))
     cuda = want_cuda()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     os.environ.setdefault("MAX_JOBS", "2")

@@ -20,6 +20,17 @@
 
 #include "gatednorm.h"
 
+#ifdef GN_CUDA_EMU
+// Emulator test builds (setup.py, GATEDNORM_CUDA_EMU=1): CPU tensors go through the
+// CUDA kernels on the CPU emulator (csrc/emu) instead of the CPU kernels.
+#define gn_cpu_fwd(a) gn_cuda_fwd(a, nullptr)
+#define gn_cpu_bwd(a) gn_cuda_bwd(a, nullptr)
+#define gn_cpu_bwd_workspace_bytes(c) gn_cuda_bwd_workspace_bytes(c)
+#define gn_cpu_addnorm_fwd(a) gn_cuda_addnorm_fwd(a, nullptr)
+#define gn_cpu_addnorm_bwd(a) gn_cuda_addnorm_bwd(a, nullptr)
+#define gn_cpu_addnorm_bwd_workspace_bytes(c) gn_cuda_addnorm_bwd_workspace_bytes(c)
+#endif
+
 namespace gn_shim {
 
 using at::ScalarType;

@@ -20,7 +20,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   __shared__ A part[BWD_BLOCK * K];  // cross-row fold of dw inside the block
-  extern __shared__ __align__(16) unsigned char dyn[];
+  GN_DYN_SMEM(unsigned char, dyn);
   const gn_addnorm_config& c = a.cfg;
   const int rl = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const bool team_ok = rl < L.rpi;
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 // so dw accumulates there without atomics.
 template <typename A>
 __global__ void __launch_bounds__(LOOP_BLOCK) an_bwd_loop(const gn_addnorm_bwd_args a, const Layout L) {
-  extern __shared__ __align__(16) unsigned char stage_raw[];
+  GN_DYN_SMEM(unsigned char, stage_raw);
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   const gn_addnorm_config& c = a.cfg;

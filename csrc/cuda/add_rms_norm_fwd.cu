@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   constexpr int NUR = Packed<R, VEC>::NU, NUT = Packed<T, VEC>::NU;
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
-  extern __shared__ __align__(16) unsigned char dyn[];
+  GN_DYN_SMEM(unsigned char, dyn);
   const gn_addnorm_config& c = a.cfg;
   const int rl = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const bool team_ok = rl < L.rpi;
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
 template <typename A>
 __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_args a, const Layout L,
                                                   const RowConsts<A> rc) {
-  extern __shared__ __align__(16) unsigned char stage_raw[];
+  GN_DYN_SMEM(unsigned char, stage_raw);
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   const gn_addnorm_config& c = a.cfg;

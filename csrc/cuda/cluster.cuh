@@ -19,28 +19,14 @@ struct ClusterScratch {
   unsigned long long bar[2];
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-// The same shared-memory offset in CTA `rank` of the cluster.
-__device__ __forceinline__ unsigned cluster_addr(unsigned local, int rank) {
-  unsigned remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
-  return remote;
-}
-__device__ __forceinline__ void cluster_barrier() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-#endif
-
 // Once, before the first cluster_sum: the mbarriers exist before any CTA sends.
 template <int NVAL, typename A>
 __device__ __forceinline__ void cluster_sum_init(ClusterScratch<NVAL, A>& red, int csize) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (csize <= 1) return;
   if (threadIdx.x == 0) {
-    for (int p = 0; p < 2; ++p)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_addr(&red.bar[p])) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    for (int p = 0; p < 2; ++p) mbar_init(smem_addr(&red.bar[p]));
+    mbar_init_fence();
   }
   cluster_barrier();
 #endif
@@ -64,37 +50,22 @@ __device__ __forceinline__ void cluster_sum(A (&v)[NVAL], int csize, ClusterScra
   const unsigned parity = (calls >> 1) & 1;  // uses of slot p so far, mod 2
   ++calls;
   const unsigned bar = smem_addr(&red.bar[p]);
-  if (threadIdx.x == 0) {
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(bar),
-                 "r"((unsigned)(csize * NVAL * sizeof(A)))
-                 : "memory");
-  }
+  if (threadIdx.x == 0) mbar_arrive_expect_tx(bar, (unsigned)(csize * NVAL * sizeof(A)));
   if (threadIdx.x < (unsigned)csize) {
     const int q = threadIdx.x;
-    unsigned rank = 0;
-    asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+    const unsigned rank = cluster_ctarank();
     const unsigned rbar = cluster_addr(bar, q);
 #pragma unroll
     for (int k = 0; k < NVAL; ++k) {
       const unsigned dst = cluster_addr(smem_addr(&red.part[p][k][rank]), q);
       if constexpr (sizeof(A) == 8) {
-        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];\n" ::"r"(dst),
-                     "l"(__double_as_longlong((double)v[k])), "r"(rbar)
-                     : "memory");
+        st_async(dst, (unsigned long long)__double_as_longlong((double)v[k]), rbar);
       } else {
-        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(dst),
-                     "r"(__float_as_uint((float)v[k])), "r"(rbar)
-                     : "memory");
+        st_async(dst, __float_as_uint((float)v[k]), rbar);
       }
     }
   }
-  unsigned done = 0;
-  while (!done) {
-    asm volatile("{\n.reg .pred ok;\nmbarrier.try_wait.parity.shared::cta.b64 ok, [%1], %2;\nselp.u32 %0, 1, 0, ok;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-  }
+  while (!mbar_try_wait_parity(bar, parity)) {}
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int k = 0; k < NVAL; ++k) {

@@ -9,6 +9,14 @@
 #include <stdint.h>
 
 #include "gatednorm.h"
+#include "ptx.cuh"
+
+// This kernel's dynamic shared memory as `T name[]` (the emulator: a pointer to it).
+#ifdef GN_EMU
+#define GN_DYN_SMEM(T, name) T* name = static_cast<T*>(::emu::dyn_smem())
+#else
+#define GN_DYN_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
 
 namespace gn {
 
@@ -312,47 +320,6 @@ __device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dt
   __syncthreads();
 }
 
-// Asynchronous 16-byte copies global -> shared memory (cp.async, sm_80+). Loads in
-// flight then hold no registers, so how far ahead a kernel reads is bounded by
-// shared memory instead of by occupancy. `valid` false writes zeros and reads
-// nothing (src may then be any mapped address). A thread that reads back only its
-// own copies needs no barrier, only cp_async_wait.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-// 4 or 8 bytes (a row's statistic); src aligned to BYTES.
-template <int BYTES>
-__device__ __forceinline__ void cp_async_small(void* dst, const void* src, bool valid) {
-  static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(d), "l"(src), "n"(BYTES),
-               "r"(valid ? BYTES : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Programmatic dependent launch (launch_pdl, plan.h; no-ops before sm_90). A kernel
-// launched that way waits for the previous grid in the stream (completed, its
-// writes visible) before its first global access, and signals, once its rows are
-// done, that the next kernel may start launching (it waits likewise).
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
 // VEC consecutive values from linearly staged shared memory (unaligned rows; the
 // aligned kernels read planar staging with load_param_vec).
 template <typename A, int VEC>
@@ -365,12 +332,7 @@ __device__ __forceinline__ void load_smem(const A* p, A* v) {
 // div.full). `1.f / (1.f + __expf(-z))` compiled to ~20 instructions an element (exp's
 // denormal fixups, the IEEE division's range check and slow-path call): the largest
 // per-element cost in these memory-bound kernels. z -> -inf: e = inf, rcp = 0.
-__device__ __forceinline__ float sigmoid(float z) {
-  float e, r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(-1.4426950408889634f * z));
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.f + e));
-  return r;
-}
+__device__ __forceinline__ float sigmoid(float z) { return rcp_approx(1.f + ex2_approx(-1.4426950408889634f * z)); }
 __device__ __forceinline__ double sigmoid(double z) { return 1.0 / (1.0 + exp(-z)); }
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
 __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
@@ -462,8 +424,7 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
   // (~25 instructions, redone at every call of a row loop: SASS of the gated forward):
   // warp + 1/2 lies at least 1/64 from a multiple of wpt <= 32, far beyond the
   // approximate reciprocal's error (~2 ulp).
-  float rw;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(rw) : "f"((float)wpt));
+  const float rw = rcp_approx((float)wpt);
   const int first = (int)(((float)warp + 0.5f) * rw) * wpt;
   const int tree = 1 << (32 - __clz(wpt - 1));
 #else

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   __shared__ ClusterScratch<2, A> cred;
   int phase = 0, cphase = 0;
   __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
-  extern __shared__ __align__(16) unsigned char dyn[];
+  GN_DYN_SMEM(unsigned char, dyn);
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;

@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   __shared__ TeamScratch<1, A> red;
   __shared__ ClusterScratch<1, A> cred;
   int phase = 0, cphase = 0;
-  extern __shared__ __align__(16) unsigned char dyn[];
+  GN_DYN_SMEM(unsigned char, dyn);
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
   const int gl = team % L.gpb, rl = team / L.gpb;

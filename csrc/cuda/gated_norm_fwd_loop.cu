@@ -18,7 +18,7 @@ template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(LOOP_BLOCK, 2) fwd_loop(const gn_fwd_args a, const Layout L) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
-  extern __shared__ __align__(16) unsigned char stage_raw[];
+  GN_DYN_SMEM(unsigned char, stage_raw);
   __shared__ TeamScratch<1, A> red;
   __shared__ ClusterScratch<1, A> cred;
   int phase = 0, cphase = 0;

@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK, GN_LOOP_MIN_BLOCKS) fwd_loop_async
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   static_assert(VEC * sizeof(T) == 16, "one 16-byte word a vector");
-  extern __shared__ uint4 stage[];
+  GN_DYN_SMEM(uint4, stage);
   __shared__ TeamScratch<1, A> red;
   __shared__ ClusterScratch<1, A> cred;
   int phase = 0, cphase = 0;

@@ -1,0 +1,569 @@
+// The emulator's runtime (emu.h): a launch runs its clusters one after another, the
+// CTAs of a cluster on threads of their own, the CUDA threads of a CTA as fibers
+// (ucontext) scheduled round-robin between barriers.
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "emu.h"
+
+namespace emu {
+namespace {
+
+constexpr size_t STACK_BYTES = 256 << 10;  // the kernels' register arrays live on it
+constexpr int MAX_THREADS = 1024, MAX_CLUSTER = 16;
+// 32-bit shared-memory addresses: [0, 24) offset, bit 24 = dynamic shared memory,
+// [25, 30) = 1 + the cluster rank of a mapped (mapa) address. Static shared memory is
+// thread-local (the CTA's thread): its offsets are taken from an anchor variable of
+// the same module, biased to stay positive.
+constexpr unsigned OFF_MASK = (1u << 24) - 1, DYN_BIT = 1u << 24, RANK_SHIFT = 25;
+constexpr long STATIC_BIAS = 1L << 23;
+constexpr double WAIT_LIMIT_S = 60;  // an mbarrier or cluster wait longer than this is a hang
+
+enum class St { Run, Bar, Warp, Cluster, Done };
+
+struct Copy {
+  void* dst;
+  const void* src;
+  int bytes;
+  bool valid;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  uint3 tid;
+  int linear = 0;
+  St st = St::Run;
+  unsigned mask = 0;
+  std::vector<Copy> copies;     // issued, not landed
+  std::vector<size_t> commits;  // copies.size() at each commit not yet waited for
+};
+
+struct Cluster {
+  int csize = 1;
+  char* anchors[MAX_CLUSTER] = {};
+  unsigned char* dyns[MAX_CLUSTER] = {};
+  std::mutex m;
+  std::condition_variable cv;
+  int arrived = 0;
+  long gen = 0;
+  bool failed = false;
+};
+
+struct Cta {
+  uint3 bid;
+  dim3 bdim, gdim;
+  int rank = 0, nthreads = 0;
+  Cluster* cl = nullptr;
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  Fiber* cur = nullptr;
+  ucontext_t sched;
+  unsigned char* dyn = nullptr;
+  size_t dyn_bytes = 0;
+  long events = 0;  // barrier arrivals and exits: progress
+  std::string error;
+  uint64_t xchg[MAX_THREADS];
+};
+
+thread_local Cta* tl_cta = nullptr;
+thread_local char tl_anchor;
+thread_local std::string tl_message;
+thread_local int tl_last_error = 0;
+std::mutex g_launch, g_mbar;
+
+struct Mbar {
+  unsigned expected, pending, phase;
+  long tx;
+};
+std::map<void*, Mbar> g_mbars;
+
+bool env_flag(const char* name, const char* value) {
+  const char* v = getenv(name);
+  return v && std::string(v) == value;
+}
+int env_int(const char* name, int dflt) {
+  const char* v = getenv(name);
+  return v && *v ? atoi(v) : dflt;
+}
+
+Cta& cta() {
+  if (!tl_cta) {
+    fprintf(stderr, "gatednorm emulator: device function called outside a kernel\n");
+    abort();
+  }
+  return *tl_cta;
+}
+Fiber& fiber() { return *cta().cur; }
+
+std::string where(const Cta& c, const Fiber* f) {
+  char buf[160];
+  snprintf(buf, sizeof buf, "block (%u,%u,%u) thread (%u,%u,%u)", c.bid.x, c.bid.y, c.bid.z, f ? f->tid.x : 0,
+           f ? f->tid.y : 0, f ? f->tid.z : 0);
+  return buf;
+}
+
+// Ends this fiber's part in the launch: the scheduler sees the error and stops.
+[[noreturn]] void fail_here(const std::string& why) {
+  Cta& c = cta();
+  if (c.error.empty()) c.error = where(c, c.cur) + ": " + why;
+  c.cur->st = St::Done;
+  setcontext(&c.sched);
+  abort();  // unreachable
+}
+
+void block_here(St s) {
+  Cta& c = cta();
+  Fiber* f = c.cur;
+  f->st = s;
+  ++c.events;
+  swapcontext(&f->ctx, &c.sched);
+}
+void yield_here() {
+  Cta& c = cta();
+  swapcontext(&c.cur->ctx, &c.sched);
+}
+
+void land(const Copy& k) {
+  if (k.valid)
+    memcpy(k.dst, k.src, (size_t)k.bytes);
+  else
+    memset(k.dst, 0, (size_t)k.bytes);
+}
+void land_all(Fiber& f) {
+  for (const Copy& k : f.copies) land(k);
+  f.copies.clear();
+  f.commits.clear();
+}
+
+void fiber_main() {
+  Cta& c = cta();
+  (*c.body)();
+  land_all(*c.cur);  // copies still in flight land even after the thread exits
+  c.cur->st = St::Done;
+  ++c.events;
+}  // uc_link: back to the scheduler
+
+// Every CTA of the cluster reaches this call (or the cluster failed): false on failure.
+bool cluster_sync(Cluster& k) {
+  std::unique_lock<std::mutex> l(k.m);
+  const long g = k.gen;
+  if (++k.arrived == k.csize) {
+    k.arrived = 0;
+    ++k.gen;
+    k.cv.notify_all();
+    return true;
+  }
+  const bool ok = k.cv.wait_for(l, std::chrono::duration<double>(WAIT_LIMIT_S),
+                                [&] { return k.gen != g || k.failed; });
+  return ok && !k.failed;
+}
+void cluster_fail(Cluster& k) {
+  std::lock_guard<std::mutex> l(k.m);
+  k.failed = true;
+  k.cv.notify_all();
+}
+
+// Completes the barriers whose threads have all arrived; false if none did.
+bool resolve(Cta& c) {
+  bool released = false;
+  const int n = c.nthreads;
+  for (int w = 0; w * 32 < n; ++w) {
+    const int lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+    unsigned mask = 0;
+    bool any = false, ready = true;
+    for (int i = lo; i < hi; ++i) {
+      const Fiber& f = c.fibers[i];
+      if (f.st != St::Warp) continue;
+      if (any && f.mask != mask) {
+        c.error = where(c, &f) + ": shuffles of one warp with different masks";
+        return false;
+      }
+      mask = f.mask;
+      any = true;
+    }
+    if (!any) continue;
+    for (int l = 0; l < 32; ++l) {
+      if (!(mask >> l & 1u) || lo + l >= hi) continue;  // lanes past the block do not exist
+      const Fiber& f = c.fibers[lo + l];
+      if (f.st == St::Done) {
+        c.error = where(c, &f) + ": a shuffle's mask names this thread, which has exited";
+        return false;
+      }
+      if (f.st != St::Warp) ready = false;
+    }
+    if (!ready) continue;
+    for (int i = lo; i < hi; ++i)
+      if (c.fibers[i].st == St::Warp) c.fibers[i].st = St::Run;
+    released = true;
+  }
+  int live = 0, bar = 0, clu = 0;
+  for (const Fiber& f : c.fibers) {
+    live += f.st != St::Done;
+    bar += f.st == St::Bar;
+    clu += f.st == St::Cluster;
+  }
+  if (live && bar == live) {
+    for (Fiber& f : c.fibers) f.st = St::Run;
+    return true;
+  }
+  if (live && clu == live) {
+    if (!cluster_sync(*c.cl)) {
+      c.error = where(c, nullptr) + ": the cluster barrier timed out or another CTA failed";
+      return false;
+    }
+    for (Fiber& f : c.fibers) f.st = St::Run;
+    return true;
+  }
+  return released;
+}
+
+std::string deadlock(const Cta& c) {
+  int run = 0, bar = 0, warp = 0, clu = 0, done = 0;
+  for (const Fiber& f : c.fibers) {
+    run += f.st == St::Run;
+    bar += f.st == St::Bar;
+    warp += f.st == St::Warp;
+    clu += f.st == St::Cluster;
+    done += f.st == St::Done;
+  }
+  char buf[256];
+  snprintf(buf, sizeof buf,
+           ": deadlock: %d threads at __syncthreads, %d at a warp shuffle, %d at the cluster barrier, %d exited, "
+           "%d spinning",
+           bar, warp, clu, done, run);
+  return where(c, nullptr) + buf;
+}
+
+struct Stacks {
+  char* base = nullptr;
+  size_t bytes = 0;
+  explicit Stacks(int n) : bytes((size_t)n * STACK_BYTES) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    base = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }
+  ~Stacks() {
+    if (base) munmap(base, bytes);
+  }
+};
+
+void run_cta(Cta& c) {
+  tl_cta = &c;
+  Cluster& k = *c.cl;
+  {
+    std::lock_guard<std::mutex> l(k.m);
+    k.anchors[c.rank] = &tl_anchor;
+    k.dyns[c.rank] = c.dyn;
+  }
+  if (!cluster_sync(k)) {  // every CTA's shared memory is known before any runs
+    c.error = where(c, nullptr) + ": another CTA of the cluster failed to start";
+    tl_cta = nullptr;
+    return;
+  }
+  const int n = c.nthreads;
+  Stacks stacks(n);
+  if (!stacks.base) {
+    c.error = "emulator: out of memory for fiber stacks";
+    cluster_fail(k);
+    tl_cta = nullptr;
+    return;
+  }
+  c.fibers.resize(n);
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = c.fibers[i];
+    f.linear = i;
+    f.tid = uint3{(unsigned)i % c.bdim.x, (unsigned)i / c.bdim.x % c.bdim.y, (unsigned)i / (c.bdim.x * c.bdim.y)};
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = stacks.base + (size_t)i * STACK_BYTES;
+    f.ctx.uc_stack.ss_size = STACK_BYTES;
+    f.ctx.uc_link = &c.sched;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const long before = c.events;
+    bool live = false, spinning = false;
+    for (Fiber& f : c.fibers) {
+      if (f.st != St::Run) continue;
+      c.cur = &f;
+      swapcontext(&c.sched, &f.ctx);
+      if (!c.error.empty()) break;
+      if (f.st == St::Run) spinning = true;  // yielded in an mbarrier wait
+    }
+    if (!c.error.empty()) break;
+    for (const Fiber& f : c.fibers) live |= f.st != St::Done;
+    if (!live) break;
+    const bool released = resolve(c);
+    if (!c.error.empty()) break;
+    if (released || c.events != before) continue;
+    if (!spinning) {
+      c.error = deadlock(c);
+      break;
+    }
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > WAIT_LIMIT_S) {
+      c.error = where(c, nullptr) + ": an mbarrier wait never completed";
+      break;
+    }
+    std::this_thread::yield();
+  }
+  if (!c.error.empty()) cluster_fail(k);
+  c.cur = nullptr;
+  tl_cta = nullptr;
+}
+
+}  // namespace
+
+unsigned coord(int which, int axis) {
+  const Cta& c = cta();
+  switch (which) {
+    case 0: {
+      const uint3& t = c.cur->tid;
+      return axis == 0 ? t.x : axis == 1 ? t.y : t.z;
+    }
+    case 1: return axis == 0 ? c.bid.x : axis == 1 ? c.bid.y : c.bid.z;
+    case 2: return axis == 0 ? c.bdim.x : axis == 1 ? c.bdim.y : c.bdim.z;
+    default: return axis == 0 ? c.gdim.x : axis == 1 ? c.gdim.y : c.gdim.z;
+  }
+}
+int lane_id() { return fiber().linear & 31; }
+
+void syncthreads() { block_here(St::Bar); }
+
+uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
+  Cta& c = cta();
+  Fiber& f = fiber();
+  const int lane = f.linear & 31;
+  if (!(mask >> lane & 1u)) fail_here("a shuffle by a lane outside its own mask");
+  if (!(mask >> src & 1u)) fail_here("a shuffle reads a lane outside the mask");
+  c.xchg[f.linear] = bits;
+  f.mask = mask;
+  block_here(St::Warp);
+  const int s = (f.linear & ~31) + src;
+  if (s >= c.nthreads) fail_here("a shuffle reads a lane past the end of the block");
+  const uint64_t r = c.xchg[s];
+  block_here(St::Warp);  // nobody overwrites its slot before every lane has read
+  return r;
+}
+
+unsigned shared_addr(const void* p) {
+  Cta& c = cta();
+  const uintptr_t u = (uintptr_t)p;
+  if (c.dyn && u >= (uintptr_t)c.dyn && u < (uintptr_t)c.dyn + c.dyn_bytes) return DYN_BIT | (unsigned)(u - (uintptr_t)c.dyn);
+  const long off = (long)(u - (uintptr_t)&tl_anchor) + STATIC_BIAS;
+  if (off < 0 || off > (long)OFF_MASK) fail_here("a shared-memory address of something not in shared memory");
+  return (unsigned)off;
+}
+
+void* shared_ptr(unsigned a) {
+  Cta& c = cta();
+  const unsigned r = a >> RANK_SHIFT;
+  const int rank = r ? (int)r - 1 : c.rank;
+  if (rank >= c.cl->csize) fail_here("a shared-memory address of a CTA outside the cluster");
+  const unsigned off = a & OFF_MASK;
+  if (a & DYN_BIT) return c.cl->dyns[rank] + off;
+  return c.cl->anchors[rank] + ((long)off - STATIC_BIAS);
+}
+
+unsigned cluster_map(unsigned local, int rank) {
+  if (local >> RANK_SHIFT) fail_here("mapa of an address that is already a cluster address");
+  if (rank < 0 || rank >= cta().cl->csize) fail_here("mapa to a rank outside the cluster");
+  return local | ((unsigned)(rank + 1) << RANK_SHIFT);
+}
+unsigned cluster_rank() { return (unsigned)cta().rank; }
+void cluster_barrier() { block_here(St::Cluster); }
+
+void cp_async(void* dst, const void* src, int bytes, bool valid) {
+  Cta& c = cta();
+  const uintptr_t d = (uintptr_t)dst;
+  if (d % (uintptr_t)bytes || (valid && (uintptr_t)src % (uintptr_t)bytes)) fail_here("a misaligned cp.async");
+  const bool dyn = c.dyn && d >= (uintptr_t)c.dyn && d + (uintptr_t)bytes <= (uintptr_t)c.dyn + c.dyn_bytes;
+  if (!dyn) (void)shared_addr(dst);  // fails unless static shared memory
+  static const bool eager = env_flag("GN_EMU_CP_ASYNC", "eager");
+  const Copy k{dst, src, bytes, valid};
+  if (eager)
+    land(k);
+  else
+    fiber().copies.push_back(k);
+}
+void cp_async_commit() {
+  Fiber& f = fiber();
+  f.commits.push_back(f.copies.size());
+}
+void cp_async_wait(int pending) {
+  Fiber& f = fiber();
+  const int groups = (int)f.commits.size();
+  if (groups <= pending) return;
+  const size_t upto = f.commits[groups - pending - 1];
+  for (size_t i = 0; i < upto; ++i) land(f.copies[i]);
+  f.copies.erase(f.copies.begin(), f.copies.begin() + (long)upto);
+  f.commits.erase(f.commits.begin(), f.commits.begin() + (groups - pending));
+  for (size_t& e : f.commits) e -= upto;
+}
+
+void mbar_init(unsigned bar, unsigned count) {
+  void* p = shared_ptr(bar);
+  std::lock_guard<std::mutex> l(g_mbar);
+  g_mbars[p] = Mbar{count, count, 0, 0};
+}
+
+namespace {
+// Runs `op` on the mbarrier at `bar` under the lock; fails the fiber (lock released)
+// when the barrier was never initialised or `op` reports misuse.
+template <typename Op>
+void with_mbar(unsigned bar, Op op) {
+  void* p = shared_ptr(bar);
+  const char* misuse = nullptr;
+  {
+    std::lock_guard<std::mutex> l(g_mbar);
+    auto it = g_mbars.find(p);
+    if (it == g_mbars.end()) {
+      misuse = "an mbarrier used before mbarrier.init";
+    } else {
+      misuse = op(it->second);
+      Mbar& m = it->second;
+      if (!misuse && m.pending == 0 && m.tx == 0) {  // the phase completes
+        m.phase ^= 1u;
+        m.pending = m.expected;
+      }
+    }
+  }
+  if (misuse) fail_here(misuse);
+}
+}  // namespace
+
+void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+  with_mbar(bar, [&](Mbar& m) -> const char* {
+    if (m.pending == 0) return "more arrivals on an mbarrier than its count";
+    m.tx += bytes;
+    --m.pending;
+    return nullptr;
+  });
+}
+void mbar_complete_tx(unsigned bar, unsigned bytes) {
+  with_mbar(bar, [&](Mbar& m) -> const char* {
+    m.tx -= bytes;
+    return nullptr;
+  });
+}
+bool mbar_try_wait_parity(unsigned bar, unsigned parity) {
+  bool done = false;
+  with_mbar(bar, [&](Mbar& m) -> const char* {
+    done = (m.phase & 1u) != (parity & 1u);
+    return nullptr;
+  });
+  if (!done) yield_here();
+  return done;
+}
+
+void* dyn_smem() { return cta().dyn; }
+
+void trap(const char* why) {
+  if (!tl_cta) {
+    fprintf(stderr, "gatednorm emulator: %s outside a kernel\n", why);
+    abort();
+  }
+  fail_here(why);
+}
+
+const char* last_message() { return tl_message.c_str(); }
+void set_last_error(int e) { tl_last_error = e; }
+int take_last_error() {
+  const int e = tl_last_error;
+  tl_last_error = 0;
+  return e;
+}
+
+const Device& device() {
+  static const Device d = [] {
+    Device v{};
+    v.sms = env_int("GN_EMU_SMS", 4);
+    v.major = env_int("GN_EMU_MAJOR", 9);
+    v.gbps = env_int("GN_EMU_GBPS", 25 * v.sms);
+    v.smem_optin = env_int("GN_EMU_SMEM", 227 * 1024);
+    return v;
+  }();
+  return d;
+}
+
+namespace {
+void trace(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize) {
+  static const char* path = getenv("GN_EMU_TRACE");
+  if (!path || !*path) return;
+  // Kernels are local symbols (dladdr cannot name them): the offset in the library,
+  // which `nm -C` of the library names (scripts/emu_trace.py).
+  Dl_info info{};
+  char name[64] = "?";
+  if (dladdr(kernel, &info) && info.dli_fbase)
+    snprintf(name, sizeof name, "0x%lx", (unsigned long)((const char*)kernel - (const char*)info.dli_fbase));
+  if (FILE* f = fopen(path, "a")) {
+    fprintf(f, "%s\tgrid %u,%u,%u\tblock %u,%u,%u\tsmem %zu\tcluster %d\n", name, grid.x, grid.y, grid.z,
+            block.x, block.y, block.z, smem, csize);
+    fclose(f);
+  }
+}
+}  // namespace
+
+int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, const std::function<void()>& body) {
+  trace(kernel, grid, block, smem, csize);
+  const long threads = (long)block.x * block.y * block.z;
+  char buf[200];
+  auto bad = [&](const char* what) {
+    snprintf(buf, sizeof buf, "invalid launch: %s (grid %u,%u,%u block %u,%u,%u smem %zu cluster %d)", what, grid.x,
+             grid.y, grid.z, block.x, block.y, block.z, smem, csize);
+    tl_message = buf;
+    return 1;  // cudaErrorInvalidValue
+  };
+  if (threads < 1 || threads > MAX_THREADS) return bad("block size");
+  if (!grid.x || !grid.y || !grid.z || grid.y > 65535 || grid.z > 65535) return bad("grid size");
+  if (csize < 1 || csize > MAX_CLUSTER || grid.x % (unsigned)csize) return bad("cluster size");
+  if (csize > 1 && device().major < 9) return bad("clusters before sm_90");
+  if (smem > (size_t)device().smem_optin) return bad("dynamic shared memory");
+  std::lock_guard<std::mutex> serial(g_launch);
+  std::string error;
+  for (unsigned z = 0; z < grid.z && error.empty(); ++z)
+    for (unsigned y = 0; y < grid.y && error.empty(); ++y)
+      for (unsigned x0 = 0; x0 < grid.x && error.empty(); x0 += (unsigned)csize) {
+        Cluster k;
+        k.csize = csize;
+        std::vector<Cta> ctas(csize);
+        std::vector<std::vector<unsigned char>> dyn(csize);
+        std::vector<std::thread> workers;
+        for (int r = 0; r < csize; ++r) {
+          Cta& c = ctas[r];
+          c.bid = uint3{x0 + (unsigned)r, y, z};
+          c.bdim = block;
+          c.gdim = grid;
+          c.rank = r;
+          c.nthreads = (int)threads;
+          c.cl = &k;
+          c.body = &body;
+          dyn[r].assign(smem + 16, 0xff);  // poison: NaN in every float type
+          c.dyn = dyn[r].data() + (16 - (uintptr_t)dyn[r].data() % 16) % 16;
+          c.dyn_bytes = smem;
+          workers.emplace_back(run_cta, std::ref(c));
+        }
+        for (std::thread& t : workers) t.join();
+        for (Cta& c : ctas)
+          if (!c.error.empty() && error.empty()) error = c.error;
+      }
+  {
+    std::lock_guard<std::mutex> l(g_mbar);
+    g_mbars.clear();
+  }
+  if (error.empty()) return 0;
+  tl_message = "kernel failed in the emulator: " + error;
+  return 719;  // cudaErrorLaunchFailure
+}
+
+}  // namespace emu
