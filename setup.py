@@ -68,6 +68,9 @@ def emu_extension(cxx, kwargs):
     kwargs["include_dirs"] = [os.path.join(ROOT, d) for d in ("csrc/emu/include", "csrc/emu")] + kwargs[
         "include_dirs"]
     flags = cxx + ["-DGN_EMU", "-DGN_CUDA_EMU", "-Wno-unknown-pragmas"] + defines
+    if os.environ.get("GATEDNORM_EMU_ASAN", "0") not in ("", "0"):  # out-of-bounds accesses: memcheck's job
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        kwargs["extra_link_args"] = kwargs.get("extra_link_args", []) + ["-fsanitize=address"]
     return CppExtension(extra_compile_args={"cxx": flags}, **kwargs)
 
 
