@@ -18,20 +18,6 @@
 
 #include "common_impl.h" /* sum_sq_dev, reduce_chunks */
 
-/* sum(a * b), tiled like sum_sq_dev. */
-static GN_T FN(an_dot)(const GN_T* GN_RESTRICT a, const GN_T* GN_RESTRICT b, int64_t n) {
-  GN_T total = 0;
-  int64_t j0, j;
-  for (j0 = 0; j0 < n; j0 += GN_TILE) {
-    const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;
-    GN_T s = 0;
-    GN_PRAGMA(omp simd reduction(+ : s))
-    for (j = j0; j < j1; j++) s += a[j] * b[j];
-    total += s;
-  }
-  return total;
-}
-
 /* w' as GN_T[cols]: w, 1 + w with gemma, ones without a weight; malloc'ed,
  * the caller frees. */
 static GN_T* FN(an_weight)(const gn_an_prob* p, const void* weight) {
@@ -126,7 +112,7 @@ static void FN(an_bwd_rows)(const gn_an_prob* p, const gn_addnorm_bwd_args* a, c
     }
     GN_PRAGMA(omp simd)
     for (j = 0; j < n; j++) D[j] *= w[j]; /* g */
-    k = rs * rs * (FN(an_dot)(D, H, n) * inv_n);
+    k = rs * rs * (FN(dot)(D, H, n) * inv_n);
     GN_PRAGMA(omp simd)
     for (j = 0; j < n; j++) D[j] = rs * (D[j] - H[j] * k); /* dh, without dresidual_out */
     if (a->dresidual_out != NULL)

@@ -47,6 +47,14 @@
 #endif
 #endif
 
+/* The helpers of a multiversioned row kernel: inlined into each of its copies, so they
+ * are compiled for that copy's ISA (a call would run the baseline code). */
+#ifdef __GNUC__
+#define GN_INLINE inline __attribute__((always_inline))
+#else
+#define GN_INLINE inline
+#endif
+
 #ifdef __cplusplus
 #define GN_RESTRICT __restrict
 #else
@@ -220,6 +228,37 @@ static inline const char* gn_at(const void* base, int64_t elem, size_t esz) {
  * are added up in order: error grows like tile/lanes + n/tile, not n/lanes,
  * which matters for rows of up to a million elements in float. */
 #define GN_TILE 2048
+#define GN_LANES 32 /* multiple of 16, divides GN_TILE */
+
+/* total = sum over i in [0, n) of EXPR (an expression in i). Within a tile, lane k
+ * sums the i = k mod GN_LANES in order and the lanes are folded by a fixed tree; tile
+ * sums are added in order. Every addition's order is written here, not left to the
+ * vectoriser (`omp simd reduction` would sum in as many lanes as the ISA has), so the
+ * AVX-512, AVX2 and baseline copies give bitwise the same sums; 32 lanes are two
+ * independent AVX-512 add chains (one chain is latency-bound at ~5 floats a cycle). */
+#define GN_LANE_SUM(T, total, n, i, EXPR)                                          \
+  do {                                                                             \
+    int64_t j0_, j_, k_;                                                           \
+    (total) = 0;                                                                   \
+    for (j0_ = 0; j0_ < (n); j0_ += GN_TILE) {                                     \
+      const int64_t m_ = (n) - j0_ < GN_TILE ? (n) - j0_ : GN_TILE;                \
+      T acc_[GN_LANES] = {0};                                                      \
+      for (j_ = 0; j_ + GN_LANES <= m_; j_ += GN_LANES)                            \
+        for (k_ = 0; k_ < GN_LANES; k_++) {                                        \
+          const int64_t i = j0_ + j_ + k_;                                         \
+          acc_[k_] += (EXPR);                                                      \
+        }                                                                          \
+      for (k_ = 0; j_ + k_ < m_; k_++) {                                           \
+        const int64_t i = j0_ + j_ + k_;                                           \
+        acc_[k_] += (EXPR);                                                        \
+      }                                                                            \
+      for (k_ = GN_LANES / 2; k_ > 0; k_ /= 2) {                                   \
+        int64_t q_;                                                                \
+        for (q_ = 0; q_ < k_; q_++) acc_[q_] += acc_[q_ + k_];                     \
+      }                                                                            \
+      (total) += acc_[0];                                                          \
+    }                                                                              \
+  } while (0)
 #define GN_RTILE 1024 /* columns per task of the final dw/db reduce */
 
 /* ------------------------------------------------------------------------ */
