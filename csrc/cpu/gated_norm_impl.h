@@ -183,10 +183,12 @@ static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
  * lie; other dtypes are converted into and out of X, DY, A, AP, O. Writes go to the
  * index just read, so in-place conversions and `omp simd` are safe. */
 
-/* Sweep 1 of the gated backward; `silu` is a constant after inlining. */
+/* Sweep 1 of the gated backward; `silu` and `plain` are constants after inlining
+ * (plain: the output as fwd_out builds it, without "+ 0", so a recomputed out is
+ * bitwise the forward's, signed zeros included). */
 static GN_INLINE void FN(bwd_gated_in)(const gn_prob* p, const GN_T* x, const GN_T* dy, const GN_T* z,
                                        const GN_T* w, const GN_T* b, GN_T mu, GN_T rstd, GN_T* X, GN_T* DY,
-                                       GN_T* A, GN_T* AP, GN_T* dz, GN_T* o, int silu) {
+                                       GN_T* A, GN_T* AP, GN_T* dz, GN_T* o, int silu, int plain) {
   const int64_t n = p->G;
   int64_t j;
   if (!p->norm_before_gate) { /* v = x*act(z); keep act(z), x*act'(z) for sweep 3 */
@@ -198,13 +200,13 @@ static GN_INLINE void FN(bwd_gated_in)(const gn_prob* p, const GN_T* x, const GN
       A[j] = s;
       AP[j] = ds * xj;
       X[j] = (xj * s - mu) * rstd;
-      if (o != NULL) o[j] = X[j] * w[j] + b[j];
+      if (o != NULL) o[j] = plain ? X[j] * w[j] : X[j] * w[j] + b[j];
     }
   } else { /* dz = dy*y0*act'(z), dy0 = dy*act(z) */
     GN_PRAGMA(omp simd)
     for (j = 0; j < n; j++) {
       GN_T s, ds;
-      const GN_T vh = (x[j] - mu) * rstd, y0 = vh * w[j] + b[j], g = dy[j];
+      const GN_T vh = (x[j] - mu) * rstd, y0 = plain ? vh * w[j] : vh * w[j] + b[j], g = dy[j];
       FN(act2)(z[j], silu, &s, &ds);
       X[j] = vh;
       dz[j] = g * y0 * ds;
@@ -218,6 +220,7 @@ static GN_INLINE void FN(bwd_row)(const gn_prob* p, const gn_bwd_args* a, const 
                                   int64_t g, GN_T* dwp, GN_T* dbp) {
   const int64_t n = p->G, off = g * n;
   const int direct = p->dt == GN_DT, after = a->z != NULL && p->norm_before_gate;
+  const int plain = p->is_rms && a->bias == NULL;
   const GN_T inv_n = (GN_T)1 / (GN_T)n;
   const GN_T* w = wb + off;
   const GN_T* b = wb + p->cols + off;
@@ -237,15 +240,23 @@ static GN_INLINE void FN(bwd_row)(const gn_prob* p, const gn_bwd_args* a, const 
   int64_t j;
   if (a->z != NULL) {
     const GN_T* z = FN(row_in)(gn_at(a->z, r * a->z_stride + off, p->esz), p->dt, A, n);
-    if (p->act == GN_ACT_SILU)
-      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 1);
+    if (p->act == GN_ACT_SILU && plain)
+      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 1, 1);
+    else if (p->act == GN_ACT_SILU)
+      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 1, 0);
+    else if (plain)
+      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 0, 1);
     else
-      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 0);
+      FN(bwd_gated_in)(p, x, dy, z, w, b, mu, rstd, X, DY, A, AP, dz, o, 0, 0);
   } else {
     GN_PRAGMA(omp simd)
-    for (j = 0; j < n; j++) {
-      X[j] = (x[j] - mu) * rstd;
-      if (o != NULL) o[j] = X[j] * w[j] + b[j];
+    for (j = 0; j < n; j++) X[j] = (x[j] - mu) * rstd;
+    if (o != NULL && plain) {
+      GN_PRAGMA(omp simd)
+      for (j = 0; j < n; j++) o[j] = X[j] * w[j];
+    } else if (o != NULL) {
+      GN_PRAGMA(omp simd)
+      for (j = 0; j < n; j++) o[j] = X[j] * w[j] + b[j];
     }
   }
   if (dwp != NULL) {
