@@ -58,7 +58,7 @@ GN_VEC_ATTR static void FN(an_fwd_team)(const gn_an_prob* p, const gn_addnorm_fw
   int64_t r;
   (void)per_grab; /* unused without OpenMP */
   if (H != NULL) {
-    GN_PRAGMA(omp for schedule(dynamic, per_grab))
+    GN_PRAGMA(omp for schedule(guided, per_grab))
     for (r = 0; r < rows; r++) {
       const void* rrow = gn_at(a->residual, r * a->residual_stride, p->resz);
       void* orow = (void*)gn_at(a->out, r * a->out_stride, p->esz);
@@ -90,8 +90,11 @@ GN_VEC_ATTR static void FN(an_fwd_team)(const gn_an_prob* p, const gn_addnorm_fw
 static gn_status FN(an_fwd)(const gn_an_prob* p, const gn_addnorm_fwd_args* a) {
   const int64_t n = p->cols, rows = p->rows;
   const int par = rows * n >= GN_PAR_MIN_ELEMS && rows > 1;
-  /* Dynamic: a thread slowed down (shared machine) does not hold the others
-   * up. No cross-row reduction, so order is irrelevant. */
+  /* Guided: each thread first takes a long run of consecutive rows (as a static
+   * split would: schedule(dynamic) interleaving 64 KiB runs of the two threads was
+   * 10-20% slower on 2 cores: 4096 x 1024 fp32 gated, 830 -> 700 us), then ever
+   * shorter ones, down to per_grab, so a thread slowed down (shared machine) does
+   * not hold the others up. No cross-item reduction: the order is irrelevant. */
   const int64_t per_grab = n >= 16384 ? 1 : 16384 / n;
   GN_T* w = FN(an_weight)(p, a->weight);
   int failed = 0;
@@ -151,7 +154,7 @@ GN_VEC_ATTR static void FN(an_bwd_team)(const gn_an_prob* p, const gn_addnorm_bw
   int64_t c;
   if (buf != NULL) {
     /* any schedule: results depend on the chunking only (see gn_row_chunks) */
-    GN_PRAGMA(omp for schedule(dynamic, 1))
+    GN_PRAGMA(omp for schedule(guided, 1))
     for (c = 0; c < k.nchunks; c++) {
       const int64_t r0 = c * k.rows_per_chunk, r1 = min64(r0 + k.rows_per_chunk, p->rows);
       FN(an_bwd_rows)(p, a, w, buf, buf + n, r0, r1, a->dw != NULL ? (GN_T*)a->workspace + c * n : NULL);

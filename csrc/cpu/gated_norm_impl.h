@@ -140,7 +140,7 @@ GN_VEC_ATTR static void FN(fwd_team)(const gn_prob* p, const gn_fwd_args* a, con
   int64_t i;
   (void)per_grab; /* unused without OpenMP */
   if (X != NULL) {
-    GN_PRAGMA(omp for schedule(dynamic, per_grab))
+    GN_PRAGMA(omp for schedule(guided, per_grab))
     for (i = 0; i < items; i++) {
       const int64_t r = i / ng, g = i % ng;
       GN_T mu, rs;
@@ -155,8 +155,11 @@ GN_VEC_ATTR static void FN(fwd_team)(const gn_prob* p, const gn_fwd_args* a, con
 static gn_status FN(fwd)(const gn_prob* p, const gn_fwd_args* a) {
   const int64_t G = p->G, items = p->rows * p->ngroups;
   const int par = p->rows * p->cols >= GN_PAR_MIN_ELEMS && items > 1;
-  /* Dynamic: a thread slowed down (shared machine) does not hold the others
-   * up. The forward has no cross-item reduction, so order is irrelevant. */
+  /* Guided: each thread first takes a long run of consecutive rows (as a static
+   * split would: schedule(dynamic) interleaving 64 KiB runs of the two threads was
+   * 10-20% slower on 2 cores: 4096 x 1024 fp32 gated, 830 -> 700 us), then ever
+   * shorter ones, down to per_grab, so a thread slowed down (shared machine) does
+   * not hold the others up. No cross-item reduction: the order is irrelevant. */
   const int64_t per_grab = G >= 16384 ? 1 : 16384 / G;
   GN_T* wb = FN(params)(p, a->weight, a->bias);
   int failed = 0;
@@ -299,7 +302,7 @@ GN_VEC_ATTR static void FN(bwd_team)(const gn_prob* p, const gn_bwd_args* a, con
   int64_t i;
   if (buf != NULL) {
     /* any schedule: results depend on the chunking only (see bwd_chunks) */
-    GN_PRAGMA(omp for schedule(dynamic, 1))
+    GN_PRAGMA(omp for schedule(guided, 1))
     for (i = 0; i < items; i++) {
       const int64_t c = i / gblocks, gb = i % gblocks;
       const int64_t r0 = c * k.rows_per_chunk, r1 = min64(r0 + k.rows_per_chunk, p->rows);
