@@ -44,15 +44,18 @@ cd "$dir"
 # synchronisation that TSan would misread.
 rm -rf san_logs && mkdir san_logs
 case "$san" in
-  address) lib=libasan.so; export ASAN_OPTIONS="detect_leaks=0:log_path=$dir/san_logs/report" ;;
+  address) lib="libasan.so libstdc++.so"  # libstdc++ too: ASan's __cxa_throw hook needs it at start
+    export ASAN_OPTIONS="detect_leaks=0:log_path=$dir/san_logs/report" ;;
   thread) lib=libtsan.so
     printf 'race:libtorch_cpu.so\nrace:libc10.so\nrace:libgomp.so\ncalled_from_lib:libgomp.so.1\n' > san_logs/supp
     export TSAN_OPTIONS="halt_on_error=0:report_signal_unsafe=0:suppressions=$dir/san_logs/supp:log_path=$dir/san_logs/report"
     export OMP_NUM_THREADS=1 ;;
 esac
 rc=0
-LD_PRELOAD="$(gcc -print-file-name=$lib)" "$PY" -m pytest -p no:cacheprovider "$@" || rc=$?
-if grep -qs -E "ERROR: AddressSanitizer|WARNING: ThreadSanitizer" san_logs/report*; then
+preload=""
+for l in $lib; do preload="$preload $(gcc -print-file-name=$l)"; done
+LD_PRELOAD="${preload# }" "$PY" -m pytest -p no:cacheprovider "$@" || rc=$?
+if grep -qs -E "ERROR: AddressSanitizer|CHECK failed|WARNING: ThreadSanitizer" san_logs/report*; then
   cat san_logs/report* | grep -v "doesn't fully support makecontext" | head -80
   echo "the $san sanitizer reported errors (all: $dir/san_logs)" >&2
   exit 1
