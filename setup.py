@@ -6,6 +6,7 @@ Environment:
   GATEDNORM_CUDA_EMU=1     a test build: the CUDA kernels compiled for the CPU emulator
                            (csrc/emu), which then serves CPU tensors instead of the CPU
                            kernels (docs/testing.md, "CUDA kernels on the CPU")
+  GATEDNORM_EMU_SANITIZER  with it: address or thread (scripts/emu_check.sh)
   TORCH_CUDA_ARCH_LIST     CUDA targets (default "8.0;9.0+PTX")
   MAX_JOBS                 parallel compile jobs (default 2)
 """
@@ -13,6 +14,7 @@ import glob
 import os
 import re
 import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -68,6 +70,22 @@ def emu_extension(cxx, kwargs):
     kwargs["include_dirs"] = [os.path.join(ROOT, d) for d in ("csrc/emu/include", "csrc/emu")] + kwargs[
         "include_dirs"]
     flags = cxx + ["-DGN_EMU", "-DGN_CUDA_EMU", "-Wno-unknown-pragmas"] + defines
+    sanitizer = os.environ.get("GATEDNORM_EMU_SANITIZER", "")
+    if sanitizer == "address":  # out-of-bounds accesses: memcheck's job
+        flags += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        kwargs["extra_link_args"] = kwargs.get("extra_link_args", []) + ["-fsanitize=address"]
+    elif sanitizer == "thread":  # accesses no barrier orders: racecheck's job
+        # The runtime's own bookkeeping (scheduler and fibers share it, switching without
+        # synchronisation for TSan) stays uninstrumented: compiled apart, linked as an object.
+        kwargs["sources"].remove("csrc/emu/runtime.cpp")
+        obj = os.path.join(ROOT, "build", "emu_runtime_tsan.o")
+        subprocess.check_call(["c++", "-c", "-fPIC", "-O1", "-std=c++17", "-DGN_EMU_TSAN", "-I" + os.path.join(ROOT, "csrc", "emu"),
+                               os.path.join(ROOT, "csrc", "emu", "runtime.cpp"), "-o", obj])
+        kwargs["extra_objects"] = [obj]
+        flags += ["-fsanitize=thread"]
+        kwargs["extra_link_args"] = kwargs.get("extra_link_args", []) + ["-fsanitize=thread"]
+    elif sanitizer:
+        raise SystemExit("GATEDNORM_EMU_SANITIZER must be 'address' or 'thread', got %r" % sanitizer)
     return CppExtension(extra_compile_args={"cxx": flags}, **kwargs)
 
 

@@ -2,7 +2,10 @@
 
 Each mutant replaces one snippet of the source (a kernel, the shim, the Python layer),
 rebuilds the CPU-only extension in place, runs the core test files on the CPU and
-reports KILLED (some test failed: good) or SURVIVED (a gap in the tests). The source is
+reports KILLED (some test failed: good) or SURVIVED (a gap in the tests). Mutants of the
+CUDA kernels run the forward tests through them on the CPU emulator instead
+(scripts/emu_check.sh; "emu:thread" / "emu:address": under that sanitizer, whose report
+counts as a failure). The source is
 restored and rebuilt afterwards, also on Ctrl-C. A mutant whose snippet is gone is
 reported as STALE: update the table when the code moves.
 
@@ -10,6 +13,7 @@ reported as STALE: update the table when the code moves.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -22,8 +26,22 @@ TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_
          "tests/test_no_silent_grads.py", "tests/test_eager_direct.py", "tests/test_func_transforms.py",
          "tests/test_torch_integration.py", "tests/test_dtensor.py"]
 
-# name -> (file, snippet, replacement). All were KILLED on 2026-12-05.
+EMU_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_forward.py"]
+
+# name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
+# All were KILLED on 2026-12-05.
 MUTANTS = {
+    "emu_ring_waits_one_group_short": ("csrc/cuda/gated_norm_fwd.cu", "cp_async_wait<S - 1>();", "cp_async_wait<S>();",
+                                       "emu"),
+    "emu_cluster_sum_wrong_parity": ("csrc/cuda/cluster.cuh", "const unsigned parity = (calls >> 1) & 1;",
+                                     "const unsigned parity = ((calls >> 1) & 1) ^ 1;", "emu"),
+    "emu_team_sum_no_barrier": ("csrc/cuda/common.cuh",
+                                "    for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];\n  }\n  __syncthreads();",
+                                "    for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];\n  }", "emu"),
+    "emu_team_sum_single_buffer": ("csrc/cuda/common.cuh", "  A* part = red.part[phase];\n  phase ^= 1;",
+                                   "  A* part = red.part[0];", "emu:thread"),
+    "emu_load_vec_reads_one_past": ("csrc/cuda/common.cuh", "v[i] = (c + i < limit) ? to_acc<T>(p[c + i])",
+                                    "v[i] = (c + i <= limit) ? to_acc<T>(p[c + i])", "emu:address"),
     "addnorm_normalises_unrounded_sum": ("csrc/cpu/add_rms_norm_impl.h", "      ROUND(H, p->rdt, n); /* h_s",
                                          "      (void)0; /* h_s"),
     "stats_row_major": ("csrc/cpu/gated_norm_impl.h",
@@ -31,15 +49,17 @@ MUTANTS = {
                         "      if (rstd != NULL) rstd[g * p->rows + r] = rs;",
                         "      if (mean != NULL) mean[r * ng + g] = mu;\n"
                         "      if (rstd != NULL) rstd[r * ng + g] = rs;"),
-    "rms_bwd_subtracts_mean_term": ("csrc/cpu/gated_norm_impl.h", "c2 = p->is_rms ? (GN_T)0 : c2 * inv_n;",
-                                    "c2 = c2 * inv_n;"),
-    "sum_drops_last_element": ("csrc/cpu/common_impl.h", "const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;",
-                               "const int64_t j1 = n - j0 < GN_TILE ? n - (n > 1) : j0 + GN_TILE;"),
+    "rms_bwd_subtracts_mean_term": ("csrc/cpu/gated_norm_impl.h",
+                                    "  if (!p->is_rms) GN_LANE_SUM(GN_T, c2, n, i, w[i] * dy0[i]);",
+                                    "  GN_LANE_SUM(GN_T, c2, n, i, w[i] * dy0[i]);"),
+    "sum_drops_last_element": ("csrc/cpu/common.h",
+                               "      const int64_t m_ = (n) - j0_ < GN_TILE ? (n) - j0_ : GN_TILE;                \\\n",
+                               "      const int64_t m_ = (n) - j0_ < GN_TILE ? (n) - j0_ - ((n) > 1) : GN_TILE;  \\\n"),
     "weight_read_in_x_dtype": ("csrc/cpu/gated_norm_impl.h", "    LOAD(wb, weight, p->pdt, n);",
                                "    LOAD(wb, weight, p->dt, n);"),
     "gemma_ignored": ("csrc/cpu/add_rms_norm_impl.h", "    if (p->gemma) {", "    if (p->gemma && 0) {"),
-    "silu_derivative_off_by_1e-4": ("csrc/cpu/gated_norm_impl.h", "da[j] = s * ((GN_T)1 + z * ((GN_T)1 - s));",
-                                    "da[j] = s * ((GN_T)1 + z * ((GN_T)1 - s)) * (GN_T)1.0001;"),
+    "silu_derivative_off_by_1e-4": ("csrc/cpu/gated_norm_impl.h", "*dact = silu ? s * ((GN_T)1 + z * ((GN_T)1 - s)) :",
+                                    "*dact = silu ? s * ((GN_T)1 + z * ((GN_T)1 - s)) * (GN_T)1.0001 :"),
     "addnorm_eps_doubled": ("csrc/cpu/add_rms_norm_impl.h", "* inv_n + eps);", "* inv_n + eps * (GN_T)2);"),
     "direct_entry_ignores_requires_grad": ("csrc/eager.cpp", "!(grad && out->requires_grad())",
                                            "!(false && out->requires_grad())"),
@@ -69,13 +89,19 @@ MUTANTS = {
 
 
 def run(name: str) -> str:
-    rel, old, new = MUTANTS[name]
+    rel, old, new, *emu = MUTANTS[name]
     path = ROOT / rel
     src = path.read_text()
     if old not in src:
         return "STALE (snippet not found)"
     path.write_text(src.replace(old, new))
     try:
+        if emu:
+            env = dict(os.environ, GATEDNORM_EMU_SANITIZER=emu[0].partition(":")[2])
+            t = subprocess.run(["bash", "scripts/emu_check.sh", *EMU_TESTS], cwd=ROOT, env=env, capture_output=True,
+                               text=True)
+            found = [ln for ln in (t.stdout + t.stderr).splitlines() if "FAILED" in ln or "Sanitizer" in ln][:3]
+            return ("KILLED" if t.returncode else "SURVIVED") + "".join(f"\n    {f}" for f in found)
         b = subprocess.run(BUILD, shell=True, cwd=ROOT, capture_output=True, text=True)
         if b.returncode:
             return "BUILD FAILED\n" + b.stderr[-800:]

@@ -127,20 +127,28 @@ size_t gn_cpu_addnorm_bwd_workspace_bytes(const gn_addnorm_config* cfg) {
 /* The two instantiations of the kernels. */
 
 #define GN_T float
+#define GN_DT GN_FLOAT32
 #define GN_SUF f32
 #define GN_SQRT sqrtf
+#define GN_VEC_ATTR GN_MULTIVERSION
 #include "add_rms_norm_impl.h"
 #undef GN_T
+#undef GN_DT
 #undef GN_SUF
 #undef GN_SQRT
+#undef GN_VEC_ATTR
 
 #define GN_T double
+#define GN_DT GN_FLOAT64
 #define GN_SUF f64
 #define GN_SQRT sqrt
+#define GN_VEC_ATTR GN_MULTIVERSION
 #include "add_rms_norm_impl.h"
 #undef GN_T
+#undef GN_DT
 #undef GN_SUF
 #undef GN_SQRT
+#undef GN_VEC_ATTR
 
 /* ------------------------------------------------------------------------ */
 /* Entry points. */

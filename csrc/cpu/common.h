@@ -32,19 +32,30 @@
 #define GN_PRAGMA(x)
 #endif
 
-/* The fp32 activation loops (exp + divide per element) and the fp16/bf16
- * conversion loops are compute-bound: on x86-64 with glibc (ifunc), gcc also
- * builds AVX-512 and AVX2 copies of them and picks one at load time (AVX2: ~1.5x
- * on the whole fp32 fwd+bwd, more for fp16; AVX-512 over AVX2: the silu loop
- * 0.8 -> 0.45 ns an element, the Qwen3-Next N = 128 gated forward -20%). They are
- * element-wise, and setup.py builds with -ffp-contract=off (an AVX-512 copy would
- * otherwise fuse a*b+c into FMAs), so every copy gives bitwise the same results. */
+/* The kernels' per-thread bodies (fwd_team, bwd_team, an_*_team) and the
+ * conversion loops: on x86-64 with glibc (ifunc), gcc also builds AVX-512 and AVX2
+ * copies of them and picks one at load time; every loop below a body is inlined
+ * into it (GN_INLINE), so all of them get the wider vectors (the activations are
+ * compute-bound: AVX-512 over AVX2, the silu loop 0.8 -> 0.45 ns an element; the
+ * reductions and the normalisation, baseline SSE2 until 2026-12-05, took a fifth of
+ * the fp32 gated forward's time). Element-wise loops give bitwise the same results in every
+ * copy because setup.py builds with -ffp-contract=off (an AVX-512 copy would
+ * otherwise fuse a*b+c into FMAs); sums because their order is fixed in the source
+ * (GN_LANE_SUM), not by the vector width. */
 #ifndef GN_MULTIVERSION /* -DGN_MULTIVERSION= turns it off */
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
 #define GN_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define GN_MULTIVERSION
 #endif
+#endif
+
+/* The helpers of a multiversioned row kernel: inlined into each of its copies, so they
+ * are compiled for that copy's ISA (a call would run the baseline code). */
+#ifdef __GNUC__
+#define GN_INLINE inline __attribute__((always_inline))
+#else
+#define GN_INLINE inline
 #endif
 
 #ifdef __cplusplus
@@ -220,6 +231,37 @@ static inline const char* gn_at(const void* base, int64_t elem, size_t esz) {
  * are added up in order: error grows like tile/lanes + n/tile, not n/lanes,
  * which matters for rows of up to a million elements in float. */
 #define GN_TILE 2048
+#define GN_LANES 32 /* multiple of 16, divides GN_TILE */
+
+/* total = sum over i in [0, n) of EXPR (an expression in i). Within a tile, lane k
+ * sums the i = k mod GN_LANES in order and the lanes are folded by a fixed tree; tile
+ * sums are added in order. Every addition's order is written here, not left to the
+ * vectoriser (`omp simd reduction` would sum in as many lanes as the ISA has), so the
+ * AVX-512, AVX2 and baseline copies give bitwise the same sums; 32 lanes are two
+ * independent AVX-512 add chains (one chain is latency-bound at ~5 floats a cycle). */
+#define GN_LANE_SUM(T, total, n, i, EXPR)                                          \
+  do {                                                                             \
+    int64_t j0_, j_, k_;                                                           \
+    (total) = 0;                                                                   \
+    for (j0_ = 0; j0_ < (n); j0_ += GN_TILE) {                                     \
+      const int64_t m_ = (n) - j0_ < GN_TILE ? (n) - j0_ : GN_TILE;                \
+      T acc_[GN_LANES] = {0};                                                      \
+      for (j_ = 0; j_ + GN_LANES <= m_; j_ += GN_LANES)                            \
+        for (k_ = 0; k_ < GN_LANES; k_++) {                                        \
+          const int64_t i = j0_ + j_ + k_;                                         \
+          acc_[k_] += (EXPR);                                                      \
+        }                                                                          \
+      for (k_ = 0; j_ + k_ < m_; k_++) {                                           \
+        const int64_t i = j0_ + j_ + k_;                                           \
+        acc_[k_] += (EXPR);                                                        \
+      }                                                                            \
+      for (k_ = GN_LANES / 2; k_ > 0; k_ /= 2) {                                   \
+        int64_t q_;                                                                \
+        for (q_ = 0; q_ < k_; q_++) acc_[q_] += acc_[q_ + k_];                     \
+      }                                                                            \
+      (total) += acc_[0];                                                          \
+    }                                                                              \
+  } while (0)
 #define GN_RTILE 1024 /* columns per task of the final dw/db reduce */
 
 /* ------------------------------------------------------------------------ */

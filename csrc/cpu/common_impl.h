@@ -3,23 +3,34 @@
  * by each instantiation of gated_norm_impl.h and add_rms_norm_impl.h, after
  * common.h and with the includer's
  *   GN_T     float or double (the accumulation type)
+ *   GN_DT    its gn_dtype (GN_FLOAT32 / GN_FLOAT64)
  *   FN(x)    x suffixed by the instantiation (x_f32 / x_f64)
+ *   LOAD     load_f32 / load_f64
  *   STORE    store_f32 / store_f64
  */
 
-/* sum((v - mu)^2), tiled (see GN_TILE): with mu = 0 the sum of squares; the
- * two-pass variance otherwise, exact-ish even when |mu| >> std. */
-static GN_T FN(sum_sq_dev)(const GN_T* GN_RESTRICT v, GN_T mu, int64_t n) {
-  GN_T total = 0;
-  int64_t j0, j;
-  for (j0 = 0; j0 < n; j0 += GN_TILE) {
-    const int64_t j1 = n - j0 < GN_TILE ? n : j0 + GN_TILE;
-    GN_T s = 0;
-    GN_PRAGMA(omp simd reduction(+ : s))
-    for (j = j0; j < j1; j++) s += (v[j] - mu) * (v[j] - mu);
-    total += s;
-  }
+/* sum((v - mu)^2) (GN_LANE_SUM): with mu = 0 the sum of squares; the two-pass
+ * variance otherwise, exact-ish even when |mu| >> std. */
+static GN_INLINE GN_T FN(sum_sq_dev)(const GN_T* GN_RESTRICT v, GN_T mu, int64_t n) {
+  GN_T total;
+  GN_LANE_SUM(GN_T, total, n, i, (v[i] - mu) * (v[i] - mu));
   return total;
+}
+
+/* sum(a * b) (GN_LANE_SUM). */
+static GN_INLINE GN_T FN(dot)(const GN_T* GN_RESTRICT a, const GN_T* GN_RESTRICT b, int64_t n) {
+  GN_T total;
+  GN_LANE_SUM(GN_T, total, n, i, a[i] * b[i]);
+  return total;
+}
+
+/* A row of n elements of dtype t as GN_T: the tensor's own memory when it holds
+ * GN_T already (no copy: the kernels read fp32 / fp64 rows where they lie), else
+ * `buf`, filled by a conversion. */
+static GN_INLINE const GN_T* FN(row_in)(const void* src, gn_dtype t, GN_T* buf, int64_t n) {
+  if (t == GN_DT) return (const GN_T*)src;
+  LOAD(buf, src, t, n);
+  return buf;
 }
 
 /* Second stage of the parameter-gradient reduction (see gn_row_chunks): the

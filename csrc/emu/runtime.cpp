@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -18,8 +19,32 @@
 
 #include "emu.h"
 
+// ThreadSanitizer builds (setup.py, GATEDNORM_EMU_SANITIZER=thread; this file itself stays
+// uninstrumented): every CUDA thread is a TSan fiber, switched to and from without
+// synchronisation, and each barrier is a release by every thread that arrives and an
+// acquire by each once it completes (per generation, so that a thread already past it
+// orders nothing for one still inside). TSan then reports two threads' accesses to the
+// same shared (or global) memory that no barrier orders: racecheck's job. cp.async
+// copies land through memcpy inside the issuing thread, so they count as its writes.
+#ifdef GN_EMU_TSAN
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+}
+#define TSAN(...) __VA_ARGS__
+#else
+#define TSAN(...)
+#endif
+
 namespace emu {
 namespace {
+
+constexpr int SYNC_GENS = 64;  // TSan sync objects a barrier cycles through
+constexpr unsigned TSAN_NO_SYNC = 1;
 
 constexpr size_t STACK_BYTES = 256 << 10;  // the kernels' register arrays live on it
 constexpr int MAX_THREADS = 1024, MAX_CLUSTER = 16;
@@ -48,6 +73,8 @@ struct Fiber {
   unsigned mask = 0;
   std::vector<Copy> copies;     // issued, not landed
   std::vector<size_t> commits;  // copies.size() at each commit not yet waited for
+  void* tsan = nullptr;
+  bool started = false;  // TSan: the first switch in orders the launch before the thread
 };
 
 struct Cluster {
@@ -59,6 +86,7 @@ struct Cluster {
   int arrived = 0;
   long gen = 0;
   bool failed = false;
+  char sync[SYNC_GENS];  // TSan: the cluster barrier's generations
 };
 
 struct Cta {
@@ -73,6 +101,9 @@ struct Cta {
   unsigned char* dyn = nullptr;
   size_t dyn_bytes = 0;
   long events = 0;  // barrier arrivals and exits: progress
+  long bar_gen = 0, cluster_gen = 0, warp_gen[MAX_THREADS / 32] = {};
+  char bar_sync[SYNC_GENS], warp_sync[MAX_THREADS / 32][SYNC_GENS];
+  void* sched_tsan = nullptr;
   std::string error;
   uint64_t xchg[MAX_THREADS];
 };
@@ -114,11 +145,27 @@ std::string where(const Cta& c, const Fiber* f) {
   return buf;
 }
 
+// Switches to the scheduler; `sync` (a thread's end) orders what the thread did before
+// whatever follows the launch.
+void to_sched(Cta& c, bool sync = false) {
+  (void)c;
+  (void)sync;
+  TSAN(__tsan_switch_to_fiber(c.sched_tsan, sync ? 0 : TSAN_NO_SYNC));
+}
+
+// The TSan sync object of the barrier fiber f arrives at (the generation now current).
+char* sync_obj(Cta& c, Fiber& f, St s) {
+  if (s == St::Bar) return &c.bar_sync[c.bar_gen % SYNC_GENS];
+  if (s == St::Warp) return &c.warp_sync[f.linear >> 5][c.warp_gen[f.linear >> 5] % SYNC_GENS];
+  return &c.cl->sync[c.cluster_gen % SYNC_GENS];
+}
+
 // Ends this fiber's part in the launch: the scheduler sees the error and stops.
 [[noreturn]] void fail_here(const std::string& why) {
   Cta& c = cta();
   if (c.error.empty()) c.error = where(c, c.cur) + ": " + why;
   c.cur->st = St::Done;
+  to_sched(c);
   setcontext(&c.sched);
   abort();  // unreachable
 }
@@ -126,12 +173,18 @@ std::string where(const Cta& c, const Fiber* f) {
 void block_here(St s) {
   Cta& c = cta();
   Fiber* f = c.cur;
+  char* obj = sync_obj(c, *f, s);
+  (void)obj;
+  TSAN(__tsan_release(obj));
   f->st = s;
   ++c.events;
+  to_sched(c);
   swapcontext(&f->ctx, &c.sched);
+  TSAN(__tsan_acquire(obj));
 }
 void yield_here() {
   Cta& c = cta();
+  to_sched(c);
   swapcontext(&c.cur->ctx, &c.sched);
 }
 
@@ -153,6 +206,7 @@ void fiber_main() {
   land_all(*c.cur);  // copies still in flight land even after the thread exits
   c.cur->st = St::Done;
   ++c.events;
+  to_sched(c, true);
 }  // uc_link: back to the scheduler
 
 // Every CTA of the cluster reaches this call (or the cluster failed): false on failure.
@@ -206,6 +260,7 @@ bool resolve(Cta& c) {
     if (!ready) continue;
     for (int i = lo; i < hi; ++i)
       if (c.fibers[i].st == St::Warp) c.fibers[i].st = St::Run;
+    ++c.warp_gen[w];
     released = true;
   }
   int live = 0, bar = 0, clu = 0;
@@ -216,6 +271,7 @@ bool resolve(Cta& c) {
   }
   if (live && bar == live) {
     for (Fiber& f : c.fibers) f.st = St::Run;
+    ++c.bar_gen;
     return true;
   }
   if (live && clu == live) {
@@ -224,6 +280,7 @@ bool resolve(Cta& c) {
       return false;
     }
     for (Fiber& f : c.fibers) f.st = St::Run;
+    ++c.cluster_gen;
     return true;
   }
   return released;
@@ -289,7 +346,9 @@ void run_cta(Cta& c) {
     f.ctx.uc_stack.ss_size = STACK_BYTES;
     f.ctx.uc_link = &c.sched;
     makecontext(&f.ctx, fiber_main, 0);
+    TSAN(f.tsan = __tsan_create_fiber(0));
   }
+  TSAN(c.sched_tsan = __tsan_get_current_fiber());
   const auto t0 = std::chrono::steady_clock::now();
   for (;;) {
     const long before = c.events;
@@ -297,6 +356,8 @@ void run_cta(Cta& c) {
     for (Fiber& f : c.fibers) {
       if (f.st != St::Run) continue;
       c.cur = &f;
+      TSAN(__tsan_switch_to_fiber(f.tsan, f.started ? TSAN_NO_SYNC : 0));
+      f.started = true;
       swapcontext(&c.sched, &f.ctx);
       if (!c.error.empty()) break;
       if (f.st == St::Run) spinning = true;  // yielded in an mbarrier wait
@@ -318,6 +379,7 @@ void run_cta(Cta& c) {
     std::this_thread::yield();
   }
   if (!c.error.empty()) cluster_fail(k);
+  TSAN(for (Fiber& f : c.fibers) __tsan_destroy_fiber(f.tsan));
   c.cur = nullptr;
   tl_cta = nullptr;
 }
@@ -445,6 +507,7 @@ void with_mbar(unsigned bar, Op op) {
 void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
   with_mbar(bar, [&](Mbar& m) -> const char* {
     if (m.pending == 0) return "more arrivals on an mbarrier than its count";
+    TSAN(__tsan_release(&m));
     m.tx += bytes;
     --m.pending;
     return nullptr;
@@ -452,6 +515,7 @@ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
 }
 void mbar_complete_tx(unsigned bar, unsigned bytes) {
   with_mbar(bar, [&](Mbar& m) -> const char* {
+    TSAN(__tsan_release(&m));
     m.tx -= bytes;
     return nullptr;
   });
@@ -460,6 +524,7 @@ bool mbar_try_wait_parity(unsigned bar, unsigned parity) {
   bool done = false;
   with_mbar(bar, [&](Mbar& m) -> const char* {
     done = (m.phase & 1u) != (parity & 1u);
+    TSAN(if (done) __tsan_acquire(&m));
     return nullptr;
   });
   if (!done) yield_here();
@@ -537,7 +602,9 @@ int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, co
         Cluster k;
         k.csize = csize;
         std::vector<Cta> ctas(csize);
-        std::vector<std::vector<unsigned char>> dyn(csize);
+        // Exactly the bytes asked for (16-aligned), so that AddressSanitizer builds see
+        // an access past them.
+        std::vector<std::unique_ptr<unsigned char, decltype(&free)>> dyn;
         std::vector<std::thread> workers;
         for (int r = 0; r < csize; ++r) {
           Cta& c = ctas[r];
@@ -548,11 +615,13 @@ int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, co
           c.nthreads = (int)threads;
           c.cl = &k;
           c.body = &body;
-          dyn[r].assign(smem + 16, 0xff);  // poison: NaN in every float type
-          c.dyn = dyn[r].data() + (16 - (uintptr_t)dyn[r].data() % 16) % 16;
+          dyn.emplace_back(static_cast<unsigned char*>(aligned_alloc(16, smem ? (smem + 15) / 16 * 16 : 16)), &free);
+          c.dyn = dyn.back().get();
+          if (!c.dyn) return bad("host memory for shared memory");
+          memset(c.dyn, 0xff, smem);  // poison: NaN in every float type
           c.dyn_bytes = smem;
-          workers.emplace_back(run_cta, std::ref(c));
         }
+        for (Cta& c : ctas) workers.emplace_back(run_cta, std::ref(c));
         for (std::thread& t : workers) t.join();
         for (Cta& c : ctas)
           if (!c.error.empty() && error.empty()) error = c.error;
