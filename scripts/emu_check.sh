@@ -17,8 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x .venv/bin/python ]; then PY=$root/.venv/bin/python
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=python3; fi
+case "$PY" in */*) [ "${PY#/}" = "$PY" ] && PY=$root/$PY ;; esac  # the build runs in another directory
 san=${GATEDNORM_EMU_SANITIZER:-}
 dir=${GATEDNORM_EMU_DIR:-build/emu_tree}
 [ -n "$san" ] && dir=${dir%/}_$san
