@@ -66,7 +66,8 @@ def emu_sources():
 def emu_extension(cxx, kwargs):
     # -D macros of GATEDNORM_NVCC_FLAGS (tuning variants) apply to the emulated kernels too.
     defines = [f for f in os.environ.get("GATEDNORM_NVCC_FLAGS", "").split() if f.startswith(("-D", "-U"))]
-    kwargs["sources"] += ["csrc/emu/runtime.cpp"] + emu_sources()
+    runtime = sources("csrc/emu/*.cpp")
+    kwargs["sources"] += runtime + emu_sources()
     kwargs["include_dirs"] = [os.path.join(ROOT, d) for d in ("csrc/emu/include", "csrc/emu")] + kwargs[
         "include_dirs"]
     flags = cxx + ["-DGN_EMU", "-DGN_CUDA_EMU", "-Wno-unknown-pragmas"] + defines
@@ -77,11 +78,13 @@ def emu_extension(cxx, kwargs):
     elif sanitizer == "thread":  # accesses no barrier orders: racecheck's job
         # The runtime's own bookkeeping (scheduler and fibers share it, switching without
         # synchronisation for TSan) stays uninstrumented: compiled apart, linked as an object.
-        kwargs["sources"].remove("csrc/emu/runtime.cpp")
-        obj = os.path.join(ROOT, "build", "emu_runtime_tsan.o")
-        subprocess.check_call(["c++", "-c", "-fPIC", "-O1", "-std=c++17", "-DGN_EMU_TSAN", "-I" + os.path.join(ROOT, "csrc", "emu"),
-                               os.path.join(ROOT, "csrc", "emu", "runtime.cpp"), "-o", obj])
-        kwargs["extra_objects"] = [obj]
+        kwargs["extra_objects"] = []
+        for src in runtime:
+            kwargs["sources"].remove(src)
+            obj = os.path.join(ROOT, "build", os.path.basename(src)[:-4] + "_tsan.o")
+            subprocess.check_call(["c++", "-c", "-fPIC", "-O1", "-std=c++17", "-DGN_EMU_TSAN",
+                                   "-I" + os.path.join(ROOT, "csrc", "emu"), os.path.join(ROOT, src), "-o", obj])
+            kwargs["extra_objects"].append(obj)
         flags += ["-fsanitize=thread"]
         kwargs["extra_link_args"] = kwargs.get("extra_link_args", []) + ["-fsanitize=thread"]
     elif sanitizer:

@@ -17,14 +17,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x .venv/bin/python ]; then PY=$root/.venv/bin/python
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
 else PY=python3; fi
+case "$PY" in */*) [ "${PY#/}" = "$PY" ] && PY=$root/$PY ;; esac  # the build runs in another directory
 san=${GATEDNORM_EMU_SANITIZER:-}
 dir=${GATEDNORM_EMU_DIR:-build/emu_tree}
 [ -n "$san" ] && dir=${dir%/}_$san
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-# Copy what git would (tracked and new files), only those that changed: the build is incremental.
+# Copy what git would (tracked and new files), only those that changed: the build is incremental;
+# and remove from the copy what the tree no longer has (a deleted source would still be built).
+for d in csrc tests torch_ops; do
+  [ -d "$dir/$d" ] || continue
+  (cd "$dir" && find "$d" -type f ! -name '*.so' ! -path '*/__pycache__/*') | while IFS= read -r f; do
+    [ -e "$f" ] || rm -f "$dir/$f"
+  done
+done
 git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
   [ -f "$f" ] || continue
   cmp -s "$f" "$dir/$f" 2>/dev/null && continue

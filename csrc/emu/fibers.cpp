@@ -1,124 +1,27 @@
-// The emulator's runtime (emu.h): a launch runs its clusters one after another, the
-// CTAs of a cluster on threads of their own, the CUDA threads of a CTA as fibers
+// The emulator's threads (emu.h): a launch runs its clusters one after another, the
+// CTAs of a cluster on OS threads of their own, the CUDA threads of a CTA as fibers
 // (ucontext) scheduled round-robin between barriers.
 #include <dlfcn.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <string>
 #include <thread>
-#include <vector>
 
-#include "emu.h"
-
-// ThreadSanitizer builds (setup.py, GATEDNORM_EMU_SANITIZER=thread; this file itself stays
-// uninstrumented): every CUDA thread is a TSan fiber, switched to and from without
-// synchronisation, and each barrier is a release by every thread that arrives and an
-// acquire by each once it completes (per generation, so that a thread already past it
-// orders nothing for one still inside). TSan then reports two threads' accesses to the
-// same shared (or global) memory that no barrier orders: racecheck's job. cp.async
-// copies land through memcpy inside the issuing thread, so they count as its writes.
-#ifdef GN_EMU_TSAN
-extern "C" {
-void* __tsan_get_current_fiber(void);
-void* __tsan_create_fiber(unsigned flags);
-void __tsan_destroy_fiber(void* fiber);
-void __tsan_switch_to_fiber(void* fiber, unsigned flags);
-void __tsan_acquire(void* addr);
-void __tsan_release(void* addr);
-}
-#define TSAN(...) __VA_ARGS__
-#else
-#define TSAN(...)
-#endif
+#include "runtime.h"
 
 namespace emu {
-namespace {
-
-constexpr int SYNC_GENS = 64;  // TSan sync objects a barrier cycles through
-constexpr unsigned TSAN_NO_SYNC = 1;
-
-constexpr size_t STACK_BYTES = 256 << 10;  // the kernels' register arrays live on it
-constexpr int MAX_THREADS = 1024, MAX_CLUSTER = 16;
-// 32-bit shared-memory addresses: [0, 24) offset, bit 24 = dynamic shared memory,
-// [25, 30) = 1 + the cluster rank of a mapped (mapa) address. Static shared memory is
-// thread-local (the CTA's thread): its offsets are taken from an anchor variable of
-// the same module, biased to stay positive.
-constexpr unsigned OFF_MASK = (1u << 24) - 1, DYN_BIT = 1u << 24, RANK_SHIFT = 25;
-constexpr long STATIC_BIAS = 1L << 23;
-constexpr double WAIT_LIMIT_S = 60;  // an mbarrier or cluster wait longer than this is a hang
-
-enum class St { Run, Bar, Warp, Cluster, Done };
-
-struct Copy {
-  void* dst;
-  const void* src;
-  int bytes;
-  bool valid;
-};
-
-struct Fiber {
-  ucontext_t ctx;
-  uint3 tid;
-  int linear = 0;
-  St st = St::Run;
-  unsigned mask = 0;
-  std::vector<Copy> copies;     // issued, not landed
-  std::vector<size_t> commits;  // copies.size() at each commit not yet waited for
-  void* tsan = nullptr;
-  bool started = false;  // TSan: the first switch in orders the launch before the thread
-};
-
-struct Cluster {
-  int csize = 1;
-  char* anchors[MAX_CLUSTER] = {};
-  unsigned char* dyns[MAX_CLUSTER] = {};
-  std::mutex m;
-  std::condition_variable cv;
-  int arrived = 0;
-  long gen = 0;
-  bool failed = false;
-  char sync[SYNC_GENS];  // TSan: the cluster barrier's generations
-};
-
-struct Cta {
-  uint3 bid;
-  dim3 bdim, gdim;
-  int rank = 0, nthreads = 0;
-  Cluster* cl = nullptr;
-  const std::function<void()>* body = nullptr;
-  std::vector<Fiber> fibers;
-  Fiber* cur = nullptr;
-  ucontext_t sched;
-  unsigned char* dyn = nullptr;
-  size_t dyn_bytes = 0;
-  long events = 0;  // barrier arrivals and exits: progress
-  long bar_gen = 0, cluster_gen = 0, warp_gen[MAX_THREADS / 32] = {};
-  char bar_sync[SYNC_GENS], warp_sync[MAX_THREADS / 32][SYNC_GENS];
-  void* sched_tsan = nullptr;
-  std::string error;
-  uint64_t xchg[MAX_THREADS];
-};
+namespace detail {
 
 thread_local Cta* tl_cta = nullptr;
 thread_local char tl_anchor;
+namespace {
 thread_local std::string tl_message;
 thread_local int tl_last_error = 0;
-std::mutex g_launch, g_mbar;
-
-struct Mbar {
-  unsigned expected, pending, phase;
-  long tx;
-};
-std::map<void*, Mbar> g_mbars;
+std::mutex g_launch;
+}  // namespace
 
 bool env_flag(const char* name, const char* value) {
   const char* v = getenv(name);
@@ -188,17 +91,8 @@ void yield_here() {
   swapcontext(&c.cur->ctx, &c.sched);
 }
 
-void land(const Copy& k) {
-  if (k.valid)
-    memcpy(k.dst, k.src, (size_t)k.bytes);
-  else
-    memset(k.dst, 0, (size_t)k.bytes);
-}
-void land_all(Fiber& f) {
-  for (const Copy& k : f.copies) land(k);
-  f.copies.clear();
-  f.commits.clear();
-}
+
+namespace {
 
 void fiber_main() {
   Cta& c = cta();
@@ -384,7 +278,11 @@ void run_cta(Cta& c) {
   tl_cta = nullptr;
 }
 
+
 }  // namespace
+}  // namespace detail
+
+using namespace detail;
 
 unsigned coord(int which, int axis) {
   const Cta& c = cta();
@@ -418,120 +316,7 @@ uint64_t warp_exchange(unsigned mask, uint64_t bits, int src) {
   return r;
 }
 
-unsigned shared_addr(const void* p) {
-  Cta& c = cta();
-  const uintptr_t u = (uintptr_t)p;
-  if (c.dyn && u >= (uintptr_t)c.dyn && u < (uintptr_t)c.dyn + c.dyn_bytes) return DYN_BIT | (unsigned)(u - (uintptr_t)c.dyn);
-  const long off = (long)(u - (uintptr_t)&tl_anchor) + STATIC_BIAS;
-  if (off < 0 || off > (long)OFF_MASK) fail_here("a shared-memory address of something not in shared memory");
-  return (unsigned)off;
-}
-
-void* shared_ptr(unsigned a) {
-  Cta& c = cta();
-  const unsigned r = a >> RANK_SHIFT;
-  const int rank = r ? (int)r - 1 : c.rank;
-  if (rank >= c.cl->csize) fail_here("a shared-memory address of a CTA outside the cluster");
-  const unsigned off = a & OFF_MASK;
-  if (a & DYN_BIT) return c.cl->dyns[rank] + off;
-  return c.cl->anchors[rank] + ((long)off - STATIC_BIAS);
-}
-
-unsigned cluster_map(unsigned local, int rank) {
-  if (local >> RANK_SHIFT) fail_here("mapa of an address that is already a cluster address");
-  if (rank < 0 || rank >= cta().cl->csize) fail_here("mapa to a rank outside the cluster");
-  return local | ((unsigned)(rank + 1) << RANK_SHIFT);
-}
-unsigned cluster_rank() { return (unsigned)cta().rank; }
 void cluster_barrier() { block_here(St::Cluster); }
-
-void cp_async(void* dst, const void* src, int bytes, bool valid) {
-  Cta& c = cta();
-  const uintptr_t d = (uintptr_t)dst;
-  if (d % (uintptr_t)bytes || (valid && (uintptr_t)src % (uintptr_t)bytes)) fail_here("a misaligned cp.async");
-  const bool dyn = c.dyn && d >= (uintptr_t)c.dyn && d + (uintptr_t)bytes <= (uintptr_t)c.dyn + c.dyn_bytes;
-  if (!dyn) (void)shared_addr(dst);  // fails unless static shared memory
-  static const bool eager = env_flag("GN_EMU_CP_ASYNC", "eager");
-  const Copy k{dst, src, bytes, valid};
-  if (eager)
-    land(k);
-  else
-    fiber().copies.push_back(k);
-}
-void cp_async_commit() {
-  Fiber& f = fiber();
-  f.commits.push_back(f.copies.size());
-}
-void cp_async_wait(int pending) {
-  Fiber& f = fiber();
-  const int groups = (int)f.commits.size();
-  if (groups <= pending) return;
-  const size_t upto = f.commits[groups - pending - 1];
-  for (size_t i = 0; i < upto; ++i) land(f.copies[i]);
-  f.copies.erase(f.copies.begin(), f.copies.begin() + (long)upto);
-  f.commits.erase(f.commits.begin(), f.commits.begin() + (groups - pending));
-  for (size_t& e : f.commits) e -= upto;
-}
-
-void mbar_init(unsigned bar, unsigned count) {
-  void* p = shared_ptr(bar);
-  std::lock_guard<std::mutex> l(g_mbar);
-  g_mbars[p] = Mbar{count, count, 0, 0};
-}
-
-namespace {
-// Runs `op` on the mbarrier at `bar` under the lock; fails the fiber (lock released)
-// when the barrier was never initialised or `op` reports misuse.
-template <typename Op>
-void with_mbar(unsigned bar, Op op) {
-  void* p = shared_ptr(bar);
-  const char* misuse = nullptr;
-  {
-    std::lock_guard<std::mutex> l(g_mbar);
-    auto it = g_mbars.find(p);
-    if (it == g_mbars.end()) {
-      misuse = "an mbarrier used before mbarrier.init";
-    } else {
-      misuse = op(it->second);
-      Mbar& m = it->second;
-      if (!misuse && m.pending == 0 && m.tx == 0) {  // the phase completes
-        m.phase ^= 1u;
-        m.pending = m.expected;
-      }
-    }
-  }
-  if (misuse) fail_here(misuse);
-}
-}  // namespace
-
-void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
-  with_mbar(bar, [&](Mbar& m) -> const char* {
-    if (m.pending == 0) return "more arrivals on an mbarrier than its count";
-    TSAN(__tsan_release(&m));
-    m.tx += bytes;
-    --m.pending;
-    return nullptr;
-  });
-}
-void mbar_complete_tx(unsigned bar, unsigned bytes) {
-  with_mbar(bar, [&](Mbar& m) -> const char* {
-    TSAN(__tsan_release(&m));
-    m.tx -= bytes;
-    return nullptr;
-  });
-}
-bool mbar_try_wait_parity(unsigned bar, unsigned parity) {
-  bool done = false;
-  with_mbar(bar, [&](Mbar& m) -> const char* {
-    done = (m.phase & 1u) != (parity & 1u);
-    TSAN(if (done) __tsan_acquire(&m));
-    return nullptr;
-  });
-  if (!done) yield_here();
-  return done;
-}
-
-void* dyn_smem() { return cta().dyn; }
 
 void trap(const char* why) {
   if (!tl_cta) {
@@ -626,10 +411,7 @@ int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, co
         for (Cta& c : ctas)
           if (!c.error.empty() && error.empty()) error = c.error;
       }
-  {
-    std::lock_guard<std::mutex> l(g_mbar);
-    g_mbars.clear();
-  }
+  mbar_reset();
   if (error.empty()) return 0;
   tl_message = "kernel failed in the emulator: " + error;
   return 719;  // cudaErrorLaunchFailure
