@@ -33,6 +33,15 @@ struct dim3 {
 
 namespace emu {
 
+// The bits of `from` as a To (std::bit_cast, C++20; this header is also built as C++17).
+template <typename To, typename From>
+inline To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of one size");
+  To to;
+  memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
 // The running thread's threadIdx (0), blockIdx (1), blockDim (2), gridDim (3); axis 0-2.
 unsigned coord(int which, int axis);
 

@@ -65,11 +65,8 @@ unsigned cluster_map(unsigned local, int rank) {
 unsigned cluster_rank() { return (unsigned)cta().rank; }
 
 void cp_async(void* dst, const void* src, int bytes, bool valid) {
-  Cta& c = cta();
-  const uintptr_t d = (uintptr_t)dst;
-  if (d % (uintptr_t)bytes || (valid && (uintptr_t)src % (uintptr_t)bytes)) fail_here("a misaligned cp.async");
-  const bool dyn = c.dyn && d >= (uintptr_t)c.dyn && d + (uintptr_t)bytes <= (uintptr_t)c.dyn + c.dyn_bytes;
-  if (!dyn) (void)shared_addr(dst);  // fails unless static shared memory
+  if ((uintptr_t)dst % (uintptr_t)bytes || (valid && (uintptr_t)src % (uintptr_t)bytes)) fail_here("a misaligned cp.async");
+  (void)shared_addr(dst);  // fails unless dst is shared memory
   static const bool eager = env_flag("GN_EMU_CP_ASYNC", "eager");
   const Copy k{dst, src, bytes, valid};
   if (eager)

@@ -2,19 +2,10 @@
 // csrc/cuda uses, through the compiler's IEEE binary16 (round to nearest even).
 #pragma once
 
-#include <string.h>
+#include "../emu.h"
 
 struct __half {
   unsigned short x;
 };
-inline float __half2float(__half h) {
-  _Float16 v;
-  memcpy(&v, &h.x, 2);
-  return (float)v;
-}
-inline __half __float2half_rn(float f) {
-  const _Float16 v = (_Float16)f;
-  __half h;
-  memcpy(&h.x, &v, 2);
-  return h;
-}
+inline float __half2float(__half h) { return (float)::emu::bit_cast<_Float16>(h.x); }
+inline __half __float2half_rn(float f) { return __half{::emu::bit_cast<unsigned short>((_Float16)f)}; }

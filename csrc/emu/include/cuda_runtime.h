@@ -25,7 +25,6 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __noinline__
 #define __shared__ static thread_local
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
@@ -50,33 +49,15 @@ static constexpr emu::Coords<2> blockDim{};
 static constexpr emu::Coords<3> gridDim{};
 
 struct __align__(16) uint4 { unsigned x, y, z, w; };
-struct __align__(16) int4 { int x, y, z, w; };
-struct __align__(16) float4 { float x, y, z, w; };
-struct __align__(16) double2 { double x, y; };
 struct __align__(8) uint2 { unsigned x, y; };
-struct __align__(8) float2 { float x, y; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
-inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-inline float __uint_as_float(unsigned u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-inline long long __double_as_longlong(double d) {
-  long long v;
-  memcpy(&v, &d, 8);
-  return v;
-}
+inline unsigned __float_as_uint(float f) { return ::emu::bit_cast<unsigned>(f); }
+inline long long __double_as_longlong(double d) { return ::emu::bit_cast<long long>(d); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 inline float __expf(float x) { return expf(x); }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
