@@ -28,13 +28,8 @@ template <typename T> struct Tag { using type = T; };
 // the decode kernel's SASS) and a double->float conversion a row.
 template <typename A>
 __device__ __forceinline__ A row_rstd(A ss, const gn_addnorm_config& c, const RowConsts<A>& rc) {
-#ifdef GN_AN_LEAN
   (void)c;
   return rsqrt_acc(ss * rc.inv_g + rc.eps);
-#else
-  (void)rc;
-  return rsqrt_acc(ss / (A)c.cols + (A)c.eps);
-#endif
 }
 template <typename A>
 inline RowConsts<A> row_consts(const gn_addnorm_config& c) {

@@ -47,7 +47,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   uint4* ring = reinterpret_cast<uint4*>(dyn + staged_weight_bytes<A>(N));
   auto word = [&](int st, int w) { return ring + (st * words + w) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-#ifdef GN_ROW_PTRS
   // Tuning variant (not yet run on a GPU; as in gated_norm_fwd.cu): row pointers as cursors
   // advanced by a constant each row. issue() is called in row order (rows rb0 + rl, + step,
   // ...); copies that read nothing take the tensor's base address.
@@ -79,26 +78,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     qx += qdx;
     qres += qdres;
   };
-#else
-  auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
-    const bool okn = team_ok && rn < M;
-    const T* x = static_cast<const T*>(a.x) + (okn ? rn : 0) * a.x_stride;
-    const R* res = static_cast<const R*>(a.residual) + (okn ? rn : 0) * a.residual_stride;
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int cj = cl + j * cs;
-      const bool in = okn && cj < N;
-#pragma unroll
-      for (int u = 0; u < NUR; ++u) cp_async16(word(st, j * NUR + u), res + (in ? cj : 0) + u * (16 / sizeof(R)), in);
-      if (add) {
-#pragma unroll
-        for (int u = 0; u < NUT; ++u)
-          cp_async16(word(st, NV * NUR + j * NUT + u), x + (in ? cj : 0) + u * (16 / sizeof(T)), in);
-      }
-    }
-    cp_async_commit();
-  };
-#endif
   pdl_wait();
   if (ALIGNED) {
 #pragma unroll
@@ -155,30 +134,20 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
       h[k] = round_to<R>(h[k]);  // the residual as stored is what gets normalised
       ss[0] += h[k] * h[k];
     }
-#ifdef GN_ROW_PTRS  // aligned rows: the cursors (never written past the end: lim)
     R* const ro_row = ALIGNED || !a.residual_out
                           ? pro
                           : static_cast<R*>(a.residual_out) + rr * a.residual_out_stride;
     T* const out_row = ALIGNED ? pout : static_cast<T*>(a.out) + rr * a.out_stride;
     pro += pdro;
     pout += pdout;
-#endif
     if (a.residual_out) {
-#ifdef GN_ROW_PTRS
       R* ro = ro_row;
-#else
-      R* ro = static_cast<R*>(a.residual_out) + rr * a.residual_out_stride;
-#endif
 #pragma unroll
       for (int j = 0; j < NV; ++j) store_vec<R, VEC>(ro, cl + j * cs, lim, ALIGNED, &h[j * VEC]);
     }
     team_sum<1>(ss, L.tpg, red, phase);
     const A rstd = row_rstd<A>(ss[0], c, rc);
-#ifdef GN_ROW_PTRS
     T* out = out_row;
-#else
-    T* out = static_cast<T*>(a.out) + rr * a.out_stride;
-#endif
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;

@@ -387,7 +387,6 @@ struct TeamScratch {
 // it may hit __syncthreads. All team members get the same, order-fixed result.
 template <int NVAL, typename A>
 __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
-#ifdef GN_TEAM_LEAN
   // Tuning variant (not yet run on a GPU): unrolled, each step predicated on the
   // (uniform) team width -- a run-time loop costs six instructions a step (SASS), this
   // two or three; the same additions in the same order.
@@ -398,13 +397,6 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
       for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
     }
   }
-#else
-  const int width = tpg < 32 ? tpg : 32;
-  for (int off = width >> 1; off > 0; off >>= 1) {
-#pragma unroll
-    for (int k = 0; k < NVAL; ++k) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
-  }
-#endif
   if (tpg <= 32) return;
   A* part = red.part[phase];
   phase ^= 1;
@@ -419,7 +411,6 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
   // (each group holds them all, so every lane gets the same, order-fixed sum): log2
   // steps, not wpt dependent shared-memory reads (32 of them in a 1024-thread block
   // were ~0.4 us of a decode-sized kernel). tree: wpt rounded up to a power of two.
-#ifdef GN_TEAM_LEAN
   // The first warp of this thread's team, warp / wpt * wpt, without an integer division
   // (~25 instructions, redone at every call of a row loop: SASS of the gated forward):
   // warp + 1/2 lies at least 1/64 from a multiple of wpt <= 32, far beyond the
@@ -427,11 +418,6 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
   const float rw = rcp_approx((float)wpt);
   const int first = (int)(((float)warp + 0.5f) * rw) * wpt;
   const int tree = 1 << (32 - __clz(wpt - 1));
-#else
-  const int first = (warp / wpt) * wpt;  // first warp of this thread's team
-  int tree = 1;
-  while (tree < wpt) tree <<= 1;
-#endif
   const int slot = lane & (tree - 1);
 #pragma unroll
   for (int k = 0; k < NVAL; ++k) {

@@ -84,7 +84,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-#ifdef GN_ROW_PTRS
   // Tuning variant (not yet run on a GPU; as in the forward): row pointers as cursors
   // advanced by a constant each row instead of base + row * stride recomputed for six
   // tensors and two statistics every row. issue() is called in row order (rows rb0 + rl,
@@ -140,25 +139,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   T* pz = gate ? static_cast<T*>(a.dz) + (rb0 + rl) * a.dz_stride + col0 : nullptr;
   T* po = a.out ? static_cast<T*>(a.out) + (rb0 + rl) * a.out_stride + col0 : nullptr;
   const int64_t pdx = step * a.dx_stride, pdz = gate ? step * a.dz_stride : 0, pdo = a.out ? step * a.out_stride : 0;
-#else
-  auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
-    const bool okn = team_ok && rn < M;
-    const BwdRow<T> q = bwd_row<T>(a, okn ? rn : 0, col0);
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int cj = cl + j * cs;
-      const bool in = okn && cj < G;
-      cp_async16(slot(st, 0, j), q.x + (in ? cj : 0), in);
-      cp_async16(slot(st, 1, j), q.dy + (in ? cj : 0), in);
-      if (gate) cp_async16(slot(st, 2, j), q.z + (in ? cj : 0), in);
-    }
-    const int64_t i = g * M + (okn ? rn : 0);
-    cp_async_small<sizeof(A)>(rstats + (st * 2) * bd + threadIdx.x, static_cast<const A*>(a.rstd) + i, okn);
-    if (!c.is_rms_norm) cp_async_small<sizeof(A)>(rstats + (st * 2 + 1) * bd + threadIdx.x,
-                                                  static_cast<const A*>(a.mean) + i, okn);
-    cp_async_commit();
-  };
-#endif
   if (ALIGNED) {
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
@@ -180,7 +160,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   auto row = [&](int64_t rb, const gn_act act) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
-#ifdef GN_ROW_PTRS
     BwdRow<T> p;
     if (ALIGNED && CURSORS) {
       p.x = p.z = p.dy = nullptr;
@@ -193,9 +172,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     } else {
       p = bwd_row<T>(a, ok ? r : 0, col0);
     }
-#else
-    const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
-#endif
     const int lim = ok ? G : 0;
     A mean = 0, rstd = 0;
     if (ALIGNED) {
@@ -222,18 +198,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     };
     // Elements past the group (padding, idle teams) contribute nothing.
     A s[2] = {0, 0};
-#ifdef GN_BWD_KEEP
-    // Tuning variant (not yet run on a GPU): the first pass keeps what the second needs --
-    // w*dy0, vhat and the gate's terms, 2-4 values an element -- in registers, instead of
-    // re-reading x, dy, z from the ring, unpacking them and recomputing the activation.
-    // SASS, bf16 row loop: 8 elements a thread -18% instructions with the gate after, -16%
-    // before, -13% without a gate; 16 without a gate -17%; 16 with a gate spilled 68-76
-    // bytes at the 128-register bound, so not there. Not when the output is recomputed
-    // too (p.out): that keeps the second pass.
-    constexpr bool KEEP = ALIGNED && sizeof(A) == 4 && (K <= 8 || (K <= 16 && MODE == GATE_NONE));
-#else
     constexpr bool KEEP = false;
-#endif
     constexpr int KK = KEEP ? K : 1;
     A kw[KK], kv[KK], ka[KK], kb[KK];
 #pragma unroll

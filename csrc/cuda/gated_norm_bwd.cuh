@@ -88,9 +88,7 @@ __host__ __device__ inline size_t bwd_loop_stage_bytes(int64_t G, bool gate) {
 // group); see gated_norm_bwd_loop.cu. `parts` gets the number of dw/db partials it
 // writes (its grid.y, at most p.grid.y).
 gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts);
-#ifdef GN_LOOP_ASYNC
 // The loop path on aligned rows, staged by cp.async (gated_norm_bwd_loop_async.cu).
 gn_status launch_bwd_loop_async(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts);
-#endif
 
 }  // namespace gn

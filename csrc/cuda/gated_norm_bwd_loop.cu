@@ -173,9 +173,7 @@ gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsi
 }  // namespace
 
 gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
-#ifdef GN_LOOP_ASYNC
   if (p.layout.aligned) return launch_bwd_loop_async(a, p, s, parts);
-#endif
   switch (a.cfg.dtype) {
     case GN_FLOAT32: return launch_typed<float>(a, p, s, parts);
     case GN_FLOAT16: return launch_typed<__half>(a, p, s, parts);

@@ -15,7 +15,6 @@
 //    16-byte vectors (written, or read-added-written after the block's first row).
 // Slot s of thread t is stage[s * nt + t]: x's vectors k < nx, then dy's k < ndy, then
 // z's k < nz (k: the thread's k-th vector of the slice); the dw/db sums follow.
-#ifdef GN_LOOP_ASYNC
 #include "cluster.cuh"
 #include "gated_norm_bwd.cuh"
 #include "loop_async.cuh"
@@ -265,4 +264,3 @@ gn_status launch_bwd_loop_async(const gn_bwd_args& a, const Plan& p, cudaStream_
 }
 
 }  // namespace gn
-#endif  // GN_LOOP_ASYNC

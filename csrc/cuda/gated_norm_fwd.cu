@@ -65,7 +65,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-#ifdef GN_ROW_PTRS
   // Tuning variant (not yet run on a GPU): row pointers as cursors advanced by a constant
   // each row, instead of base + row * stride (64-bit multiplies, the clamp of rows past the
   // end) recomputed for every tensor of every row. issue() is called in row order (rows
@@ -92,20 +91,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     qx += qdx;
     qz += qdz;
   };
-#else
-  auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
-    const bool okn = team_ok && rn < M;
-    const FwdRow<T> q = fwd_row<T>(a, okn ? rn : 0, col0);
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int cj = cl + j * cs;
-      const bool in = okn && cj < G;
-      cp_async16(slot(st, 0, j), q.x + (in ? cj : 0), in);
-      if (gate) cp_async16(slot(st, 1, j), q.z + (in ? cj : 0), in);
-    }
-    cp_async_commit();
-  };
-#endif
   pdl_wait();
   if (ALIGNED) {
 #pragma unroll
@@ -167,18 +152,10 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       else finish(v, p, lim, rstd, false, false);
     }
   };
-#ifdef GN_FWD_LN1
-  // Tuning variant: LayerNorm with one team reduction a row where the team tiles the group
-  // exactly (aligned rows, no split, a power-of-two team): see team_mean_m2.
-  __shared__ TeamScratch<2, A> red2;
-  int phase2 = 0;
-  const bool ln1 = ALIGNED && !SPLIT && !c.is_rms_norm && L.tpg * K == G && (L.tpg & (L.tpg - 1)) == 0;
-#endif
 #pragma unroll 1
   for (int64_t rb = rb0; rb < M; rb += step) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
-#ifdef GN_ROW_PTRS
     FwdRow<T> p;  // aligned rows read the ring and write through the cursor (never past the end: lim)
     if (ALIGNED) {
       p.x = p.z = nullptr;
@@ -187,9 +164,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     } else {
       p = fwd_row<T>(a, ok ? r : 0, col0);
     }
-#else
-    const FwdRow<T> p = fwd_row<T>(a, ok ? r : 0, col0);
-#endif
     const int lim = ok ? G : 0;  // idle teams read nothing but still reduce
     if (ALIGNED) {
       // The slot refilled here was read in the previous iteration, whose values
@@ -212,28 +186,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       }
     }
     A mean = 0;
-#ifdef GN_FWD_LN1
-    if (ln1) {  // LayerNorm, one reduction a row (team_mean_m2)
-      A tm = 0, q = 0;
-#pragma unroll
-      for (int k = 0; k < K; ++k) tm += v[k];
-      tm *= A(1) / A(K);
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const A d = v[k] - tm;
-        q += d * d;
-      }
-      team_mean_m2<A>(tm, q, A(K), L.tpg, red2, phase2);
-      mean = tm;
-#pragma unroll
-      for (int k = 0; k < K; ++k) v[k] -= mean;
-      const A rstd = rsqrt_acc(q * rc.inv_g + rc.eps);
-      output(v, p, lim, rstd);
-      if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
-      st = st + 1 == S ? 0 : st + 1;
-      continue;
-    }
-#endif
     if (!c.is_rms_norm) {
       A s[1] = {0};
 #pragma unroll

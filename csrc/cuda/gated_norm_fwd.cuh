@@ -48,9 +48,7 @@ gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInf
 // The loop path (groups too wide for the register path, or unaligned and wider than
 // one vector a thread); see gated_norm_fwd_loop.cu.
 gn_status launch_fwd_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
-#ifdef GN_LOOP_ASYNC
 // The loop path on aligned rows, staged by cp.async (gated_norm_fwd_loop_async.cu).
 gn_status launch_fwd_loop_async(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
-#endif
 
 }  // namespace gn

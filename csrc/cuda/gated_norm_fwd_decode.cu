@@ -13,7 +13,6 @@
 namespace gn {
 namespace {
 
-#ifdef GN_FWD_DECODE
 constexpr int DECODE_BLOCK = 256;
 
 // Sum over a team of `tpg` lanes (a power of two <= 32) of one warp.
@@ -104,13 +103,11 @@ gn_status launch(const gn_fwd_args& a, const Plan& p, const DeviceInfo& dev, cud
   return launch_pdl(kernel, dim3((unsigned)blocks), DECODE_BLOCK, 0, s, dev, "gated_norm forward (decode) launch", 1,
                     a, p.layout, row_consts<A>(a.cfg));
 }
-#endif
 
 }  // namespace
 
 gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInfo& dev, cudaStream_t s, bool* done) {
   *done = false;
-#ifdef GN_FWD_DECODE
   // One 16-byte vector a thread, teams within a warp, rows and parameters aligned.
   const bool fits = p.regs && p.layout.aligned && p.layout.csize == 1 && p.nv == 1 && p.layout.tpg <= 32 &&
                     (uintptr_t)a.weight % 16 == 0 && (uintptr_t)a.bias % 16 == 0;
@@ -130,10 +127,6 @@ gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInf
     case GN_BFLOAT16: return go(__nv_bfloat16{});
     default: return GN_OK;
   }
-#else
-  (void)a, (void)p, (void)dev, (void)s;
-  return GN_OK;
-#endif
 }
 
 }  // namespace gn

@@ -132,9 +132,7 @@ gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
 }  // namespace
 
 gn_status launch_fwd_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-#ifdef GN_LOOP_ASYNC
   if (p.layout.aligned) return launch_fwd_loop_async(a, p, s);
-#endif
   switch (a.cfg.dtype) {
     case GN_FLOAT32: return launch_typed<float>(a, p, s);
     case GN_FLOAT16: return launch_typed<__half>(a, p, s);

@@ -16,7 +16,6 @@
 //    used it, so the next row streams in under this row's output.
 // Slot s of thread t is stage[s * nt + t] (16 bytes; thread-private, so no barrier):
 // x's vectors k < nx, then z's vectors k < nz, k the thread's k-th vector of the slice.
-#ifdef GN_LOOP_ASYNC
 #include "cluster.cuh"
 #include "gated_norm_fwd.cuh"
 #include "loop_async.cuh"
@@ -232,4 +231,3 @@ gn_status launch_fwd_loop_async(const gn_fwd_args& a, const Plan& p, cudaStream_
 }
 
 }  // namespace gn
-#endif  // GN_LOOP_ASYNC

@@ -65,7 +65,6 @@ __global__ void __launch_bounds__(RED_COLS * RED_SPLIT)
   }
 }
 
-#ifdef GN_RED_VEC
 // Tuning variant (not yet run on a GPU). reduce_partials loads 4 bytes a thread and, with
 // few partials (16 rows of 2^20: 8-16 of them), one load a thread: ~8 KB in flight an SM,
 // ~0.2 of the copy ceiling -- for bign_1m's 32-64 MB of partials, tens of microseconds.
@@ -123,12 +122,10 @@ __global__ void __launch_bounds__(RED_THREADS)
     }
   }
 }
-#endif
 
 template <typename A>
 inline void launch_reduce(const void* ws, int64_t nparts, int64_t n, void* dw, void* db, gn_dtype param_dtype,
                           cudaStream_t s) {
-#ifdef GN_RED_VEC
   constexpr int VW = 16 / (int)sizeof(A);
   if (n % VW == 0 && (uintptr_t)ws % 16 == 0) {  // whole vectors in every partial row
     // The fewest splits that give the GPU ~64K threads (a fixed function of nparts and n).
@@ -140,7 +137,6 @@ inline void launch_reduce(const void* ws, int64_t nparts, int64_t n, void* dw, v
         static_cast<const A*>(ws), nparts, n, dw, db, param_dtype);
     return;
   }
-#endif
   reduce_partials<A><<<(unsigned)((n + RED_COLS - 1) / RED_COLS), dim3(RED_COLS, RED_SPLIT), 0, s>>>(
       static_cast<const A*>(ws), nparts, n, dw, db, param_dtype);
 }
