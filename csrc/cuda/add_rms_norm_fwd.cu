@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   uint4* ring = reinterpret_cast<uint4*>(dyn + staged_weight_bytes<A>(N));
   auto word = [&](int st, int w) { return ring + (st * words + w) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // Tuning variant (not yet run on a GPU; as in gated_norm_fwd.cu): row pointers as cursors
+  // As in gated_norm_fwd.cu: row pointers as cursors
   // advanced by a constant each row. issue() is called in row order (rows rb0 + rl, + step,
   // ...); copies that read nothing take the tensor's base address.
   const T* const xb = static_cast<const T*>(a.x);

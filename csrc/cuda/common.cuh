@@ -387,7 +387,7 @@ struct TeamScratch {
 // it may hit __syncthreads. All team members get the same, order-fixed result.
 template <int NVAL, typename A>
 __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
-  // Tuning variant (not yet run on a GPU): unrolled, each step predicated on the
+  // Unrolled, each step predicated on the
   // (uniform) team width -- a run-time loop costs six instructions a step (SASS), this
   // two or three; the same additions in the same order.
 #pragma unroll

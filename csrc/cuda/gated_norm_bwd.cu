@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // Tuning variant (not yet run on a GPU; as in the forward): row pointers as cursors
+  // As in the forward: row pointers as cursors
   // advanced by a constant each row instead of base + row * stride recomputed for six
   // tensors and two statistics every row. issue() is called in row order (rows rb0 + rl,
   // + step, ...); copies that read nothing take the tensor's base address.
@@ -252,7 +252,8 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       return;
     }
     // Recomputing the per-element terms is cheaper than keeping them in registers (with
-    // more than 8 elements a thread; fewer: GN_BWD_KEEP above).
+    // more than 8 elements a thread; with fewer, keeping them was measured no faster: the
+    // H100, 2026-12-05, docs/benchmarks.md).
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;

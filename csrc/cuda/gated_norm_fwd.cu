@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // Tuning variant (not yet run on a GPU): row pointers as cursors advanced by a constant
+  // Row pointers as cursors advanced by a constant
   // each row, instead of base + row * stride (64-bit multiplies, the clamp of rows past the
   // end) recomputed for every tensor of every row. issue() is called in row order (rows
   // rb0 + rl, + step, ...), so its `rn` is the cursor's row; copies that read nothing take

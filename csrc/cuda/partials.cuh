@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(RED_COLS * RED_SPLIT)
   }
 }
 
-// Tuning variant (not yet run on a GPU). reduce_partials loads 4 bytes a thread and, with
+// A plain reduce_partials would load 4 bytes a thread and, with
 // few partials (16 rows of 2^20: 8-16 of them), one load a thread: ~8 KB in flight an SM,
 // ~0.2 of the copy ceiling -- for bign_1m's 32-64 MB of partials, tens of microseconds.
 // Here a thread owns a 16-byte vector of columns, and the partials are split over
