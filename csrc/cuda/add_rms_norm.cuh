@@ -23,8 +23,9 @@ template <typename T> struct Tag { using type = T; };
 
 // rstd of a row from its sum of squares. Every forward kernel computes it this one way, so
 // in-place and out-of-place calls agree bitwise whichever kernel each takes:
-// 1/N and eps from the constant bank (RowConsts, a kernel parameter) instead of an IEEE division (~15 instructions and a slow-path call in
-// the decode kernel's SASS) and a double->float conversion a row.
+// 1/N and eps from the constant bank (RowConsts, a kernel parameter) instead of an IEEE
+// division (~15 instructions and a slow-path call in the decode kernel's SASS) and a
+// double->float conversion a row.
 template <typename A>
 __device__ __forceinline__ A row_rstd(A ss, const gn_addnorm_config& c, const RowConsts<A>& rc) {
   (void)c;
