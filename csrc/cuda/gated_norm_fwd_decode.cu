@@ -1,11 +1,12 @@
-// Gated norm forward for few rows of narrow groups (decode: every block resident at once,
-// a group one vector a thread, teams within a warp; H100 under graph replay:
-// decode_qwen3next 2.54 -> 2.03 us, decode_m32 1.93 -> 1.47 us). For few rows the time is
-// latency, the instruction path of one warp from its first load to its last store; the register path spends it on a cp.async ring
-// and on staging the weight in shared memory behind a barrier (add + RMSNorm measured
-// the same: add_rms_norm_fwd_decode.cu). Here every load of a group (x, z, w, b) is issued
-// at once and held packed, and the team reduces with shuffles only. H200, bf16: the
-// register path takes 2.06 us a graph replay at M = 32, N = 128 (triton 1.53).
+// Gated norm forward for few rows of narrow groups (decode: every block resident at once, a
+// group one vector a thread, teams within a warp; H100 under graph replay: decode_qwen3next
+// 2.54 -> 2.03 us, decode_m32 1.93 -> 1.47 us). For few rows the time is latency, the
+// instruction path of one warp from its first load to its last store; the register path
+// spends it on a cp.async ring and on staging the weight in shared memory behind a barrier
+// (add + RMSNorm measured the same: add_rms_norm_fwd_decode.cu). Here every load of a group
+// (x, z, w, b) is issued at once and held packed, and the team reduces with shuffles only.
+// H200, bf16: the register path takes 2.06 us a graph replay at M = 32, N = 128 (triton
+// 1.53).
 #include <type_traits>
 
 #include "gated_norm_fwd.cuh"
