@@ -84,61 +84,23 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // As in the forward: row pointers as cursors
-  // advanced by a constant each row instead of base + row * stride recomputed for six
-  // tensors and two statistics every row. issue() is called in row order (rows rb0 + rl,
-  // + step, ...); copies that read nothing take the tensor's base address.
-  const T* const xb = static_cast<const T*>(a.x);
-  const T* const yb = static_cast<const T*>(a.dy);
-  const T* const zb = static_cast<const T*>(a.z);
-  const A* const rsb = static_cast<const A*>(a.rstd);
-  const A* const mnb = c.is_rms_norm ? rsb : static_cast<const A*>(a.mean);
-  int64_t qr = rb0 + rl;
-  const T* qx = xb + qr * a.x_stride + col0 + cl;
-  const T* qy = yb + qr * a.dy_stride + col0 + cl;
-  const T* qz = gate ? zb + qr * a.z_stride + col0 + cl : zb;
-  const A* qs = rsb + g * M + qr;
-  const A* qm = mnb + g * M + qr;
-  const int64_t qdx = step * a.x_stride, qdy = step * a.dy_stride, qdz = gate ? step * a.z_stride : 0;
-  // Only at one vector a thread: with 16 elements the eight cursors spilled (SASS: 32-52
-  // bytes at the 128-register bound), and the per-row work weighs less there.
-  constexpr bool CURSORS = NV == 1;
   auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
-    const bool okn = team_ok && (CURSORS ? qr : rn) < M;
-    const BwdRow<T> q = bwd_row<T>(a, !CURSORS && okn ? rn : 0, col0);
+    const bool okn = team_ok && rn < M;
+    const BwdRow<T> q = bwd_row<T>(a, okn ? rn : 0, col0);
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const bool in = okn && cl + j * cs < G;
-      if (CURSORS) {
-        cp_async16(slot(st, 0, j), in ? qx + j * cs : xb, in);
-        cp_async16(slot(st, 1, j), in ? qy + j * cs : yb, in);
-        if (gate) cp_async16(slot(st, 2, j), in ? qz + j * cs : zb, in);
-      } else {
-        const int cj = in ? cl + j * cs : 0;
-        cp_async16(slot(st, 0, j), q.x + cj, in);
-        cp_async16(slot(st, 1, j), q.dy + cj, in);
-        if (gate) cp_async16(slot(st, 2, j), q.z + cj, in);
-      }
+      const int cj = cl + j * cs;
+      const bool in = okn && cj < G;
+      cp_async16(slot(st, 0, j), q.x + (in ? cj : 0), in);
+      cp_async16(slot(st, 1, j), q.dy + (in ? cj : 0), in);
+      if (gate) cp_async16(slot(st, 2, j), q.z + (in ? cj : 0), in);
     }
     const int64_t i = g * M + (okn ? rn : 0);
-    cp_async_small<sizeof(A)>(rstats + (st * 2) * bd + threadIdx.x, CURSORS ? (okn ? qs : rsb) : rsb + i, okn);
-    if (!c.is_rms_norm)
-      cp_async_small<sizeof(A)>(rstats + (st * 2 + 1) * bd + threadIdx.x, CURSORS ? (okn ? qm : mnb) : mnb + i, okn);
+    cp_async_small<sizeof(A)>(rstats + (st * 2) * bd + threadIdx.x, static_cast<const A*>(a.rstd) + i, okn);
+    if (!c.is_rms_norm) cp_async_small<sizeof(A)>(rstats + (st * 2 + 1) * bd + threadIdx.x,
+                                                  static_cast<const A*>(a.mean) + i, okn);
     cp_async_commit();
-    if (CURSORS) {
-      qr += step;
-      qx += qdx;
-      qy += qdy;
-      qz += qdz;
-      qs += step;
-      qm += step;
-    }
   };
-  // This row's outputs (aligned rows; never written past the end: lim).
-  T* px = static_cast<T*>(a.dx) + (rb0 + rl) * a.dx_stride + col0;
-  T* pz = gate ? static_cast<T*>(a.dz) + (rb0 + rl) * a.dz_stride + col0 : nullptr;
-  T* po = a.out ? static_cast<T*>(a.out) + (rb0 + rl) * a.out_stride + col0 : nullptr;
-  const int64_t pdx = step * a.dx_stride, pdz = gate ? step * a.dz_stride : 0, pdo = a.out ? step * a.out_stride : 0;
   if (ALIGNED) {
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
@@ -160,18 +122,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   auto row = [&](int64_t rb, const gn_act act) {
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
-    BwdRow<T> p;
-    if (ALIGNED && CURSORS) {
-      p.x = p.z = p.dy = nullptr;
-      p.dx = px;
-      p.dz = pz;
-      p.out = po;
-      px += pdx;
-      if (gate) pz += pdz;
-      if (po) po += pdo;
-    } else {
-      p = bwd_row<T>(a, ok ? r : 0, col0);
-    }
+    const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
     const int lim = ok ? G : 0;
     A mean = 0, rstd = 0;
     if (ALIGNED) {
