@@ -387,9 +387,9 @@ struct TeamScratch {
 // it may hit __syncthreads. All team members get the same, order-fixed result.
 template <int NVAL, typename A>
 __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
-  // Unrolled, each step predicated on the
-  // (uniform) team width -- a run-time loop costs six instructions a step (SASS), this
-  // two or three; the same additions in the same order.
+  // Unrolled, each step predicated on the (uniform) team width -- a run-time loop costs
+  // six instructions a step (SASS), this two or three; the same additions in the same
+  // order.
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     if (off < tpg) {
