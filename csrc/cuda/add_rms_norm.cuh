@@ -19,8 +19,6 @@
 namespace gn {
 namespace an {
 
-template <typename T> struct Tag { using type = T; };
-
 // rstd of a row from its sum of squares. Every forward kernel computes it this one way, so
 // in-place and out-of-place calls agree bitwise whichever kernel each takes:
 // 1/N and eps from the constant bank (RowConsts, a kernel parameter) instead of an IEEE

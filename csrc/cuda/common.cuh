@@ -35,6 +35,21 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
   return __float2bfloat16_rn(v);
 }
 
+template <typename T> struct Tag { using type = T; };
+
+// The launchers' dtype dispatch: f(Tag<T>{}) with T the storage type of `dtype`, its
+// status returned; GN_ERR_INVALID for a dtype without kernels.
+template <typename F>
+inline gn_status with_dtype(gn_dtype dtype, F&& f) {
+  switch (dtype) {
+    case GN_FLOAT32: return f(Tag<float>{});
+    case GN_FLOAT16: return f(Tag<__half>{});
+    case GN_BFLOAT16: return f(Tag<__nv_bfloat16>{});
+    case GN_FLOAT64: return f(Tag<double>{});
+    default: return GN_ERR_INVALID;
+  }
+}
+
 // gn_dtype_size for device code.
 __host__ __device__ __forceinline__ size_t dtype_bytes(gn_dtype t) {
   return t == GN_FLOAT64 ? 8 : (t == GN_FLOAT32 ? 4 : 2);

@@ -371,13 +371,7 @@ extern "C" gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream) {
   gn_status st = plan_bwd(c, a, &p);
   if (st != GN_OK) return st;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (c.dtype) {
-    case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;
-    case GN_FLOAT16: st = launch_typed<__half>(*a, p, s); break;
-    case GN_BFLOAT16: st = launch_typed<__nv_bfloat16>(*a, p, s); break;
-    case GN_FLOAT64: st = launch_typed<double>(*a, p, s); break;
-    default: return GN_ERR_INVALID;
-  }
+  st = with_dtype(c.dtype, [&](auto t) { return launch_typed<typename decltype(t)::type>(*a, p, s); });
   if (st != GN_OK) return st;
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? GN_OK : cuda_fail(e, "gated_norm backward launch");

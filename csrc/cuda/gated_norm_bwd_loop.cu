@@ -174,13 +174,7 @@ gn_status launch_typed(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsi
 
 gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   if (p.layout.aligned) return launch_bwd_loop_async(a, p, s, parts);
-  switch (a.cfg.dtype) {
-    case GN_FLOAT32: return launch_typed<float>(a, p, s, parts);
-    case GN_FLOAT16: return launch_typed<__half>(a, p, s, parts);
-    case GN_BFLOAT16: return launch_typed<__nv_bfloat16>(a, p, s, parts);
-    case GN_FLOAT64: return launch_typed<double>(a, p, s, parts);
-    default: return GN_ERR_INVALID;
-  }
+  return with_dtype(a.cfg.dtype, [&](auto t) { return launch_typed<typename decltype(t)::type>(a, p, s, parts); });
 }
 
 }  // namespace gn

@@ -318,13 +318,7 @@ extern "C" gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream) {
   const int64_t strides[3] = {a->x_stride, a->z_stride, a->out_stride};
   const Plan p = make_plan(c, false, fwd_loop_arrays(*a), rows_aligned(c, ptrs, strides, 3), dev, true);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (c.dtype) {
-    case GN_FLOAT32: st = launch_typed<float>(*a, p, s); break;
-    case GN_FLOAT16: st = launch_typed<__half>(*a, p, s); break;
-    case GN_BFLOAT16: st = launch_typed<__nv_bfloat16>(*a, p, s); break;
-    case GN_FLOAT64: st = launch_typed<double>(*a, p, s); break;
-    default: return GN_ERR_INVALID;
-  }
+  st = with_dtype(c.dtype, [&](auto t) { return launch_typed<typename decltype(t)::type>(*a, p, s); });
   if (st != GN_OK) return st;
   cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? GN_OK : cuda_fail(e, "gated_norm forward launch");

@@ -220,13 +220,7 @@ gn_status launch_typed(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
 }  // namespace
 
 gn_status launch_fwd_loop_async(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  switch (a.cfg.dtype) {
-    case GN_FLOAT32: return launch_typed<float>(a, p, s);
-    case GN_FLOAT16: return launch_typed<__half>(a, p, s);
-    case GN_BFLOAT16: return launch_typed<__nv_bfloat16>(a, p, s);
-    case GN_FLOAT64: return launch_typed<double>(a, p, s);
-    default: return GN_ERR_INVALID;
-  }
+  return with_dtype(a.cfg.dtype, [&](auto t) { return launch_typed<typename decltype(t)::type>(a, p, s); });
 }
 
 }  // namespace gn
