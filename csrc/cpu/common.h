@@ -33,18 +33,21 @@
 #endif
 
 /* The kernels' per-thread bodies (fwd_team, bwd_team, an_*_team) and the
- * conversion loops: on x86-64 with glibc (ifunc), gcc also builds AVX-512 and AVX2
- * copies of them and picks one at load time; every loop below a body is inlined
+ * conversion loops: on x86-64 with glibc (ifunc), gcc also builds x86-64-v4 (AVX-512)
+ * and x86-64-v3 (AVX2 + FMA) copies of them and picks one at load time; every loop below a body is inlined
  * into it (GN_INLINE), so all of them get the wider vectors (the activations are
  * compute-bound: AVX-512 over AVX2, the silu loop 0.8 -> 0.45 ns an element; the
  * reductions and the normalisation, baseline SSE2 until 2026-12-05, took a fifth of
  * the fp32 gated forward's time). Element-wise loops give bitwise the same results in every
- * copy because setup.py builds with -ffp-contract=off (an AVX-512 copy would
- * otherwise fuse a*b+c into FMAs); sums because their order is fixed in the source
- * (GN_LANE_SUM), not by the vector width. */
+ * copy because setup.py builds with -ffp-contract=off (the v3 / v4 copies would
+ * otherwise fuse some a*b+c into FMAs and the baseline copy cannot), and the FMAs the
+ * source asks for (fmaf: the exp) are one correctly rounded operation everywhere: an
+ * instruction in the v3 / v4 copies, glibc's exact fmaf in the baseline one (scalar:
+ * slow, but only CPUs without AVX2 run it); sums because their order is fixed in the
+ * source (GN_LANE_SUM), not by the vector width. */
 #ifndef GN_MULTIVERSION /* -DGN_MULTIVERSION= turns it off */
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
-#define GN_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#define GN_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GN_MULTIVERSION
 #endif
