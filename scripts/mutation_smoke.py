@@ -60,6 +60,8 @@ MUTANTS = {
     "gemma_ignored": ("csrc/cpu/add_rms_norm_impl.h", "    if (p->gemma) {", "    if (p->gemma && 0) {"),
     "silu_derivative_off_by_1e-4": ("csrc/cpu/gated_norm_impl.h", "*dact = silu ? s * ((GN_T)1 + z * ((GN_T)1 - s)) :",
                                     "*dact = silu ? s * ((GN_T)1 + z * ((GN_T)1 - s)) * (GN_T)1.0001 :"),
+    "exp_coefficient_off_5e-4": ("csrc/cpu/gated_norm.c", "p = fmaf(p, r, 4.9999991059303284e-1f);",
+                                 "p = fmaf(p, r, 4.9949991059303284e-1f);"),
     "addnorm_eps_doubled": ("csrc/cpu/add_rms_norm_impl.h", "* inv_n + eps);", "* inv_n + eps * (GN_T)2);"),
     "direct_entry_ignores_requires_grad": ("csrc/eager.cpp", "!(grad && out->requires_grad())",
                                            "!(false && out->requires_grad())"),
