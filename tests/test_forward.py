@@ -284,22 +284,38 @@ print("kernels", sorted(set(names)))
 """
 
 
-@requires_cuda
-@pytest.mark.parametrize("slots", [0, 1, 5, -1], ids=["none", "x-part", "z-part", "all"])
-def test_cuda_loop_slots(slots):
+_LOOP_CASES = [((3, 1 << 18), "bfloat16", None, True, True, "silu"),
+               ((3, 1 << 18), "bfloat16", None, False, False, "swish"),  # z in the statistics, LayerNorm
+               ((40, 1 << 18), "float16", None, True, False, "sigmoid"),
+               ((2, 1 << 17), "float32", None, False, True, "swish"),
+               ((2, 1 << 18), "bfloat16", 1 << 17, True, False, "silu"),
+               ((1, 1 << 17), "float64", None, False, False, "sigmoid")]
+
+
+def _loop_path_child(**knobs):
+    """The loop-path cases in a child process with read-once knobs set; checks they stayed
+    on the aligned loop kernels."""
     import os
     import subprocess
     import sys
-    cases = [((3, 1 << 18), "bfloat16", None, True, True, "silu"),
-             ((3, 1 << 18), "bfloat16", None, False, False, "swish"),  # z in the statistics, LayerNorm
-             ((40, 1 << 18), "float16", None, True, False, "sigmoid"),
-             ((2, 1 << 17), "float32", None, False, True, "swish"),
-             ((2, 1 << 18), "bfloat16", 1 << 17, True, False, "silu"),
-             ((1, 1 << 17), "float64", None, False, False, "sigmoid")]
     tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, GATEDNORM_LOOP_SLOTS=str(slots))
-    r = subprocess.run([sys.executable, "-c", _SLOTS_SCRIPT.format(tests=tests, cases=cases)], env=env,
+    env = dict(os.environ, **{k: str(v) for k, v in knobs.items()})
+    r = subprocess.run([sys.executable, "-c", _SLOTS_SCRIPT.format(tests=tests, cases=_LOOP_CASES)], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("kernels ")][-1]
     assert line == "kernels []" or ("fwd_loop_async" in line and "bwd_loop_async" in line), line  # []: no CUPTI
+
+
+@requires_cuda
+@pytest.mark.parametrize("slots", [0, 1, 5, -1], ids=["none", "x-part", "z-part", "all"])
+def test_cuda_loop_slots(slots):
+    _loop_path_child(GATEDNORM_LOOP_SLOTS=slots)
+
+
+@requires_cuda
+@pytest.mark.parametrize("cluster", [1, 2, 8], ids=["unsplit", "cluster2", "cluster8"])
+def test_cuda_loop_cluster(cluster):
+    """GATEDNORM_LOOP_CLUSTER (the loop path's largest cluster, a tuning knob): other
+    slicings of the same rows, also with part of a slice staged."""
+    _loop_path_child(GATEDNORM_LOOP_CLUSTER=cluster, GATEDNORM_LOOP_SLOTS=5)

@@ -156,6 +156,19 @@ static int slice_vecs() {
   return v;
 }
 
+// The loop path's largest cluster. GATEDNORM_LOOP_CLUSTER=k (1, 2, 4, 8 or 16; read once)
+// overrides CLUSTER_MAX for tuning: 16 rows of 2^20 split 16 ways make 16 clusters of 16
+// CTAs, more than an H100 holds at once (a cluster of 16 needs 16 free SMs of one GPC),
+// so they may run in waves where clusters of 8 would run in one.
+static int loop_cluster_max() {
+  static const int v = [] {
+    const char* e = getenv("GATEDNORM_LOOP_CLUSTER");
+    const int k = e ? atoi(e) : 0;
+    return k >= 1 && k <= CLUSTER_MAX && (k & (k - 1)) == 0 ? k : CLUSTER_MAX;
+  }();
+  return v;
+}
+
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split) {
   Plan p{};
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
@@ -180,7 +193,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
   int cs = 1;
   if (split) {
-    while (cs < CLUSTER_MAX && ngroups * cs * cfg.rows < 2LL * dev.sms && nvec % (2 * cs) == 0) cs <<= 1;
+    while (cs < loop_cluster_max() && ngroups * cs * cfg.rows < 2LL * dev.sms && nvec % (2 * cs) == 0) cs <<= 1;
   }
   Plan loop = loop_plan(cfg, (size_t)(G / cs) * gn_dtype_size(cfg.dtype) * narrays, dev, cs);
   loop.layout.aligned = aligned;
