@@ -24,7 +24,8 @@ import time
 import torch
 
 from .cases import Case
-from .common import DTYPES, err, free, host_baselines, resolve_provider, rotating_sets, sync_quietly, tol_check
+from .common import (DTYPES, err, free, host_baselines, resolve_provider, rotating_sets, same_size_copy,
+                     sync_quietly, tol_check)
 from .providers import Env, norm_provider_fn
 from .results import row
 
@@ -163,3 +164,4 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
         host_baselines(timer, sets[0]["x"], sink, row, c, env, ceiling)
     del sets, w
     free(env.device)
+    same_size_copy(c, env, timer, sink, row, nbytes, ceiling, passes, reps, budget_s)

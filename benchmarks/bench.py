@@ -22,7 +22,8 @@ How it measures (DESIGN section 5), all in one process:
 Bytes: gated forward = (x + z + out), backward = (x + z + dy + dx + dz) elements x element
 size (weight/bias left out; no z: the z terms dropped); forward+backward = both. Fused add +
 RMSNorm = (x + residual read, x + residual written) + the weight once; plain RMSNorm = x + out
-+ the weight. GB/s = bytes / time (1 GB = 1e9 B); frac = GB/s / copy ceiling.
++ the weight. GB/s = bytes / time (1 GB = 1e9 B); frac = GB/s / copy ceiling. Each fwd /
+fwdbwd row also times `samecopy`, a copy of the same bytes (a reference column, not a peer).
 
 Providers (any that is missing or fails on a row is "n/a" with the reason, never a crash):
 gated norm: ours, triton (FLA layernorm_gated), fng (FLA fused_norm_gate), eager, compile;

@@ -80,3 +80,25 @@ def host_baselines(timer, x, sink, row, c, env, ceiling):
             sink.add(row(c, env, name, "host", t, None, ceiling, reps=n))
         except Exception as e:
             sink.add(row(c, env, name, "host", None, None, ceiling, note=err(e)))
+
+
+def same_size_copy(c, env, timer, sink, row, nbytes, ceiling, passes, reps, budget_s):
+    """Rows of provider `samecopy`: a device-to-device copy that moves as many bytes as the
+    row's pass must (half read, half written), timed like the providers (L2-cold rotation).
+    The copy ceiling is a 1-2 GiB copy; a pass that moves ~100 MB pays the same fixed costs
+    as a copy of its size (launch, the ramp to full bandwidth, the last wave's tail), so
+    ours / samecopy is how close a kernel is to what its size allows."""
+    for ps in passes:
+        if ps not in ("fwd", "fwdbwd"):
+            continue
+        n = max(1, nbytes[ps] // 8)  # fp32 elements a side
+        nsets = rotating_sets(env, timer, 2 * n * 4)
+        try:
+            bufs = [(torch.ones(n, device=env.device), torch.empty(n, device=env.device)) for _ in range(nsets)]
+            t, k = timer.events(lambda i: bufs[i % nsets][1].copy_(bufs[i % nsets][0]), reps, budget_s)
+            sink.add(row(c, env, "samecopy", ps, t, nbytes[ps], ceiling, reps=k, note="a copy of the same bytes"))
+        except Exception as e:
+            sink.add(row(c, env, "samecopy", ps, None, nbytes[ps], ceiling, note=err(e)))
+            sync_quietly(env.device)
+        bufs = None
+        free(env.device)

@@ -11,7 +11,8 @@ import time
 import torch
 
 from .cases import Case
-from .common import DTYPES, err, free, host_baselines, resolve_provider, rotating_sets, rel, sync_quietly, tol_check
+from .common import (DTYPES, err, free, host_baselines, resolve_provider, rotating_sets, rel, same_size_copy,
+                     sync_quietly, tol_check)
 from .providers import Env, provider_fn
 from .results import row
 
@@ -149,3 +150,4 @@ def bench_case(c: Case, env: Env, timer, providers, ceiling, sink, reps, budget_
         host_baselines(timer, sets[0]["x"], sink, row, c, env, ceiling)
     del sets, shared, ref_out, ref_grads
     free(env.device)
+    same_size_copy(c, env, timer, sink, row, nbytes, ceiling, passes, reps, budget_s)

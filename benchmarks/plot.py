@@ -34,6 +34,7 @@ STYLE = {  # provider -> (color, marker, label)
     "eager": ("tab:gray", "v", "eager PyTorch"),
     "compile": ("tab:purple", "D", "torch.compile"),
     "flashinfer": ("tab:orange", "P", "FlashInfer"),
+    "samecopy": ("black", "x", "a copy of the same bytes"),
 }
 NORM_TITLES = {"addnorm": "fused add + RMSNorm (in place)", "rmsnorm": "RMSNorm, no add"}
 
@@ -70,7 +71,7 @@ def plot(rows, out_dir="docs", prefix="sweep_n", names=("bench_fwd.png", "bench_
         for ax, dt in zip(axes[0], dtypes):
             cur = [r for r in sel if r["dtype"] == dt]
             ymax = 1.05
-            for p in PROVIDERS:
+            for p in PROVIDERS + ("samecopy",):
                 pts = sorted((r["N"], r["frac"]) for r in cur
                              if r["provider"] == p and r["frac"] is not None and r["ok"] is not False)
                 if not pts:
@@ -126,7 +127,7 @@ def plot_norm(rows, out_dir="docs", family="addnorm", name=None):
     for (dt, m), ax in zip([(d, m) for d in dtypes for m in ms], axes.flat):
         cur = [r for r in sel if r["M"] == m and r["dtype"] == dt]
         graph = all(r["pass"] == "graph" for r in cur)
-        for p in ADDNORM_PROVIDERS:
+        for p in ADDNORM_PROVIDERS + ("samecopy",):
             pts = sorted((r["N"], r["frac"]) for r in cur
                          if r["provider"] == p and r["frac"] is not None and r["ok"] is not False)
             if pts:

@@ -57,6 +57,8 @@ def print_table(rows, file=None):
         if not sel:
             continue
         provs = [p for p in providers_of(fam) if any(r["provider"] == p for r in sel)]
+        if any(r["provider"] == "samecopy" for r in sel):
+            provs.append("samecopy")  # a reference column, not a peer (vs best leaves it out)
         keys = []
         for r in sel:
             k = (r["name"], r["M"], r["N"], r["dtype"])
@@ -85,7 +87,7 @@ def print_table(rows, file=None):
                 line += f" {_cell(add, False):>10}"
                 ratio = f"{ours['time_us'] / add['time_us']:.2f}x" if _good(ours) and _good(add) else "-"
                 line += f" {ratio:>10}"
-            peers = [by.get(k + (p,)) for p in provs if p != "ours"]
+            peers = [by.get(k + (p,)) for p in provs if p not in ("ours", "samecopy")]
             peers = [r for r in peers if _good(r)]
             vs_best = vs_eager = "-"
             if _good(ours) and peers:

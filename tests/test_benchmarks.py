@@ -26,3 +26,22 @@ def test_cli_rejects_unknown_pass():
     with pytest.raises(SystemExit) as e:
         bench.main(["--passes", "fwd,backward", "--list"])
     assert e.value.code == 2
+
+
+def test_same_size_copy_is_a_reference_not_a_peer():
+    """Each fwd / fwdbwd row also times a copy of the bytes it must move (samecopy); the
+    table shows it as a column, but "vs best" compares ours with real peers only."""
+    import io
+
+    from benchmarks.table import print_table
+    rows = bench.run(device="cpu", only="^cpu_n128_z_after$", passes=["fwd"], reps=2, budget_s=0.05,
+                     providers=["ours"], compile=False, csv_path=None, log=None)
+    ours = [r for r in rows if r["provider"] == "ours"]
+    copy = [r for r in rows if r["provider"] == "samecopy"]
+    assert len(copy) == 1 and copy[0]["pass"] == "fwd" and copy[0]["time_us"] > 0
+    # the same bytes: the GB/s of each is its bytes over its time
+    assert copy[0]["gbps"] * copy[0]["time_us"] == pytest.approx(ours[0]["gbps"] * ours[0]["time_us"])
+    out = io.StringIO()
+    print_table(rows, file=out)
+    line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("cpu_n128_z_after"))
+    assert "samecopy" in out.getvalue() and line.split()[-2] == "-"  # no peer: vs best is "-"
