@@ -10,8 +10,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include <type_traits>
-
 #include "add_rms_norm.cuh"
 
 namespace gn {
@@ -85,11 +83,6 @@ __global__ void __launch_bounds__(DECODE_MAX_THREADS, 2) an_fwd_decode(const gn_
   // its blocks wait in pdl_wait until this grid has finished.
   pdl_trigger();
   decode_row<T, R, P>(a, rc, red);
-}
-
-template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {
-  return sizeof(T) == 8 ? GN_FLOAT64 : sizeof(T) == 4 ? GN_FLOAT32
-                        : (std::is_same<T, __half>::value ? GN_FLOAT16 : GN_BFLOAT16);
 }
 
 // Rows beyond one wave of resident blocks: with the add, this kernel still, as FlashInfer

@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "gatednorm.h"
 #include "ptx.cuh"
 
@@ -36,6 +38,12 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, flo
 }
 
 template <typename T> struct Tag { using type = T; };
+
+// The gn_dtype of a storage type (with_dtype's inverse).
+template <typename T> __host__ __device__ constexpr gn_dtype dtype_of() {
+  return sizeof(T) == 8 ? GN_FLOAT64 : sizeof(T) == 4 ? GN_FLOAT32
+                        : (std::is_same<T, __half>::value ? GN_FLOAT16 : GN_BFLOAT16);
+}
 
 // The launchers' dtype dispatch: f(Tag<T>{}) with T the storage type of `dtype`, its
 // status returned; GN_ERR_INVALID for a dtype without kernels.

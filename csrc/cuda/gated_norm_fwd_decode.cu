@@ -7,8 +7,6 @@
 // (x, z, w, b) is issued at once and held packed, and the team reduces with shuffles only.
 // H200, bf16: the register path takes 2.06 us a graph replay at M = 32, N = 128 (triton
 // 1.53).
-#include <type_traits>
-
 #include "gated_norm_fwd.cuh"
 
 namespace gn {
@@ -86,11 +84,6 @@ __global__ void __launch_bounds__(DECODE_BLOCK) fwd_decode(const gn_fwd_args a, 
   }
   store_vec<T, VEC>(static_cast<T*>(a.out) + rr * a.out_stride + col, cj, lim, true, v);
   if (ok && lt == 0) store_stats<A>(a, g, r, mean, rstd);
-}
-
-template <typename T>
-constexpr gn_dtype dtype_of() {
-  return sizeof(T) == 4 ? GN_FLOAT32 : (std::is_same<T, __half>::value ? GN_FLOAT16 : GN_BFLOAT16);
 }
 
 template <typename T, typename P>
