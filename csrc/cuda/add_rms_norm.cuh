@@ -25,8 +25,7 @@ namespace an {
 // division (~15 instructions and a slow-path call in the decode kernel's SASS) and a
 // double->float conversion a row.
 template <typename A>
-__device__ __forceinline__ A row_rstd(A ss, const gn_addnorm_config& c, const RowConsts<A>& rc) {
-  (void)c;
+__device__ __forceinline__ A row_rstd(A ss, const RowConsts<A>& rc) {
   return rsqrt_acc(ss * rc.inv_g + rc.eps);
 }
 template <typename A>

@@ -47,9 +47,9 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   uint4* ring = reinterpret_cast<uint4*>(dyn + staged_weight_bytes<A>(N));
   auto word = [&](int st, int w) { return ring + (st * words + w) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // As in gated_norm_fwd.cu: row pointers as cursors
-  // advanced by a constant each row. issue() is called in row order (rows rb0 + rl, + step,
-  // ...); copies that read nothing take the tensor's base address.
+  // As in gated_norm_fwd.cu: row pointers as cursors advanced by a constant each row; each
+  // issue() requests the cursor's row (rb0 + rl, then + step each call); copies that read
+  // nothing take the tensor's base address.
   const T* const xb = static_cast<const T*>(a.x);
   const R* const resb = static_cast<const R*>(a.residual);
   int64_t qr = rb0 + rl;
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   R* pro = a.residual_out ? static_cast<R*>(a.residual_out) + (rb0 + rl) * a.residual_out_stride : nullptr;
   T* pout = static_cast<T*>(a.out) + (rb0 + rl) * a.out_stride;
   const int64_t pdro = a.residual_out ? step * a.residual_out_stride : 0, pdout = step * a.out_stride;
-  auto issue = [&](int64_t, int st) {  // one commit group per row, even an empty one
+  auto issue = [&](int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && qr < M;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
   pdl_wait();
   if (ALIGNED) {
 #pragma unroll
-    for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
+    for (int st = 0; st < S - 1; ++st) issue(st);
   }
   // After the first rows are requested: both in flight at once.
   stage_weight<A>(c, a.weight, N, sw, ALIGNED ? VEC : 0);
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
     const int lim = ok ? N : 0;  // idle teams read nothing but still reduce
     A h[K];
     if (ALIGNED) {
-      issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);  // refills the slot read last row
+      issue(st == 0 ? S - 1 : st - 1);  // row rb + (S - 1) * step + rl, into the slot read last row
       cp_async_wait<S - 1>();
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) an_fwd_regs(cons
       for (int j = 0; j < NV; ++j) store_vec<R, VEC>(ro, cl + j * cs, lim, ALIGNED, &h[j * VEC]);
     }
     team_sum<1>(ss, L.tpg, red, phase);
-    const A rstd = row_rstd<A>(ss[0], c, rc);
+    const A rstd = row_rstd<A>(ss[0], rc);
     T* out = out_row;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(LOOP_BLOCK) an_fwd_loop(const gn_addnorm_fwd_a
       ss[0] += h * h;
     }
     team_sum<1>(ss, blockDim.x, red, phase);
-    const A rstd = row_rstd<A>(ss[0], c, rc);
+    const A rstd = row_rstd<A>(ss[0], rc);
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
       const A h = L.staged ? sh[j] : (ro ? load_param<A>(ro, c.residual_dtype, j) : h_at(j));
       store_param<A>(out, c.dtype, j, h * rstd * weight_at<A>(c, a.weight, j));

@@ -53,7 +53,7 @@ __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, const R
   if (a.residual_out) store_vec<R, VEC>(static_cast<R*>(a.residual_out) + r * a.residual_out_stride, cj, N, true, h);
   int phase = 0;
   team_sum<1>(ss, blockDim.x, red, phase);
-  const A rstd = row_rstd<A>(ss[0], c, rc);
+  const A rstd = row_rstd<A>(ss[0], rc);
   A wv[VEC];
   if (w) {
     acc_t<P> wp[VEC];

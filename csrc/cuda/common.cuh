@@ -452,39 +452,4 @@ __device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL
   }
 }
 
-
-// Mean and sum of squared deviations (M2) over a team, in one pass and one barrier: each
-// thread brings the mean and M2 of its own `n` elements (the same n for every thread of
-// the team: a team that exactly tiles its group), and pairs of equal-count partials merge
-// by Chan's formula, mean = (ma + mb) / 2, M2 = M2a + M2b + (mb - ma)^2 n / 2 -- as stable
-// as two passes (no E[x^2] - E[x]^2 cancellation), and symmetric in a and b, so every lane
-// of the team gets the same bits. Teams larger than a warp: a power-of-two number of
-// warps (equal counts at every level of the tree). Same calling contract as team_sum.
-template <typename A>
-__device__ __forceinline__ void team_mean_m2(A& m, A& q, A n, int tpg, TeamScratch<2, A>& red, int& phase) {
-  auto merge = [&](A mb, A qb) {
-    const A d = mb - m;
-    m = (m + mb) * A(0.5);
-    q = (q + qb) + d * d * (n * A(0.5));
-    n += n;
-  };
-  const int width = tpg < 32 ? tpg : 32;
-  for (int off = width >> 1; off > 0; off >>= 1)
-    merge(__shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, q, off));
-  if (tpg <= 32) return;
-  A* part = red.part[phase];
-  phase ^= 1;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    part[warp] = m;
-    part[32 + warp] = q;
-  }
-  __syncthreads();
-  const int wpt = tpg >> 5, first = (warp / wpt) * wpt;
-  m = part[first + (lane & (wpt - 1))];
-  q = part[32 + first + (lane & (wpt - 1))];
-  for (int off = wpt >> 1; off > 0; off >>= 1)
-    merge(__shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, q, off));
-}
-
 }  // namespace gn

@@ -65,11 +65,10 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
-  // Row pointers as cursors advanced by a constant
-  // each row, instead of base + row * stride (64-bit multiplies, the clamp of rows past the
-  // end) recomputed for every tensor of every row. issue() is called in row order (rows
-  // rb0 + rl, + step, ...), so its `rn` is the cursor's row; copies that read nothing take
-  // the tensor's base address.
+  // Row pointers as cursors advanced by a constant each row, instead of base + row * stride
+  // (64-bit multiplies, the clamp of rows past the end) recomputed for every tensor of every
+  // row. Each issue() requests the cursor's row (rb0 + rl, then + step each call); copies
+  // that read nothing take the tensor's base address.
   const T* const xb = static_cast<const T*>(a.x);
   const T* const zb = static_cast<const T*>(a.z);
   int64_t qr = rb0 + rl;
@@ -78,7 +77,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const int64_t qdx = step * a.x_stride, qdz = gate ? step * a.z_stride : 0;
   T* po = static_cast<T*>(a.out) + (rb0 + rl) * a.out_stride + col0;  // this row's out (aligned rows)
   const int64_t pdo = step * a.out_stride;
-  auto issue = [&](int64_t, int st) {  // one commit group per row, even an empty one
+  auto issue = [&](int st) {  // one commit group per row, even an empty one
     const bool okn = team_ok && qr < M;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -94,7 +93,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   pdl_wait();
   if (ALIGNED) {
 #pragma unroll
-    for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
+    for (int st = 0; st < S - 1; ++st) issue(st);
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
@@ -168,7 +167,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     if (ALIGNED) {
       // The slot refilled here was read in the previous iteration, whose values
       // were all consumed (stored) before this point: no overwrite hazard.
-      issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);
+      issue(st == 0 ? S - 1 : st - 1);  // row rb + (S - 1) * step + rl
       cp_async_wait<S - 1>();
     }
     A v[K];

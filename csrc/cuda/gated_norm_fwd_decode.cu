@@ -107,20 +107,18 @@ gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInf
                     (uintptr_t)a.weight % 16 == 0 && (uintptr_t)a.bias % 16 == 0;
   if (!fits) return GN_OK;
   const gn_dtype pd = a.weight || a.bias ? a.cfg.param_dtype : a.cfg.dtype;
-  auto go = [&](auto tag) {
-    using T = decltype(tag);
-    if (pd == dtype_of<T>()) return launch<T, T>(a, p, dev, s, done);
-    if constexpr (sizeof(T) == 2) {
-      if (pd == GN_FLOAT32) return launch<T, float>(a, p, dev, s, done);
+  return with_dtype(a.cfg.dtype, [&](auto tag) -> gn_status {
+    using T = typename decltype(tag)::type;
+    if constexpr (sizeof(T) == 8) {
+      return GN_OK;  // fp64: correctness, not latency (the register path)
+    } else {
+      if (pd == dtype_of<T>()) return launch<T, T>(a, p, dev, s, done);
+      if constexpr (sizeof(T) == 2) {
+        if (pd == GN_FLOAT32) return launch<T, float>(a, p, dev, s, done);
+      }
+      return GN_OK;
     }
-    return GN_OK;
-  };
-  switch (a.cfg.dtype) {
-    case GN_FLOAT32: return go(float{});
-    case GN_FLOAT16: return go(__half{});
-    case GN_BFLOAT16: return go(__nv_bfloat16{});
-    default: return GN_OK;
-  }
+  });
 }
 
 }  // namespace gn
