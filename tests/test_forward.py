@@ -264,8 +264,9 @@ def test_cuda_kernel_paths(case):
 # GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_*_loop_async.cu): the
 # aligned loop paths stage at most k vectors a thread, so shapes of a few MB exercise what
 # only 2^20-wide rows reach by themselves: nothing staged (0), x partly staged (1), x whole
-# and the next tensor in part (5: 4 vectors a thread of each), forward and backward. 40 rows of 2^18 split 4 ways leave some
-# clusters a second row (the next row's copies issued under this row's output).
+# and the next tensor in part (5: 4 vectors a thread of each), forward and backward. 40
+# rows of 2^18 split 4 ways leave some clusters a second row (the next row's copies issued
+# under this row's output).
 _SLOTS_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
