@@ -5,7 +5,8 @@
 # Logs go to $OUT (the device tool's return folder) or /tmp/gatednorm-out.
 #   bash scripts/device_check.sh [tests] [sanitize] [sglang] [host] [bench] [bench-args...]
 # Environment: PYTEST_FILES / PYTEST_ARGS (tests), SANITIZE_FILES / SANITIZE_TOOLS
-# (sanitize; default memcheck and racecheck).
+# (sanitize; default memcheck and racecheck), STEP_TIMEOUT (seconds a test or sanitizer
+# step may run, so that a call's limit still leaves the logs of the steps before it).
 # host: benchmarks.host_overhead on CUDA at the decode shape (host wall per eager call,
 # layer by layer: op entry points, direct entry points, public functions, modules).
 set -uo pipefail
@@ -76,14 +77,14 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import torch_ops; assert torch_ops.has_cuda_kernels(), 'no CUDA kernels in this build'" || exit 1
 
 case " $steps " in *" tests "*)
-  eval "python3 -m pytest -p no:cacheprovider ${PYTEST_ARGS:--q -x} ${PYTEST_FILES:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
+  eval "timeout ${STEP_TIMEOUT:-0} python3 -m pytest -p no:cacheprovider ${PYTEST_ARGS:--q -x} ${PYTEST_FILES:-tests}" 2>&1 | tee "$OUT/tests.log" | tail -25 ;;
 esac
 case " $steps " in *" sanitize "*)
   for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
     # (the tuning-knob test runs its cases in child processes: minutes more under racecheck,
     # and its kernels are the other tests' instantiations, in other layouts: sanitize those
     # with the knob set by hand when the knob's layouts ship)
-    compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
+    timeout ${STEP_TIMEOUT:-0} compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 20 \
       python3 -m pytest -q -x -p no:cacheprovider -m "not slow" -k "cuda and not vecs_knobs and not loop_slots and not loop_cluster" ${SANITIZE_FILES:-tests/test_forward.py tests/test_backward.py tests/test_add_rms_norm.py tests/test_param_layouts.py} \
       > "$OUT/sanitizer-$tool.log" 2>&1
     echo "compute-sanitizer $tool: exit $?"; grep -E 'passed|failed' "$OUT/sanitizer-$tool.log" | tail -1
