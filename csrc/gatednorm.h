@@ -71,6 +71,7 @@ typedef struct {
   void* out;          int64_t out_stride;
   void* mean;         /* NULL: not stored (always NULL for RMS) */
   void* rstd;         /* NULL: not stored */
+  void* workspace;    /* >= gn_*_fwd_workspace_bytes(&cfg) bytes, 16-byte aligned; NULL when that is 0 */
 } gn_fwd_args;
 
 typedef struct {
@@ -137,6 +138,7 @@ typedef struct {
 } gn_addnorm_bwd_args;
 
 /* ---- CPU (csrc/cpu) ---- */
+size_t gn_cpu_fwd_workspace_bytes(const gn_config* cfg); /* 0: the CPU forward needs none */
 size_t gn_cpu_bwd_workspace_bytes(const gn_config* cfg);
 gn_status gn_cpu_fwd(const gn_fwd_args* a);
 gn_status gn_cpu_bwd(const gn_bwd_args* a);
@@ -147,6 +149,7 @@ gn_status gn_cpu_addnorm_bwd(const gn_addnorm_bwd_args* a);
 
 /* ---- CUDA (csrc/cuda): run on `stream` (a cudaStream_t) of the current
  * device; never synchronise the host; capturable in a CUDA graph. ---- */
+size_t gn_cuda_fwd_workspace_bytes(const gn_config* cfg); /* > 0 only for few rows of very wide groups */
 size_t gn_cuda_bwd_workspace_bytes(const gn_config* cfg);
 gn_status gn_cuda_fwd(const gn_fwd_args* a, void* stream);
 gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream);

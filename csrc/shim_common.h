@@ -26,6 +26,7 @@
 #define gn_cpu_fwd(a) gn_cuda_fwd(a, nullptr)
 #define gn_cpu_bwd(a) gn_cuda_bwd(a, nullptr)
 #define gn_cpu_bwd_workspace_bytes(c) gn_cuda_bwd_workspace_bytes(c)
+#define gn_cpu_fwd_workspace_bytes(c) gn_cuda_fwd_workspace_bytes(c)
 #define gn_cpu_addnorm_fwd(a) gn_cuda_addnorm_fwd(a, nullptr)
 #define gn_cpu_addnorm_bwd(a) gn_cuda_addnorm_bwd(a, nullptr)
 #define gn_cpu_addnorm_bwd_workspace_bytes(c) gn_cuda_addnorm_bwd_workspace_bytes(c)

@@ -65,11 +65,24 @@ Problem make_problem(const Tensor& x, const OptTensor& weight, const OptTensor& 
   return p;
 }
 
-void run_fwd(const Tensor& x, const gn_fwd_args& a) {
+// The forward's workspace (few rows of very wide groups: partial sums handed between the
+// wide path's two kernels), allocated only when the launcher asks for one.
+Tensor fwd_workspace(const Tensor& x, size_t bytes, gn_fwd_args& a) {
+  if (!bytes) return Tensor();
+  Tensor ws = at::empty({(int64_t)bytes}, x.options().dtype(ScalarType::Byte));
+  a.workspace = ws.data_ptr();
+  return ws;
+}
+
+void run_fwd(const Tensor& x, gn_fwd_args a) {
   if (a.cfg.rows == 0) return;  // idle ranks run 0-token batches: never launch an empty grid
-  if (x.is_cpu()) return check_status(gn_cpu_fwd(&a), false);
+  if (x.is_cpu()) {
+    const Tensor ws = fwd_workspace(x, gn_cpu_fwd_workspace_bytes(&a.cfg), a);
+    return check_status(gn_cpu_fwd(&a), false);
+  }
 #ifdef GN_WITH_CUDA
   CudaContext ctx(x);
+  const Tensor ws = fwd_workspace(x, gn_cuda_fwd_workspace_bytes(&a.cfg), a);
   check_status(gn_cuda_fwd(&a, ctx.stream), true);
 #else
   no_cuda();

@@ -241,9 +241,49 @@ KERNEL_PATHS = [
     ((64, 8192), None, torch.bfloat16, "fwd_regs"),
     ((600, 32768), None, torch.bfloat16, "fwd_regs"),  # split across a cluster, many rows a cluster
     ((64, 65536), 32768, torch.float16, "fwd_regs"),  # two groups, each split
-    ((600, 32767), None, torch.bfloat16, "fwd_loop"),  # unaligned: no 16-byte slices
-    ((4, 1 << 20), None, torch.bfloat16, "fwd_loop"),  # beyond 16 register slices: split loop path
+    ((600, 32767), None, torch.bfloat16, "fwd_loop"),  # unaligned: no 16-byte slices; rows for every SM
+    ((4, 1 << 20), None, torch.bfloat16, "fwd_wide"),  # beyond 16 register slices, few rows: wide path
 ]
+
+
+# (shape, group, dtype, norm_before_gate, rms, act, x's offset, row stride pad): the CUDA wide
+# path (few rows of groups the register path cannot hold: gated_norm_fwd_wide.cu), chunks of
+# 8192 bf16 / 4096 fp32 / 2048 fp64 columns. A chunk cut short at the group's end (aligned:
+# 24584 = 3 x 8192 + 8; unaligned: 65537), several groups a row, the gate in the statistics,
+# rows with a stride. LayerNorm rows sit at an offset of 64 standard deviations plus a ramp
+# of 4 across the row: its merge of the chunks' (sum, squared deviations) must be Chan's
+# (E[v^2] - mean^2 would lose ~12 bits of the variance at that offset), and with its
+# between-chunk term (the chunks' means differ by up to 4: without it the variance, 1 +
+# 4/3, would come out ~1). On the CPU the same shapes check the CPU kernels.
+WIDE_CASES = [
+    ((3, 24584), None, torch.bfloat16, True, False, "silu", 64.0, 0),
+    ((2, 2 * 24584), 24584, torch.bfloat16, False, False, "sigmoid", 64.0, 8),
+    ((2, 49168), None, torch.float16, True, True, "swish", 0.0, 16),
+    ((1, 65537), None, torch.float32, False, False, "swish", 64.0, 0),
+    ((2, 2 * 8200), 8200, torch.float32, True, True, "sigmoid", 0.0, 4),
+    ((2, 10001), None, torch.float64, False, False, "silu", 64.0, 0),
+]
+
+
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{DT_IDS[DTYPES.index(c[2])]}"
+                         f"-{'rms' if c[4] else 'ln'}-pad{c[7]}")
+def test_wide_groups(case, device):
+    """Output and statistics of few rows of very wide groups against fp64."""
+    shape, g, dtype, nbg, rms, act, offset, pad = case
+    x, w, b, z = make_inputs(shape, dtype, device)
+    if offset:
+        x = (x.double() + offset + torch.linspace(0, 4, shape[-1], dtype=torch.float64, device=device)).to(dtype)
+    if pad:  # the same values in rows `pad` elements longer: a row stride != N
+        wide = torch.full((shape[0], shape[1] + pad), float("nan"), dtype=dtype, device=device)
+        wide[:, :shape[1]] = x
+        x = wide[:, :shape[1]]
+    out, mean, rstd = run_fwd(x, w, b, z, 1e-6, g, nbg, rms, act)
+    assert_close(out, ref64(x, w, b, z, 1e-6, g, nbg, rms, act), tol(dtype, g or shape[-1]), "out")
+    emean, erstd, _ = stats64(x, z, g, nbg, rms, act)
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    assert_close(rstd, erstd, tol(sdt, g or shape[-1]), "rstd")
+    if not rms:
+        assert_close(mean, emean, tol(sdt, g or shape[-1]), "mean")
 
 
 @requires_cuda
@@ -300,6 +340,7 @@ def _loop_path_child(**knobs):
     import subprocess
     import sys
     tests = os.path.dirname(os.path.abspath(__file__))
+    knobs.setdefault("GATEDNORM_FWD_WIDE", 0)  # few rows of these widths take the wide path by default
     env = dict(os.environ, **{k: str(v) for k, v in knobs.items()})
     r = subprocess.run([sys.executable, "-c", _SLOTS_SCRIPT.format(tests=tests, cases=_LOOP_CASES)], env=env,
                        capture_output=True, text=True, timeout=600)

@@ -87,6 +87,11 @@ static gn_chunks bwd_chunks(const gn_config* c) {
   return gn_row_chunks(c->rows, c->cols, 2 * c->cols * (int64_t)acc_size(c->dtype));
 }
 
+size_t gn_cpu_fwd_workspace_bytes(const gn_config* cfg) {
+  (void)cfg;  /* a CPU thread holds whole groups: no partial statistics to hand over */
+  return 0;
+}
+
 size_t gn_cpu_bwd_workspace_bytes(const gn_config* cfg) {
   if (cfg == NULL || cfg->rows <= 0 || cfg->cols <= 0) return 0;
   return (size_t)bwd_chunks(cfg).nchunks * 2 * (size_t)cfg->cols * acc_size(cfg->dtype);

@@ -297,6 +297,7 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
       default: return GN_ERR_INVALID;
     }
   }
+  if (const int64_t chunks = fwd_wide_chunks(a.cfg, dev)) return launch_fwd_wide(a, p.layout.aligned, chunks, dev, s);
   return launch_fwd_loop(a, p, s);
 }
 

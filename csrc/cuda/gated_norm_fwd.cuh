@@ -48,6 +48,9 @@ gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInf
 // The loop path (groups too wide for the register path, or unaligned and wider than
 // one vector a thread); see gated_norm_fwd_loop.cu.
 gn_status launch_fwd_loop(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
+// The wide path (few rows of very wide groups, fwd_wide_chunks > 0; gated_norm_fwd_wide.cu):
+// needs a.workspace (gn_cuda_fwd_workspace_bytes).
+gn_status launch_fwd_wide(const gn_fwd_args& a, bool aligned, int64_t chunks, const DeviceInfo& dev, cudaStream_t s);
 // The loop path on aligned rows, staged by cp.async (gated_norm_fwd_loop_async.cu).
 gn_status launch_fwd_loop_async(const gn_fwd_args& a, const Plan& p, cudaStream_t s);
 

@@ -200,6 +200,17 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   return loop;
 }
 
+int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev) {
+  static const bool on = [] {
+    const char* e = getenv("GATEDNORM_FWD_WIDE");
+    return !e || atoi(e) != 0;
+  }();
+  const int64_t G = cfg.group_size, segments = cfg.rows * (cfg.cols / G);
+  const int64_t ch = (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(cfg.dtype));
+  if (!on || G < 2 * ch || segments >= 2LL * dev.sms) return 0;
+  return (G + ch - 1) / ch;
+}
+
 static int row_iters_override() {
   static const int v = [] {
     const char* e = getenv("GATEDNORM_ROW_ITERS");

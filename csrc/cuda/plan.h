@@ -128,6 +128,17 @@ constexpr int LOOP_BLOCK = 512;
 // overrides it for tuning (read once).
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
+// Forward wide path (gated_norm_fwd_wide.cu): chunks of WIDE_BLOCK threads x WIDE_VECS
+// 16-byte vectors, two kernels (partial sums, then statistics + output).
+constexpr int WIDE_BLOCK = 256, WIDE_VECS = 4;
+template <typename T>
+constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)sizeof(T)); }
+// Chunks a group takes on the forward's wide path, or 0 when the path is not for cfg:
+// it serves what the loop path would run with fewer (row, group) blocks than twice the
+// SMs (16 rows of 2^20), groups of 2+ chunks. GATEDNORM_FWD_WIDE=0 (read once) turns it
+// off, for tuning: those shapes then take the (split) loop path.
+int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev);
+
 // `split`: the caller's kernels take the split register path (Layout::csize).
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);
 

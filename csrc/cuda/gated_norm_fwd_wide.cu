@@ -1,0 +1,221 @@
+// Gated norm forward, wide path: few (row, group) segments of very wide groups (16 rows
+// of 2^20), two kernels over chunks of wide_chunk_cols<T>() columns.
+//
+// Why: a block (or a cluster of up to 16 CTAs) per segment leaves most SMs idle or waits
+// for whole clusters to fit (16 clusters of 16 CTAs on 132 SMs: bign_1m 0.35 of the H100's
+// copy ceiling, torch.compile's split reduction 0.59). Here every chunk is a block:
+//  1. fwd_wide_stats: a block per chunk reads x (and z when it enters the statistics),
+//     and writes the chunk's partial sums to the workspace: RMS the sum of squares;
+//     LayerNorm the sum and the squared deviations from the chunk's own mean (merged
+//     exactly in 2, as Chan et al.'s pairwise variance, never as E[v^2] - mu^2);
+//  2. fwd_wide_apply: a block per chunk sums its segment's partials (in a fixed order:
+//     every chunk of a segment gets the same bits, and reruns do too), then normalises
+//     its chunk and writes it. It walks the chunks in reverse, so the chunks the first
+//     kernel read last are read again while they are still in L2.
+// x is read twice (z too when it enters the statistics); the second read hits L2 for
+// what the first left there. No atomics, no waiting between blocks, no clusters.
+#include "gated_norm_fwd.cuh"
+
+namespace gn {
+namespace {
+
+// A chunk's place: segment s = r * ngroups + g, chunk c of C; `lim` its columns.
+template <typename T>
+struct Chunk {
+  FwdRow<T> p;
+  int64_t r, g, c, lim;
+};
+
+template <typename T>
+__device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item, int64_t C) {
+  constexpr int64_t CH = wide_chunk_cols<T>();
+  const int64_t G = a.cfg.group_size, ngroups = a.cfg.cols / G, s = item / C;
+  Chunk<T> k;
+  k.c = item - s * C;
+  k.r = s / ngroups;
+  k.g = s - k.r * ngroups;
+  k.p = fwd_row<T>(a, k.r, k.g * G + k.c * CH);
+  k.lim = G - k.c * CH < CH ? G - k.c * CH : CH;
+  return k;
+}
+
+// Vector j of this thread in a chunk: columns (j * WIDE_BLOCK + threadIdx.x) * VEC ..
+template <typename T>
+__device__ __forceinline__ int64_t wide_col(int j) {
+  return ((int64_t)j * WIDE_BLOCK + threadIdx.x) * vec_size<T>();
+}
+
+// A 16-byte vector of T at column c (zeros past lim): one load on aligned rows,
+// element by element otherwise. Zero bits are 0.0 in every dtype here.
+template <typename T>
+__device__ __forceinline__ uint4 load_word(const T* p, int64_t c, int64_t lim, bool aligned) {
+  constexpr int VEC = vec_size<T>();
+  union { uint4 u; T e[VEC]; } k;
+  k.u = make_uint4(0, 0, 0, 0);
+  if (aligned) {
+    if (c < lim) k.u = __ldg(reinterpret_cast<const uint4*>(p + c));
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i)
+      if (c + i < lim) k.e[i] = p[c + i];
+  }
+  return k.u;
+}
+
+// Partial sums per chunk: RMS one value, LayerNorm two (sum, squared deviations).
+__host__ __device__ inline int wide_parts(const gn_config& c) { return c.is_rms_norm ? 1 : 2; }
+
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a, const int64_t C, const bool al) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), K = WIDE_VECS * VEC;
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
+  pdl_wait();
+  pdl_trigger();  // the second kernel's blocks wait in its pdl_wait until this grid is done
+  const gn_config& c = a.cfg;
+  const int64_t item = (int64_t)blockIdx.y * C + blockIdx.x;
+  const Chunk<T> k = chunk_of<T>(a, item, C);
+  const bool early = a.z && !c.norm_before_gate;
+  uint4 xr[WIDE_VECS], zr[WIDE_VECS];
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {  // every load issued before any is used
+    xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
+    if (early) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
+  }
+  A v[K], s[1] = {0};
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {
+    unpack<T, VEC>(xr[j], v + j * VEC);
+    if (early) {
+      A zz[VEC];
+      unpack<T, VEC>(zr[j], zz);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) v[j * VEC + i] *= act_fwd(zz[i], c.act);  // padding: 0 * act(0) = 0
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) s[0] += c.is_rms_norm ? v[j * VEC + i] * v[j * VEC + i] : v[j * VEC + i];
+  }
+  team_sum<1>(s, WIDE_BLOCK, red, phase);
+  A* ws = static_cast<A*>(a.workspace) + item * wide_parts(c);
+  if (c.is_rms_norm) {
+    if (threadIdx.x == 0) ws[0] = s[0];
+    return;
+  }
+  const A mc = s[0] / (A)k.lim;
+  A q[1] = {0};
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const A d = v[j * VEC + i] - mc;
+      q[0] += wide_col<T>(j) + i < k.lim ? d * d : A(0);
+    }
+  }
+  team_sum<1>(q, WIDE_BLOCK, red, phase);
+  if (threadIdx.x == 0) {
+    ws[0] = s[0];
+    ws[1] = q[0];
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const bool al,
+                                                             const RowConsts<acc_t<T>> rc) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  constexpr int64_t CH = wide_chunk_cols<T>();
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
+  pdl_wait();
+  pdl_trigger();
+  const gn_config& c = a.cfg;
+  // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
+  const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
+  const Chunk<T> k = chunk_of<T>(a, item, C);
+  const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
+  uint4 xr[WIDE_VECS], zr[WIDE_VECS];
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {  // in flight while the partials are summed
+    xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
+    if (gate) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
+  }
+  // The segment's statistics from its C partials: each thread a fixed stride of them,
+  // then the block's fixed-order sum.
+  const int np = wide_parts(c);
+  const A* part = static_cast<const A*>(a.workspace) + (item - k.c) * np;  // the segment's chunk 0
+  A s[1] = {0};
+  for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) s[0] += part[i * np];
+  team_sum<1>(s, WIDE_BLOCK, red, phase);
+  A mean = 0, var = s[0] * rc.inv_g;
+  if (!c.is_rms_norm) {  // sum over chunks of M2_i + n_i (mean_i - mean)^2
+    mean = var;
+    A q[1] = {0};
+    const int64_t G = c.group_size;
+    for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) {
+      const A n = (A)(G - i * CH < CH ? G - i * CH : CH);
+      const A d = part[i * np] / n - mean;
+      q[0] += part[i * np + 1] + n * d * d;
+    }
+    team_sum<1>(q, WIDE_BLOCK, red, phase);
+    var = q[0] * rc.inv_g;
+  }
+  const A rstd = rsqrt_acc(var + rc.eps);
+  const int64_t col0 = k.g * c.group_size + k.c * CH;
+  const bool wvec = params_vec_ok<VEC>(a.weight, col0, k.lim), bvec = params_vec_ok<VEC>(a.bias, col0, k.lim);
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {
+    const int64_t cj = wide_col<T>(j);
+    if (cj >= k.lim) continue;
+    A v[VEC], zz[VEC], wv[VEC], bv[VEC];
+    unpack<T, VEC>(xr[j], v);
+    if (gate) unpack<T, VEC>(zr[j], zz);
+    load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + k.lim, wvec, A(1), wv);
+    load_params<A, VEC>(a.bias, c.param_dtype, col0 + cj, col0 + k.lim, bvec, A(0), bv);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const A az = gate ? act_fwd(zz[i], c.act) : A(1);
+      A y = early ? v[i] * az : v[i];
+      y = (y - mean) * rstd * wv[i] + bv[i];
+      v[i] = after ? y * az : y;
+    }
+    store_vec<T, VEC>(k.p.out, cj, k.lim, al, v);
+  }
+  if (threadIdx.x == 0 && k.c == 0) store_stats<A>(a, k.g, k.r, mean, rstd);
+}
+
+template <typename T>
+gn_status launch_typed(const gn_fwd_args& a, bool aligned, int64_t C, const DeviceInfo& dev, cudaStream_t s) {
+  const int64_t segments = a.cfg.rows * (a.cfg.cols / a.cfg.group_size);  // < 2 * SMs (fwd_wide_chunks)
+  if (C > 0x7fffffff) return GN_ERR_UNSUPPORTED;  // grid.x's limit: groups of 2^43+ columns
+  const dim3 grid((unsigned)C, (unsigned)segments);
+  gn_status st = launch_pdl(fwd_wide_stats<T>, grid, WIDE_BLOCK, 0, s, dev,
+                            "gated_norm forward (wide path, partial sums) launch", 1, a, C, aligned);
+  if (st != GN_OK) return st;
+  return launch_pdl(fwd_wide_apply<T>, grid, WIDE_BLOCK, 0, s, dev, "gated_norm forward (wide path) launch", 1, a, C,
+                    aligned, row_consts<acc_t<T>>(a.cfg));
+}
+
+}  // namespace
+
+gn_status launch_fwd_wide(const gn_fwd_args& a, bool aligned, int64_t chunks, const DeviceInfo& dev,
+                          cudaStream_t s) {
+  if (!a.workspace || (uintptr_t)a.workspace % 16) return GN_ERR_INVALID;  // gn_cuda_fwd_workspace_bytes > 0
+  return with_dtype(a.cfg.dtype,
+                    [&](auto t) { return launch_typed<typename decltype(t)::type>(a, aligned, chunks, dev, s); });
+}
+
+}  // namespace gn
+
+extern "C" size_t gn_cuda_fwd_workspace_bytes(const gn_config* c) {
+  // Groups under two chunks never take the wide path: no device query on the hot path of
+  // narrow rows (decode).
+  if (!c || c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size ||
+      c->group_size < 2 * (int64_t)gn::WIDE_BLOCK * gn::WIDE_VECS * (16 / (int64_t)gn_dtype_size(c->dtype)))
+    return 0;
+  gn::DeviceInfo dev;
+  if (gn::device_info(&dev) != GN_OK) return 0;
+  const int64_t chunks = gn::fwd_wide_chunks(*c, dev);
+  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
+  return (size_t)(chunks * c->rows * (c->cols / c->group_size)) * gn::wide_parts(*c) * acc;
+}
