@@ -361,3 +361,30 @@ def test_cuda_loop_cluster(cluster):
     """GATEDNORM_LOOP_CLUSTER (the loop path's largest cluster, a tuning knob): other
     slicings of the same rows, also with part of a slice staged."""
     _loop_path_child(GATEDNORM_LOOP_CLUSTER=cluster, GATEDNORM_LOOP_SLOTS=5)
+
+
+@requires_cuda
+def test_cuda_graph_wide_groups():
+    """The wide path (two kernels and the workspace the op allocates between them) captures
+    in a CUDA graph and replays on new inputs with eager's bits."""
+    x, w, b, z = make_inputs((4, 1 << 20), torch.bfloat16, "cuda")
+    sx, sz = x.clone(), z.clone()
+    step = lambda: ops.gated_norm_fwd(sx, w, b, sz, 1e-6, None, True, False, "silu")  # noqa: E731
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for _ in range(2):
+        nx, _, _, nz = make_inputs((4, 1 << 20), torch.bfloat16, "cuda")
+        sx.copy_(nx)
+        sz.copy_(nz)
+        graph.replay()
+        expected = ops.gated_norm_fwd(nx, w, b, nz, 1e-6, None, True, False, "silu")
+        torch.cuda.synchronize()
+        for a, e in zip(static, expected):
+            assert torch.equal(a, e)
