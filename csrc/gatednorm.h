@@ -88,7 +88,8 @@ typedef struct {
   void* dw;           /* NULL: not wanted (e.g. weight is None) */
   void* db;           /* NULL: not wanted */
   void* out;          int64_t out_stride; /* recompute the forward output; NULL: don't */
-  void* workspace;    /* >= gn_*_bwd_workspace_bytes(&cfg) bytes, 16-byte aligned */
+  void* workspace;    /* >= gn_*_bwd_workspace_bytes(&cfg) bytes, 16-byte aligned; CUDA needs it
+                         for dw / db and for few rows of very wide groups: always pass it */
 } gn_bwd_args;
 
 /* ---- Fused add + RMSNorm (sgl-kernel / vLLM / FlashInfer contract) ----

@@ -27,6 +27,7 @@ TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_
          "tests/test_torch_integration.py", "tests/test_dtensor.py"]
 
 EMU_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_forward.py"]
+EMU_BWD_TESTS = ["-q", "-x", "-k", "cpu and wide", "tests/test_backward.py"]
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
 # All were KILLED on 2026-12-05.
@@ -48,6 +49,10 @@ MUTANTS = {
     "emu_wide_deviation_counts_padding": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                           "q[0] += wide_col<T>(j) + i < k.lim ? d * d : A(0);", "q[0] += d * d;",
                                           "emu"),
+    "emu_wide_bwd_skips_row_0": ("csrc/cuda/gated_norm_bwd_wide.cu", "for (int64_t r = M - 1 - q; r >= 0; r -= Q)",
+                                 "for (int64_t r = M - 1 - q; r > 0; r -= Q)", "emu"),
+    "emu_wide_bwd_db_rows_overlap": ("csrc/cuda/gated_norm_bwd_wide.cu", "A* ws_db = ws_dw + Q * N;",
+                                     "A* ws_db = ws_dw + N;", "emu"),
     "addnorm_normalises_unrounded_sum": ("csrc/cpu/add_rms_norm_impl.h", "      ROUND(H, p->rdt, n); /* h_s",
                                          "      (void)0; /* h_s"),
     "stats_row_major": ("csrc/cpu/gated_norm_impl.h",
@@ -106,7 +111,8 @@ def run(name: str) -> str:
     try:
         if emu:
             env = dict(os.environ, GATEDNORM_EMU_SANITIZER=emu[0].partition(":")[2])
-            t = subprocess.run(["bash", "scripts/emu_check.sh", *EMU_TESTS], cwd=ROOT, env=env, capture_output=True,
+            tests = EMU_BWD_TESTS if "_bwd" in rel else EMU_TESTS  # a backward kernel: its wide-path tests
+            t = subprocess.run(["bash", "scripts/emu_check.sh", *tests], cwd=ROOT, env=env, capture_output=True,
                                text=True)
             found = [ln for ln in (t.stdout + t.stderr).splitlines() if "FAILED" in ln or "Sanitizer" in ln][:3]
             return ("KILLED" if t.returncode else "SURVIVED") + "".join(f"\n    {f}" for f in found)

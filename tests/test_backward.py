@@ -319,8 +319,8 @@ def test_layer_norm_bwd_writes_given_views(rms, device):
 def test_dw_db_deterministic(dtype, rms, m, n, device):
     """Same inputs -> bitwise the same dw/db on every run (fixed reduction order, no atomics);
     3000 rows span several row chunks / blocks; 16384 is split across a cluster on CUDA;
-    2^18 takes the loop path split across a cluster, blocks walking two rows (partials
-    read-added-written in the workspace where the sums do not fit in shared memory)."""
+    40 rows of 2^18 take the wide path (row sums handed between two kernels, dw/db partials
+    per set of rows); test_cuda_loop_* run such rows through the loop path."""
     x, w, b, z = make_inputs((m, n), dtype, device, param_dtype=torch.float32)
     _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, False, rms, "swish")
     dy = torch.randn(m, n, dtype=torch.float64).to(dtype).to(device)
@@ -359,3 +359,35 @@ def test_empty_batch_backward(shape, rms, device):
     torch_ops.layernorm_fn(x, w, b, z=z, group_size=16, is_rms_norm=rms).sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
     assert x.grad.shape == shape
+
+
+# (shape, group, dtype, norm_before_gate, rms, act, z, weight, bias): the CUDA wide path's
+# backward (few rows of groups the register path cannot hold: gated_norm_bwd_wide.cu) --
+# row sums over chunks of 8192 bf16 / 4096 fp32 / 2048 fp64 columns, gradients over chunks
+# of half that, the last one cut short (aligned 24584 = 3 x 8192 + 8, unaligned 65537,
+# 10001), several groups a row, the gate before and after the norm, optional parameters.
+# On the CPU the same shapes check the CPU kernels.
+WIDE_BWD_CASES = [
+    ((3, 24584), None, torch.bfloat16, True, False, "silu", True, True, True),
+    ((2, 2 * 24584), 24584, torch.bfloat16, False, False, "sigmoid", True, True, False),
+    ((2, 49168), None, torch.float16, True, True, "swish", True, True, False),
+    ((1, 65537), None, torch.float32, False, False, "swish", True, False, True),
+    ((2, 2 * 8200), 8200, torch.float32, True, True, "sigmoid", False, True, False),
+    ((2, 10001), None, torch.float64, False, False, "silu", True, True, True),
+]
+
+
+@pytest.mark.parametrize("case", WIDE_BWD_CASES,
+                         ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{str(c[2])[6:]}-{'rms' if c[4] else 'ln'}")
+def test_backward_wide_groups(case, device):
+    """Gradients of few rows of very wide groups against fp64 autograd; the recomputed output
+    against the forward's; two runs bitwise equal."""
+    shape, g, dtype, nbg, rms, act, z, w, b = case
+    grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
+    x, wt, bt, zt = make_inputs(shape, dtype, device, z=z, weight=w, bias=b)
+    out, mean, rstd = ops.gated_norm_fwd(x, wt, bt, zt, 1e-6, g, nbg, rms, act)
+    dy = torch.randn(shape, dtype=torch.float64).to(dtype).to(device)
+    runs = [ops.gated_norm_bwd(dy, x, wt, bt, zt, mean, rstd, 1e-6, g, nbg, rms, act, True) for _ in range(2)]
+    assert_close(runs[0][4], out, tol(dtype, g or shape[-1]), "recomputed out")
+    for a, e in zip(runs[0], runs[1]):
+        assert (a is None and e is None) or torch.equal(a, e), "two runs differ"

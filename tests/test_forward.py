@@ -340,7 +340,8 @@ def _loop_path_child(**knobs):
     import subprocess
     import sys
     tests = os.path.dirname(os.path.abspath(__file__))
-    knobs.setdefault("GATEDNORM_FWD_WIDE", 0)  # few rows of these widths take the wide path by default
+    knobs.setdefault("GATEDNORM_FWD_WIDE", 0)  # few rows of these widths take the wide paths by default
+    knobs.setdefault("GATEDNORM_BWD_WIDE", 0)
     env = dict(os.environ, **{k: str(v) for k, v in knobs.items()})
     r = subprocess.run([sys.executable, "-c", _SLOTS_SCRIPT.format(tests=tests, cases=_LOOP_CASES)], env=env,
                        capture_output=True, text=True, timeout=600)

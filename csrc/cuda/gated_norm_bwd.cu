@@ -316,6 +316,9 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
         default: st = GN_ERR_INVALID;
       }
     }
+  } else if (const WideBwd w = bwd_wide_layout(a.cfg, dev); w.sum_chunks) {
+    st = launch_bwd_wide(a, p.layout.aligned, w, dev, s);
+    parts = (unsigned)w.row_splits;
   } else {
     st = launch_bwd_loop(a, p, s, parts);
   }
@@ -355,8 +358,8 @@ extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev, true), gn::make_plan(*c, true, 3, true, dev, true),
                             gn::loop_plan(*c, 0, dev)})
     parts = p.grid.y > parts ? p.grid.y : parts;
-  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
-  return 2 * parts * (size_t)c->cols * acc;
+  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4, wide = gn::bwd_wide_workspace_bytes(*c, gn::bwd_wide_layout(*c, dev));
+  return 2 * parts * (size_t)c->cols * acc > wide ? 2 * parts * (size_t)c->cols * acc : wide;
 }
 
 extern "C" gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream) {

@@ -88,6 +88,12 @@ __host__ __device__ inline size_t bwd_loop_stage_bytes(int64_t G, bool gate) {
 // group); see gated_norm_bwd_loop.cu. `parts` gets the number of dw/db partials it
 // writes (its grid.y, at most p.grid.y).
 gn_status launch_bwd_loop(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts);
+// The wide path (few rows of very wide groups, bwd_wide_layout; gated_norm_bwd_wide.cu):
+// its dw/db partials are the workspace's first w.row_splits rows (launch_reduce's layout),
+// the row sums after them; it needs a.workspace even without dw and db.
+gn_status launch_bwd_wide(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev,
+                          cudaStream_t s);
+size_t bwd_wide_workspace_bytes(const gn_config& c, const WideBwd& w);
 // The loop path on aligned rows, staged by cp.async (gated_norm_bwd_loop_async.cu).
 gn_status launch_bwd_loop_async(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts);
 

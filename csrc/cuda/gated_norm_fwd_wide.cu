@@ -15,6 +15,7 @@
 // x is read twice (z too when it enters the statistics); the second read hits L2 for
 // what the first left there. No atomics, no waiting between blocks, no clusters.
 #include "gated_norm_fwd.cuh"
+#include "wide.cuh"
 
 namespace gn {
 namespace {
@@ -35,31 +36,8 @@ __device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item,
   k.r = s / ngroups;
   k.g = s - k.r * ngroups;
   k.p = fwd_row<T>(a, k.r, k.g * G + k.c * CH);
-  k.lim = G - k.c * CH < CH ? G - k.c * CH : CH;
+  k.lim = chunk_cols(G, k.c, CH);
   return k;
-}
-
-// Vector j of this thread in a chunk: columns (j * WIDE_BLOCK + threadIdx.x) * VEC ..
-template <typename T>
-__device__ __forceinline__ int64_t wide_col(int j) {
-  return ((int64_t)j * WIDE_BLOCK + threadIdx.x) * vec_size<T>();
-}
-
-// A 16-byte vector of T at column c (zeros past lim): one load on aligned rows,
-// element by element otherwise. Zero bits are 0.0 in every dtype here.
-template <typename T>
-__device__ __forceinline__ uint4 load_word(const T* p, int64_t c, int64_t lim, bool aligned) {
-  constexpr int VEC = vec_size<T>();
-  union { uint4 u; T e[VEC]; } k;
-  k.u = make_uint4(0, 0, 0, 0);
-  if (aligned) {
-    if (c < lim) k.u = __ldg(reinterpret_cast<const uint4*>(p + c));
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i)
-      if (c + i < lim) k.e[i] = p[c + i];
-  }
-  return k.u;
 }
 
 // Partial sums per chunk: RMS one value, LayerNorm two (sum, squared deviations).
@@ -153,7 +131,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
     A q[1] = {0};
     const int64_t G = c.group_size;
     for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) {
-      const A n = (A)(G - i * CH < CH ? G - i * CH : CH);
+      const A n = (A)chunk_cols(G, i, CH);
       const A d = part[i * np] / n - mean;
       q[0] += part[i * np + 1] + n * d * d;
     }

@@ -200,15 +200,34 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   return loop;
 }
 
-int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev) {
-  static const bool on = [] {
-    const char* e = getenv("GATEDNORM_FWD_WIDE");
-    return !e || atoi(e) != 0;
-  }();
+static bool knob_on(const char* name) {
+  const char* e = getenv(name);
+  return !e || atoi(e) != 0;
+}
+
+// Chunks of WIDE_BLOCK x `vecs` vectors a group, when the wide paths are for cfg.
+static int64_t wide_chunks(const gn_config& cfg, const DeviceInfo& dev, int vecs) {
   const int64_t G = cfg.group_size, segments = cfg.rows * (cfg.cols / G);
-  const int64_t ch = (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(cfg.dtype));
-  if (!on || G < 2 * ch || segments >= 2LL * dev.sms) return 0;
+  const int64_t sum_ch = (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(cfg.dtype));
+  if (G < 2 * sum_ch || segments >= 2LL * dev.sms) return 0;
+  const int64_t ch = (int64_t)WIDE_BLOCK * vecs * (16 / (int64_t)gn_dtype_size(cfg.dtype));
   return (G + ch - 1) / ch;
+}
+
+int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev) {
+  static const bool on = knob_on("GATEDNORM_FWD_WIDE");
+  return on ? wide_chunks(cfg, dev, WIDE_VECS) : 0;
+}
+
+WideBwd bwd_wide_layout(const gn_config& cfg, const DeviceInfo& dev) {
+  static const bool on = knob_on("GATEDNORM_BWD_WIDE");
+  WideBwd w{};
+  if (!on || !(w.sum_chunks = wide_chunks(cfg, dev, WIDE_VECS))) return w;
+  w.grad_chunks = wide_chunks(cfg, dev, WIDE_BWD_VECS);
+  const int64_t blocks = cfg.cols / cfg.group_size * w.grad_chunks, want = 2LL * dev.sms;
+  w.row_splits = (want + blocks - 1) / blocks;
+  if (w.row_splits > cfg.rows) w.row_splits = cfg.rows;
+  return w;
 }
 
 static int row_iters_override() {

@@ -138,6 +138,16 @@ constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (
 // SMs (16 rows of 2^20), groups of 2+ chunks. GATEDNORM_FWD_WIDE=0 (read once) turns it
 // off, for tuning: those shapes then take the (split) loop path.
 int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev);
+// Backward wide path (gated_norm_bwd_wide.cu): the row sums over the forward's chunks
+// (`sum_chunks` a group), the gradients over chunks of WIDE_BWD_VECS vectors a thread
+// (`grad_chunks`), each of those blocks walking one of `row_splits` interleaved sets of
+// the rows (enough blocks for twice the SMs), its dw/db sums one partial row. All zero
+// when the path is not for cfg; GATEDNORM_BWD_WIDE=0 (read once) turns it off.
+constexpr int WIDE_BWD_VECS = 2;
+struct WideBwd {
+  int64_t sum_chunks, grad_chunks, row_splits;
+};
+WideBwd bwd_wide_layout(const gn_config& cfg, const DeviceInfo& dev);
 
 // `split`: the caller's kernels take the split register path (Layout::csize).
 Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);

@@ -1,0 +1,185 @@
+// Gated norm backward, wide path: few (row, group) segments of very wide groups (16 rows
+// of 2^20), as the forward's wide path (gated_norm_fwd_wide.cu) does it:
+//  1. bwd_wide_sums: a block per chunk of the forward's geometry writes the chunk's parts
+//     of the group sums c1 = mean(vhat * w * dy0) and c2 = mean(w * dy0) to the workspace;
+//  2. bwd_wide_grads: a block per chunk of WIDE_BWD_VECS vectors a thread and per set of
+//     rows (rows q, q + Q, ... of `row_splits` Q, walked from the last, which the first
+//     kernel read last) sums a row's parts in a fixed order, writes dx, dz (and the
+//     recomputed output), and keeps its columns' dw / db sums in registers across its
+//     rows: one partial row each, which launch_reduce adds in a fixed order.
+// x, dy and z are read twice (the second time partly from L2), dx and dz written once.
+#include "gated_norm_bwd.cuh"
+#include "partials.cuh"
+#include "wide.cuh"
+
+namespace gn {
+namespace {
+
+// Elements of the workspace before the row sums: the dw and db partial rows.
+__host__ __device__ inline int64_t sums_offset(int64_t row_splits, int64_t cols, int acc_bytes) {
+  const int64_t per16 = 16 / acc_bytes;
+  return (2 * row_splits * cols + per16 - 1) / per16 * per16;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_sums(const gn_bwd_args a, const int64_t C, const int64_t Q,
+                                                            const bool al) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  constexpr int64_t CH = wide_chunk_cols<T>();
+  __shared__ TeamScratch<2, A> red;
+  int phase = 0;
+  pdl_wait();
+  pdl_trigger();  // the second kernel's blocks wait in its pdl_wait until this grid is done
+  const gn_config& c = a.cfg;
+  const int64_t G = c.group_size, ngroups = c.cols / G, item = (int64_t)blockIdx.y * C + blockIdx.x;
+  const int64_t seg = blockIdx.y, ck = blockIdx.x, r = seg / ngroups, g = seg - r * ngroups;
+  const int64_t col0 = g * G + ck * CH, lim = chunk_cols(G, ck, CH);
+  const BwdRow<T> p = bwd_row<T>(a, r, col0);
+  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;
+  uint4 xr[WIDE_VECS], dyr[WIDE_VECS], zr[WIDE_VECS];
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {  // every load issued before any is used
+    xr[j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
+    dyr[j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
+    if (gate) zr[j] = load_word<T>(p.z, wide_col<T>(j), lim, al);
+  }
+  A mean, rstd;
+  load_stats<A>(a, g, r, mean, rstd);
+  const bool wvec = params_vec_ok<VEC>(a.weight, col0, lim);
+  A s[2] = {0, 0};
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {
+    A x[VEC], dy[VEC], z[VEC], wv[VEC];
+    unpack<T, VEC>(xr[j], x);
+    unpack<T, VEC>(dyr[j], dy);
+    if (gate) unpack<T, VEC>(zr[j], z);
+    load_params<A, VEC>(a.weight, c.param_dtype, col0 + wide_col<T>(j), col0 + lim, wvec, A(1), wv);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {  // padding: dy = 0, so dy0 = 0 and it adds nothing
+      const Elem<A> e = elem_grad<A>(c.act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], A(0), mean, rstd);
+      s[0] += e.vhat * wv[i] * e.dy0;
+      s[1] += wv[i] * e.dy0;
+    }
+  }
+  team_sum<2>(s, WIDE_BLOCK, red, phase);
+  if (threadIdx.x == 0) {
+    A* sums = static_cast<A*>(a.workspace) + sums_offset(Q, c.cols, (int)sizeof(A)) + item * 2;
+    sums[0] = s[0];
+    sums[1] = s[1];
+  }
+}
+
+// Two blocks an SM (128 registers, no spills, sm_90; left free fp32 took 145: one).
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_args a, const int64_t C1, const int64_t C2,
+                                                             const bool al, const RowConsts<acc_t<T>> rc) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
+  constexpr int64_t CH = (int64_t)WIDE_BLOCK * WIDE_BWD_VECS * VEC;
+  __shared__ TeamScratch<2, A> red;
+  int phase = 0;
+  pdl_wait();
+  pdl_trigger();
+  const gn_config& c = a.cfg;
+  const int64_t G = c.group_size, ngroups = c.cols / G, M = c.rows, N = c.cols, Q = gridDim.y, q = blockIdx.y;
+  const int64_t gc = gridDim.x - 1 - blockIdx.x;  // reverse: the first kernel's last chunks first
+  const int64_t g = gc / C2, ck = gc - g * C2, col0 = g * G + ck * CH, lim = chunk_cols(G, ck, CH);
+  const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;
+  const bool want_b = a.bias && (a.out || after);
+  const bool wvec = params_vec_ok<VEC>(a.weight, col0, lim), bvec = params_vec_ok<VEC>(a.bias, col0, lim);
+  const A* sums = static_cast<const A*>(a.workspace) + sums_offset(Q, N, (int)sizeof(A));
+  A dw[K], db[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
+  for (int64_t r = M - 1 - q; r >= 0; r -= Q) {
+    const BwdRow<T> p = bwd_row<T>(a, r, col0);
+    uint4 xr[WIDE_BWD_VECS], dyr[WIDE_BWD_VECS], zr[WIDE_BWD_VECS];
+#pragma unroll
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {  // in flight while the row's sums are added
+      xr[j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
+      dyr[j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
+      if (gate) zr[j] = load_word<T>(p.z, wide_col<T>(j), lim, al);
+    }
+    A mean, rstd;
+    load_stats<A>(a, g, r, mean, rstd);
+    const A* part = sums + (r * ngroups + g) * C1 * 2;
+    A s[2] = {0, 0};
+    for (int64_t i = threadIdx.x; i < C1; i += WIDE_BLOCK) {
+      s[0] += part[2 * i];
+      s[1] += part[2 * i + 1];
+    }
+    team_sum<2>(s, WIDE_BLOCK, red, phase);
+    const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+#pragma unroll
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+      const int64_t cj = wide_col<T>(j);
+      if (cj >= lim) continue;
+      A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
+      unpack<T, VEC>(xr[j], x);
+      unpack<T, VEC>(dyr[j], dy);
+      if (gate) unpack<T, VEC>(zr[j], z);
+      load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + lim, wvec, A(1), wv);
+      load_params<A, VEC>(want_b ? a.bias : nullptr, c.param_dtype, col0 + cj, col0 + lim, bvec, A(0), bv);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {  // columns past lim: dy = 0, so dy0 = 0 (never stored)
+        const Elem<A> e =
+            elem_grad<A>(c.act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
+        A dxi, dzi;
+        input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
+        dw[j * VEC + i] += e.dy0 * e.vhat;
+        db[j * VEC + i] += e.dy0;
+        x[i] = dxi;
+        z[i] = dzi;
+        dy[i] = e.y;
+      }
+      store_vec<T, VEC>(p.dx, cj, lim, al, x);
+      if (gate) store_vec<T, VEC>(p.dz, cj, lim, al, z);
+      if (p.out) store_vec<T, VEC>(p.out, cj, lim, al, dy);
+    }
+  }
+  A* ws_dw = static_cast<A*>(a.workspace) + q * N + col0;
+  A* ws_db = ws_dw + Q * N;
+#pragma unroll
+  for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+    const int64_t cj = wide_col<T>(j);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      if (cj + i >= lim) continue;
+      if (a.dw) ws_dw[cj + i] = dw[j * VEC + i];
+      if (a.db) ws_db[cj + i] = db[j * VEC + i];
+    }
+  }
+}
+
+template <typename T>
+gn_status launch_typed(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev, cudaStream_t s) {
+  const int64_t ngroups = a.cfg.cols / a.cfg.group_size, segments = a.cfg.rows * ngroups;  // < 2 * SMs
+  if (w.sum_chunks > 0x7fffffff || ngroups * w.grad_chunks > 0x7fffffff || w.row_splits > 65535)
+    return GN_ERR_UNSUPPORTED;  // grid limits: groups of 2^43+ columns
+  gn_status st = launch_pdl(bwd_wide_sums<T>, dim3((unsigned)w.sum_chunks, (unsigned)segments), WIDE_BLOCK, 0, s,
+                            dev, "gated_norm backward (wide path, row sums) launch", 1, a, w.sum_chunks, w.row_splits,
+                            aligned);
+  if (st != GN_OK) return st;
+  return launch_pdl(bwd_wide_grads<T>, dim3((unsigned)(ngroups * w.grad_chunks), (unsigned)w.row_splits), WIDE_BLOCK,
+                    0, s, dev, "gated_norm backward (wide path) launch", 1, a, w.sum_chunks, w.grad_chunks, aligned,
+                    row_consts<acc_t<T>>(a.cfg));
+}
+
+}  // namespace
+
+size_t bwd_wide_workspace_bytes(const gn_config& c, const WideBwd& w) {
+  if (!w.sum_chunks) return 0;
+  const int acc = c.dtype == GN_FLOAT64 ? 8 : 4;
+  const int64_t segments = c.rows * (c.cols / c.group_size);
+  return (size_t)(sums_offset(w.row_splits, c.cols, acc) + segments * w.sum_chunks * 2) * acc;
+}
+
+gn_status launch_bwd_wide(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev,
+                          cudaStream_t s) {
+  if (!a.workspace || (uintptr_t)a.workspace % 16) return GN_ERR_INVALID;  // gn_cuda_bwd_workspace_bytes
+  return with_dtype(a.cfg.dtype,
+                    [&](auto t) { return launch_typed<typename decltype(t)::type>(a, aligned, w, dev, s); });
+}
+
+}  // namespace gn
