@@ -37,6 +37,26 @@ def cuda_kernels(fn):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+def cuda_warmup(fn, n=3):
+    """fn() n times on a side stream before a capture (plan caches, shared-memory opt-ins:
+    no first-call work inside the graph)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(n):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+
+
+def capture_cuda_graph(step, warmup=1):
+    """(graph, what step() returned while captured), after cuda_warmup(step, warmup)."""
+    cuda_warmup(step, warmup)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    return graph, static
+
+
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import torch_ops
-from conftest import (assert_close, assert_normwise, cuda_kernels, f64, grad_tol, poison, reduce_tol,
-                      requires_cuda, tol)
+from conftest import (assert_close, assert_normwise, capture_cuda_graph, cuda_kernels, f64, grad_tol, poison,
+                      reduce_tol, requires_cuda, tol)
 from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
 
 ops = torch.ops.gatednorm
@@ -318,14 +318,7 @@ def test_cuda_graph_decode(m):
     """Serving path: fused_add_rms_norm captured in a CUDA graph, replayed on new data."""
     x, r, w = inputs((m, 4096), torch.bfloat16, device="cuda")
     sx, sr = x.clone(), r.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        torch_ops.fused_add_rms_norm(sx, sr, w, 1e-6)  # warm-up: plan caches, smem opt-in
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        torch_ops.fused_add_rms_norm(sx, sr, w, 1e-6)
+    g, _ = capture_cuda_graph(lambda: torch_ops.fused_add_rms_norm(sx, sr, w, 1e-6))
     for _ in range(2):
         x, r, _ = inputs((m, 4096), torch.bfloat16, device="cuda")
         e_out, e_res = expected(x, r, w, 1e-6)

@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torch_ops
-from conftest import make_inputs, ops, requires_cuda
+from conftest import capture_cuda_graph, make_inputs, ops, requires_cuda
 
 GATED, INFER = "gatednorm.gated_norm.default", "gatednorm.gated_norm_infer.default"
 ADD, ADD_INFER = "gatednorm.add_rms_norm.default", "gatednorm.add_rms_norm_infer.default"
@@ -314,15 +314,7 @@ def test_cuda_graph_infer_ops():
         return (y, *torch_ops.add_rms_norm(y, sr, w))
 
     with torch.no_grad():
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static = step()
+        graph, static = capture_cuda_graph(step, 3)
         for _ in range(2):
             nx, _, _, nz = make_inputs((2048, 128), torch.bfloat16, "cuda", bias=False)
             sx.copy_(nx)

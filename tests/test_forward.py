@@ -6,7 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_close, cuda_kernels, make_inputs, ops, poison, ref64, requires_cuda, stats64, tol
+from conftest import (assert_close, capture_cuda_graph, cuda_kernels, make_inputs, ops, poison, ref64, requires_cuda,
+                      stats64, tol)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 DT_IDS = ["fp32", "fp16", "bf16", "fp64"]
@@ -265,8 +266,8 @@ WIDE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{DT_IDS[DTYPES.index(c[2])]}"
-                         f"-{'rms' if c[4] else 'ln'}-pad{c[7]}")
+@pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-"
+                         f"{DT_IDS[DTYPES.index(c[2])]}-{'rms' if c[4] else 'ln'}-pad{c[7]}")
 def test_wide_groups(case, device):
     """Output and statistics of few rows of very wide groups against fp64."""
     shape, g, dtype, nbg, rms, act, offset, pad = case
@@ -370,16 +371,7 @@ def test_cuda_graph_wide_groups():
     in a CUDA graph and replays on new inputs with eager's bits."""
     x, w, b, z = make_inputs((4, 1 << 20), torch.bfloat16, "cuda")
     sx, sz = x.clone(), z.clone()
-    step = lambda: ops.gated_norm_fwd(sx, w, b, sz, 1e-6, None, True, False, "silu")  # noqa: E731
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = step()
+    graph, static = capture_cuda_graph(lambda: ops.gated_norm_fwd(sx, w, b, sz, 1e-6, None, True, False, "silu"), 2)
     for _ in range(2):
         nx, _, _, nz = make_inputs((4, 1 << 20), torch.bfloat16, "cuda")
         sx.copy_(nx)

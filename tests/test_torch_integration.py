@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import torch_ops
-from conftest import assert_close, f64, grad_tol, make_inputs, ops, ref64, requires_cuda, tol
+from conftest import assert_close, cuda_warmup, f64, grad_tol, make_inputs, ops, ref64, requires_cuda, tol
 
 
 # ---------------------------------------------------------------- opcheck
@@ -158,15 +158,6 @@ def test_runs_on_current_stream():
         assert (a is None and e is None) or torch.equal(a, e)
 
 
-def _warmup(fn, n=3):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(n):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-
-
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_cuda_graph_forward(dtype):
@@ -174,7 +165,7 @@ def test_cuda_graph_forward(dtype):
     x, w, b, z = make_inputs((m, n), dtype, "cuda")
     sx, sz = x.clone(), z.clone()
     out_buf = torch.empty_like(x)
-    _warmup(lambda: ops.gated_norm_fwd(sx, w, None, sz, 1e-6, g, False, True, "swish"))
+    cuda_warmup(lambda: ops.gated_norm_fwd(sx, w, None, sz, 1e-6, g, False, True, "swish"))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         sout, smean, srstd = ops.gated_norm_fwd(sx, w, None, sz, 1e-6, g, False, True, "swish")
@@ -207,7 +198,7 @@ def test_cuda_graph_forward_backward():
         o.backward(sdy)
         return o
 
-    _warmup(step)
+    cuda_warmup(step)
     for t in (sx, sz, w, b):
         t.grad = None
     graph = torch.cuda.CUDAGraph()
