@@ -107,6 +107,8 @@ def cuda_cases(quick=False, families=FAMILIES):
     rows += [Case(f"sweep_n{n}", (1 << 26) // n, n) for n in SWEEP_NS]
     rows += [
         Case("bign_1m", 16, 1 << 20),
+        # the wide paths' other branches: z in the statistics, LayerNorm's merged variance and c2
+        Case("bign_ln_before_1m", 16, 1 << 20, rms=False, nbg=False, bias=True),
         Case("odd_n1200", round(2 ** 25 / 1200), 1200),
         Case("odd_n5000", round(2 ** 25 / 5000), 5000),
     ]
