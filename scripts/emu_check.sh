@@ -6,7 +6,7 @@
 # instead of the CPU kernels. Arguments go to pytest (default below).
 #   bash scripts/emu_check.sh
 #   bash scripts/emu_check.sh -q -k "cpu and loop" tests/test_backward.py
-#   GATEDNORM_NVCC_FLAGS="-DGN_LOOP_ASYNC" bash scripts/emu_check.sh     # a tuning variant
+#   GATEDNORM_NVCC_FLAGS="-DGN_FWD_RING=4" bash scripts/emu_check.sh     # a tuning variant
 # The emulated device: GN_EMU_SMS, GN_EMU_MAJOR (8: no clusters), GN_EMU_GBPS, GN_EMU_SMEM;
 # GN_EMU_CP_ASYNC=eager; GN_EMU_TRACE=file (then scripts/emu_trace.py names the kernels).
 # GATEDNORM_EMU_SANITIZER=address: built with AddressSanitizer (out-of-bounds reads and

@@ -1,4 +1,4 @@
-"""A sequential model of one thread of the -DGN_LOOP_ASYNC kernels' shared-memory slots
+"""A sequential model of one thread of the aligned loop kernels' shared-memory slots
 (csrc/cuda/gated_norm_{fwd,bwd}_loop_async.cu), checked offline for every small shape:
 cp.async groups land only at a wait (cp.async.wait_group semantics); reading a slot with a
 copy still in flight, or finding another (row, tensor, vector) there than the one the pass

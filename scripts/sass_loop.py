@@ -6,7 +6,7 @@ specialised on run-time flags all count), the spill instructions inside it, and 
 registers and spill bytes.
 
     python scripts/sass_loop.py csrc/cuda/gated_norm_fwd.cu --match 'bfloat16Li2ELb1E'
-    python scripts/sass_loop.py csrc/cuda/gated_norm_bwd.cu --flags=-DGN_BWD_KEEP --match bfloat16
+    python scripts/sass_loop.py csrc/cuda/gated_norm_fwd.cu --flags=-DGN_FWD_RING=4 --match bfloat16
 
 Needs nvcc and cuobjdump + nvdisasm (pip: nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm; their
 bin/ is found inside the active Python's site-packages).

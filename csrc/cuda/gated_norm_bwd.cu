@@ -149,9 +149,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     };
     // Elements past the group (padding, idle teams) contribute nothing.
     A s[2] = {0, 0};
-    constexpr bool KEEP = false;
-    constexpr int KK = KEEP ? K : 1;
-    A kw[KK], kv[KK], ka[KK], kb[KK];
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;
@@ -167,41 +164,11 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
         s[1] += wv[i] * e.dy0;
         dw[j * VEC + i] += e.dy0 * e.vhat;
         db[j * VEC + i] += e.dy0;
-        if (KEEP) {
-          const int k = KEEP ? j * VEC + i : 0;
-          kw[k] = wv[i] * e.dy0;
-          kv[k] = e.vhat;
-          if (gate && !after) {
-            ka[k] = e.az;
-            kb[k] = x[i] * e.daz;
-          } else if (gate) {
-            ka[k] = e.dz_after;
-          }
-        }
       }
     }
     team_sum<2>(s, L.tpg, red, phase);
     if (SPLIT) cluster_sum<2>(s, csize, cred, cphase);
     const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
-    if (KEEP && !p.out) {
-#pragma unroll
-      for (int j = 0; j < NV; ++j) {
-        const int cj = cl + j * cs;
-        if (cj >= lim) continue;
-        A dx[VEC], dz[VEC];
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          const int k = KEEP ? j * VEC + i : 0;
-          const A dv = (kw[k] - kv[k] * c1 - c2) * rstd;
-          dx[i] = gate && !after ? dv * ka[k] : dv;
-          dz[i] = !gate ? A(0) : !after ? dv * kb[k] : ka[k];
-        }
-        store_vec<T, VEC>(p.dx, cj, lim, ALIGNED, dx);
-        if (gate) store_vec<T, VEC>(p.dz, cj, lim, ALIGNED, dz);
-      }
-      st = st + 1 == S ? 0 : st + 1;
-      return;
-    }
     // Recomputing the per-element terms is cheaper than keeping them in registers (with
     // more than 8 elements a thread; with fewer, keeping them was measured no faster: the
     // H100, 2026-12-05, docs/benchmarks.md).

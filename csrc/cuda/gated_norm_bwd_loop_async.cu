@@ -1,4 +1,5 @@
-// Gated norm backward, loop path on aligned rows: the forward's gated_norm_fwd_loop_async.cu for the backward.
+// Gated norm backward, loop path on aligned rows: the forward's gated_norm_fwd_loop_async.cu
+// for the backward.
 //
 // The generic loop kernel (gated_norm_bwd_loop.cu) decides aligned / unaligned and staged
 // / not per vector, so its loads wait on one another; where its dw/db sums do not fit in

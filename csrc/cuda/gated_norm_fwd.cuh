@@ -40,9 +40,9 @@ size_t fwd_loop_stage_bytes(const gn_fwd_args& a) {
   return (size_t)a.cfg.group_size * sizeof(T) * fwd_loop_arrays(a);
 }
 
-// The decode kernel (gated_norm_fwd_decode.cu, tuning variant -DGN_FWD_DECODE): few rows
-// of groups of one vector a thread. Sets *done when it launched; otherwise (the plan does not
-// fit it, or more than one wave of blocks) the caller launches its own kernel.
+// The decode kernel (gated_norm_fwd_decode.cu): few rows of groups of one vector a thread.
+// Sets *done when it launched; otherwise (the plan does not fit it, or more than one wave
+// of blocks) the caller launches its own kernel.
 gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInfo& dev, cudaStream_t s, bool* done);
 
 // The loop path (groups too wide for the register path, or unaligned and wider than

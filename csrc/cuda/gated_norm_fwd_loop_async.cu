@@ -1,4 +1,5 @@
-// Gated norm forward, loop path on aligned rows: the row's slice is staged in shared memory by cp.async, all of it at once.
+// Gated norm forward, loop path on aligned rows: the row's slice is staged in shared memory
+// by cp.async, all of it at once.
 //
 // Why: the generic loop kernel (gated_norm_fwd_loop.cu) decides aligned / unaligned and
 // staged / not per vector, so its SASS issues one 16-byte load, then waits for it to

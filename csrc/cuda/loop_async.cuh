@@ -1,5 +1,5 @@
-// What the aligned loop kernels (gated_norm_{fwd,bwd}_loop_async.cu)
-// share: their batch sizes and the staging cap of the tests.
+// What the aligned loop kernels (gated_norm_{fwd,bwd}_loop_async.cu) share: their batch
+// sizes and the staging cap of the tests.
 #pragma once
 
 #include <stdlib.h>

@@ -68,11 +68,11 @@ __global__ void __launch_bounds__(RED_COLS * RED_SPLIT)
 // reduce_partials (above) loads 4 bytes a thread and, with few partials (16 rows of 2^20:
 // 8-16 of them), one load a thread: ~8 KB in flight an SM, ~0.2 of the copy ceiling -- for
 // bign_1m's 32-64 MB of partials, tens of microseconds (it remains for rows that are not
-// whole 16-byte vectors). Here a thread owns a 16-byte vector of columns, and the partials are split over
-// `split` threads only when the columns alone would leave the GPU short of threads; each
-// thread issues its loads 8 at a time. Thread (x, y) sums partials y, y + split, ... of
-// its columns in order, then y == 0 adds the split sums in order: a fixed order for
-// given (nparts, n), so dw/db stay bitwise reproducible.
+// whole 16-byte vectors). Here a thread owns a 16-byte vector of columns, and the partials
+// are split over `split` threads only when the columns alone would leave the GPU short of
+// threads; each thread issues its loads 8 at a time. Thread (x, y) sums partials y, y +
+// split, ... of its columns in order, then y == 0 adds the split sums in order: a fixed
+// order for given (nparts, n), so dw/db stay bitwise reproducible.
 constexpr int RED_THREADS = 256, RED_MAX_SPLIT = 16;
 
 template <typename A>
