@@ -189,7 +189,7 @@ extern "C" size_t gn_cuda_fwd_workspace_bytes(const gn_config* c) {
   // Groups under two chunks never take the wide path: no device query on the hot path of
   // narrow rows (decode).
   if (!c || c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size ||
-      c->group_size < 2 * (int64_t)gn::WIDE_BLOCK * gn::WIDE_VECS * (16 / (int64_t)gn_dtype_size(c->dtype)))
+      c->group_size < gn::wide_min_group(c->dtype))
     return 0;
   gn::DeviceInfo dev;
   if (gn::device_info(&dev) != GN_OK) return 0;

@@ -208,8 +208,7 @@ static bool knob_on(const char* name) {
 // Chunks of WIDE_BLOCK x `vecs` vectors a group, when the wide paths are for cfg.
 static int64_t wide_chunks(const gn_config& cfg, const DeviceInfo& dev, int vecs) {
   const int64_t G = cfg.group_size, segments = cfg.rows * (cfg.cols / G);
-  const int64_t sum_ch = (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(cfg.dtype));
-  if (G < 2 * sum_ch || segments >= 2LL * dev.sms) return 0;
+  if (G < wide_min_group(cfg.dtype) || segments >= 2LL * dev.sms) return 0;
   const int64_t ch = (int64_t)WIDE_BLOCK * vecs * (16 / (int64_t)gn_dtype_size(cfg.dtype));
   return (G + ch - 1) / ch;
 }

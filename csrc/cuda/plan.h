@@ -133,6 +133,8 @@ constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 constexpr int WIDE_BLOCK = 256, WIDE_VECS = 4;
 template <typename T>
 constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)sizeof(T)); }
+// The narrowest group the wide paths take: two of those chunks.
+inline int64_t wide_min_group(gn_dtype t) { return 2LL * WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(t)); }
 // Chunks a group takes on the forward's wide path, or 0 when the path is not for cfg:
 // it serves what the loop path would run with fewer (row, group) blocks than twice the
 // SMs (16 rows of 2^20), groups of 2+ chunks. GATEDNORM_FWD_WIDE=0 (read once) turns it
