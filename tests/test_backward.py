@@ -143,15 +143,22 @@ def test_grads_rows_per_block(shape, rms, device):
     grads_vs_reference(shape, torch.bfloat16, device, None, True, rms, "silu")
 
 
+# Rows of a "many"-row case: (row, group) segments for twice the SMs, which the wide path
+# leaves to the loop path (csrc/cuda/plan.cu, wide_chunks).
+MANY = "many"
+
+
 @requires_cuda
 @pytest.mark.parametrize("shape,kernel", [((64, 4096), "bwd_regs"), ((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
-                                          ((64, 32768), "bwd_regs"), ((64, 32767), "bwd_loop"),
-                                          ((4, 1 << 18), "bwd_loop")],
-                         ids=["4096", "5120", "8192", "32768-split", "32767-loop", "2^18-split-loop"])
+                                          ((64, 32768), "bwd_regs"), ((MANY, 32767), "bwd_loop"),
+                                          ((MANY, 1 << 18), "bwd_loop"), ((64, 32767), "bwd_wide")],
+                         ids=["4096", "5120", "8192", "32768-split", "32767-loop", "2^18-split-loop", "32767-wide"])
 def test_cuda_kernel_paths(shape, kernel):
     """Groups up to 8192 bf16 take the register path (16 elements a thread past 4096),
     aligned wider ones a register path split across a cluster (up to 16 x 8192), unaligned
-    or wider ones the loop path."""
+    or wider ones the loop path, or the wide path when they are few."""
+    if shape[0] == MANY:
+        shape = (2 * torch.cuda.get_device_properties(0).multi_processor_count, shape[1])
     x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda", bias=False)  # (a bias: 8192 needs 64 KB more)
     out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
     dy = torch.randn_like(out)

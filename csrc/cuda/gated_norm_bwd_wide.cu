@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
   constexpr int64_t CH = (int64_t)WIDE_BLOCK * WIDE_BWD_VECS * VEC;
-  __shared__ TeamScratch<2, A> red;
+  __shared__ TeamScratch<2, A> red;  // (warp-wide sums only: unused)
   int phase = 0;
   pdl_wait();
   pdl_trigger();
@@ -92,25 +92,38 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
   A dw[K], db[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
+  // A row's loads are issued one row ahead, under the previous row's math and stores:
+  // with two blocks an SM, one row's 24 KB a block in flight at a time left the kernel
+  // latency-bound.
+  uint4 xr[WIDE_BWD_VECS], dyr[WIDE_BWD_VECS], zr[WIDE_BWD_VECS];
+  const auto load_row = [&](int64_t r, uint4(&xv)[WIDE_BWD_VECS], uint4(&dyv)[WIDE_BWD_VECS],
+                            uint4(&zv)[WIDE_BWD_VECS]) {
+    const BwdRow<T> p = bwd_row<T>(a, r, col0);
+#pragma unroll
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+      xv[j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
+      dyv[j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
+      zv[j] = gate ? load_word<T>(p.z, wide_col<T>(j), lim, al) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  const int lane = threadIdx.x & 31;
+  if (M - 1 - q >= 0) load_row(M - 1 - q, xr, dyr, zr);
   for (int64_t r = M - 1 - q; r >= 0; r -= Q) {
     const BwdRow<T> p = bwd_row<T>(a, r, col0);
-    uint4 xr[WIDE_BWD_VECS], dyr[WIDE_BWD_VECS], zr[WIDE_BWD_VECS];
-#pragma unroll
-    for (int j = 0; j < WIDE_BWD_VECS; ++j) {  // in flight while the row's sums are added
-      xr[j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
-      dyr[j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
-      if (gate) zr[j] = load_word<T>(p.z, wide_col<T>(j), lim, al);
-    }
     A mean, rstd;
     load_stats<A>(a, g, r, mean, rstd);
+    // The row's sums from its C1 parts, by each warp alone (no block barrier: lane-strided,
+    // then a fixed shuffle tree: every warp of every block of the row gets the same bits).
     const A* part = sums + (r * ngroups + g) * C1 * 2;
     A s[2] = {0, 0};
-    for (int64_t i = threadIdx.x; i < C1; i += WIDE_BLOCK) {
+    for (int64_t i = lane; i < C1; i += 32) {
       s[0] += part[2 * i];
       s[1] += part[2 * i + 1];
     }
-    team_sum<2>(s, WIDE_BLOCK, red, phase);
+    team_sum<2>(s, 32, red, phase);
     const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+    uint4 nx[WIDE_BWD_VECS], ndy[WIDE_BWD_VECS], nz[WIDE_BWD_VECS];
+    if (r - Q >= 0) load_row(r - Q, nx, ndy, nz);
 #pragma unroll
     for (int j = 0; j < WIDE_BWD_VECS; ++j) {
       const int64_t cj = wide_col<T>(j);
@@ -136,6 +149,12 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
       store_vec<T, VEC>(p.dx, cj, lim, al, x);
       if (gate) store_vec<T, VEC>(p.dz, cj, lim, al, z);
       if (p.out) store_vec<T, VEC>(p.out, cj, lim, al, dy);
+    }
+#pragma unroll
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+      xr[j] = nx[j];
+      dyr[j] = ndy[j];
+      zr[j] = nz[j];
     }
   }
   A* ws_dw = static_cast<A*>(a.workspace) + q * N + col0;

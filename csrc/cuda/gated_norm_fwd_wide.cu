@@ -103,39 +103,43 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   constexpr int64_t CH = wide_chunk_cols<T>();
-  __shared__ TeamScratch<1, A> red;
+  __shared__ TeamScratch<1, A> red;  // (warp-wide sums only: unused)
   int phase = 0;
-  pdl_wait();
-  pdl_trigger();
   const gn_config& c = a.cfg;
   // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
   const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
   const Chunk<T> k = chunk_of<T>(a, item, C);
   const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
   uint4 xr[WIDE_VECS], zr[WIDE_VECS];
+  // x and z are loaded before the wait: fwd_wide_stats only reads them, and this grid
+  // starts only once every block of it has passed its own wait on the grid that wrote them
+  // (so the loads overlap the first kernel's last blocks). The output is written after.
 #pragma unroll
-  for (int j = 0; j < WIDE_VECS; ++j) {  // in flight while the partials are summed
+  for (int j = 0; j < WIDE_VECS; ++j) {
     xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
     if (gate) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
   }
-  // The segment's statistics from its C partials: each thread a fixed stride of them,
-  // then the block's fixed-order sum.
-  const int np = wide_parts(c);
+  pdl_wait();
+  pdl_trigger();
+  // The segment's statistics from its C partials, by each warp alone (no block barrier:
+  // lane-strided, then a fixed shuffle tree, so every warp of every chunk of the segment
+  // gets the same bits, and reruns do too).
+  const int np = wide_parts(c), lane = threadIdx.x & 31;
   const A* part = static_cast<const A*>(a.workspace) + (item - k.c) * np;  // the segment's chunk 0
   A s[1] = {0};
-  for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) s[0] += part[i * np];
-  team_sum<1>(s, WIDE_BLOCK, red, phase);
+  for (int64_t i = lane; i < C; i += 32) s[0] += part[i * np];
+  team_sum<1>(s, 32, red, phase);
   A mean = 0, var = s[0] * rc.inv_g;
   if (!c.is_rms_norm) {  // sum over chunks of M2_i + n_i (mean_i - mean)^2
     mean = var;
     A q[1] = {0};
     const int64_t G = c.group_size;
-    for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) {
+    for (int64_t i = lane; i < C; i += 32) {
       const A n = (A)chunk_cols(G, i, CH);
       const A d = part[i * np] / n - mean;
       q[0] += part[i * np + 1] + n * d * d;
     }
-    team_sum<1>(q, WIDE_BLOCK, red, phase);
+    team_sum<1>(q, 32, red, phase);
     var = q[0] * rc.inv_g;
   }
   const A rstd = rsqrt_acc(var + rc.eps);
