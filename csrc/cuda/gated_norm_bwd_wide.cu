@@ -2,11 +2,14 @@
 // of 2^20), as the forward's wide path (gated_norm_fwd_wide.cu) does it:
 //  1. bwd_wide_sums: a block per chunk of the forward's geometry writes the chunk's parts
 //     of the group sums c1 = mean(vhat * w * dy0) and c2 = mean(w * dy0) to the workspace;
-//  2. bwd_wide_grads: a block per chunk of WIDE_BWD_VECS vectors a thread and per set of
+//  2. bwd_wide_merge: a warp per segment adds its parts in a fixed order into c1, c2;
+//  3. bwd_wide_grads: a block per chunk of WIDE_BWD_VECS vectors a thread and per set of
 //     rows (rows q, q + Q, ... of `row_splits` Q, walked from the last, which the first
-//     kernel read last) sums a row's parts in a fixed order, writes dx, dz (and the
-//     recomputed output), and keeps its columns' dw / db sums in registers across its
-//     rows: one partial row each, which launch_reduce adds in a fixed order.
+//     kernel read last) writes dx, dz (and the recomputed output), and keeps its
+//     columns' dw / db sums in registers across its rows: one partial row each, which
+//     launch_reduce adds in a fixed order.
+// Merging once a segment, not in every warp of kernel 3 (each row's 128 parts read again
+// by 8 warps of 512 blocks: ~67 MB of L2 reads for bign_1m), keeps kernel 3 streaming.
 // x, dy and z are read twice (the second time partly from L2), dx and dz written once.
 #include "gated_norm_bwd.cuh"
 #include "partials.cuh"
@@ -19,6 +22,12 @@ namespace {
 __host__ __device__ inline int64_t sums_offset(int64_t row_splits, int64_t cols, int acc_bytes) {
   const int64_t per16 = 16 / acc_bytes;
   return (2 * row_splits * cols + per16 - 1) / per16 * per16;
+}
+
+// Elements before the merged (c1, c2) of each segment: the dw/db rows, then the parts.
+__host__ __device__ inline int64_t merged_offset(int64_t row_splits, const gn_config& c, int64_t C1, int acc_bytes) {
+  const int64_t per16 = 16 / acc_bytes, n = c.rows * (c.cols / c.group_size) * C1 * 2;
+  return sums_offset(row_splits, c.cols, acc_bytes) + (n + per16 - 1) / per16 * per16;
 }
 
 template <typename T>
@@ -70,17 +79,38 @@ __global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_sums(const gn_bwd_args a,
   }
 }
 
-// Two blocks an SM (128 registers, no spills, sm_90; left free fp32 took 145: one).
 template <typename T>
-__global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_args a, const int64_t C1, const int64_t C2,
-                                                             const bool al, const RowConsts<acc_t<T>> rc) {
+__global__ void __launch_bounds__(32) bwd_wide_merge(const gn_bwd_args a, const int64_t C1, const int64_t Q,
+                                                     const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
-  constexpr int64_t CH = (int64_t)WIDE_BLOCK * WIDE_BWD_VECS * VEC;
   __shared__ TeamScratch<2, A> red;  // (warp-wide sums only: unused)
   int phase = 0;
   pdl_wait();
   pdl_trigger();
+  const gn_config& c = a.cfg;
+  const int64_t seg = blockIdx.x;
+  A* ws = static_cast<A*>(a.workspace);
+  const A* part = ws + sums_offset(Q, c.cols, (int)sizeof(A)) + seg * C1 * 2;
+  A s[2] = {0, 0};
+  for (int64_t i = threadIdx.x; i < C1; i += 32) {
+    s[0] += part[2 * i];
+    s[1] += part[2 * i + 1];
+  }
+  team_sum<2>(s, 32, red, phase);
+  if (threadIdx.x == 0) {
+    A* m = ws + merged_offset(Q, c, C1, (int)sizeof(A)) + seg * 2;
+    m[0] = s[0] * rc.inv_g;
+    m[1] = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+  }
+}
+
+// Two blocks an SM (128 registers, no spills, sm_90; left free fp32 took 145: one).
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_args a, const int64_t C1, const int64_t C2,
+                                                             const bool al) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
+  constexpr int64_t CH = (int64_t)WIDE_BLOCK * WIDE_BWD_VECS * VEC;
   const gn_config& c = a.cfg;
   const int64_t G = c.group_size, ngroups = c.cols / G, M = c.rows, N = c.cols, Q = gridDim.y, q = blockIdx.y;
   const int64_t gc = gridDim.x - 1 - blockIdx.x;  // reverse: the first kernel's last chunks first
@@ -88,7 +118,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
   const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;
   const bool want_b = a.bias && (a.out || after);
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, lim), bvec = params_vec_ok<VEC>(a.bias, col0, lim);
-  const A* sums = static_cast<const A*>(a.workspace) + sums_offset(Q, N, (int)sizeof(A));
+  const A* merged = static_cast<const A*>(a.workspace) + merged_offset(Q, c, C1, (int)sizeof(A));
   A dw[K], db[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
@@ -106,22 +136,17 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
       zv[j] = gate ? load_word<T>(p.z, wide_col<T>(j), lim, al) : make_uint4(0, 0, 0, 0);
     }
   };
-  const int lane = threadIdx.x & 31;
+  // The first row's loads before the wait: the two kernels before this one only read x,
+  // dy, z, and this grid starts only once every block of those has passed its own wait.
   if (M - 1 - q >= 0) load_row(M - 1 - q, xr, dyr, zr);
+  pdl_wait();
+  pdl_trigger();
   for (int64_t r = M - 1 - q; r >= 0; r -= Q) {
     const BwdRow<T> p = bwd_row<T>(a, r, col0);
     A mean, rstd;
     load_stats<A>(a, g, r, mean, rstd);
-    // The row's sums from its C1 parts, by each warp alone (no block barrier: lane-strided,
-    // then a fixed shuffle tree: every warp of every block of the row gets the same bits).
-    const A* part = sums + (r * ngroups + g) * C1 * 2;
-    A s[2] = {0, 0};
-    for (int64_t i = lane; i < C1; i += 32) {
-      s[0] += part[2 * i];
-      s[1] += part[2 * i + 1];
-    }
-    team_sum<2>(s, 32, red, phase);
-    const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+    const A* m = merged + (r * ngroups + g) * 2;
+    const A c1 = m[0], c2 = m[1];
     uint4 nx[WIDE_BWD_VECS], ndy[WIDE_BWD_VECS], nz[WIDE_BWD_VECS];
     if (r - Q >= 0) load_row(r - Q, nx, ndy, nz);
 #pragma unroll
@@ -180,9 +205,12 @@ gn_status launch_typed(const gn_bwd_args& a, bool aligned, const WideBwd& w, con
                             dev, "gated_norm backward (wide path, row sums) launch", 1, a, w.sum_chunks, w.row_splits,
                             aligned);
   if (st != GN_OK) return st;
+  st = launch_pdl(bwd_wide_merge<T>, dim3((unsigned)segments), 32, 0, s, dev,
+                  "gated_norm backward (wide path, row sums merge) launch", 1, a, w.sum_chunks, w.row_splits,
+                  row_consts<acc_t<T>>(a.cfg));
+  if (st != GN_OK) return st;
   return launch_pdl(bwd_wide_grads<T>, dim3((unsigned)(ngroups * w.grad_chunks), (unsigned)w.row_splits), WIDE_BLOCK,
-                    0, s, dev, "gated_norm backward (wide path) launch", 1, a, w.sum_chunks, w.grad_chunks, aligned,
-                    row_consts<acc_t<T>>(a.cfg));
+                    0, s, dev, "gated_norm backward (wide path) launch", 1, a, w.sum_chunks, w.grad_chunks, aligned);
 }
 
 }  // namespace
@@ -191,7 +219,7 @@ size_t bwd_wide_workspace_bytes(const gn_config& c, const WideBwd& w) {
   if (!w.sum_chunks) return 0;
   const int acc = c.dtype == GN_FLOAT64 ? 8 : 4;
   const int64_t segments = c.rows * (c.cols / c.group_size);
-  return (size_t)(sums_offset(w.row_splits, c.cols, acc) + segments * w.sum_chunks * 2) * acc;
+  return (size_t)(merged_offset(w.row_splits, c, w.sum_chunks, acc) + segments * 2) * acc;
 }
 
 gn_status launch_bwd_wide(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev,

@@ -8,10 +8,14 @@
 //     and writes the chunk's partial sums to the workspace: RMS the sum of squares;
 //     LayerNorm the sum and the squared deviations from the chunk's own mean (merged
 //     exactly in 2, as Chan et al.'s pairwise variance, never as E[v^2] - mu^2);
-//  2. fwd_wide_apply: a block per chunk sums its segment's partials (in a fixed order:
-//     every chunk of a segment gets the same bits, and reruns do too), then normalises
-//     its chunk and writes it. It walks the chunks in reverse, so the chunks the first
-//     kernel read last are read again while they are still in L2.
+//  2. fwd_wide_merge: a warp per segment sums its partials in a fixed order (reruns get
+//     the same bits) into the segment's mean and rstd (workspace and stats outputs);
+//  3. fwd_wide_apply: a block per chunk normalises its chunk with them and writes it. It
+//     walks the chunks in reverse, so the chunks the first kernel read last are read
+//     again while they are still in L2.
+// Merging once a segment, not in every block of kernel 3, keeps kernel 3 a plain stream:
+// there, each warp's merge of 128 partials read ~8 MB of L2 and kept the block's loads
+// waiting (H100 ncu, bign_1m: 46% of DRAM bandwidth at 3 blocks an SM).
 // x is read twice (z too when it enters the statistics); the second read hits L2 for
 // what the first left there. No atomics, no waiting between blocks, no clusters.
 #include "gated_norm_fwd.cuh"
@@ -97,35 +101,25 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a
   }
 }
 
+// Where the segments' (mean, rstd) sit in the workspace: after the partials, 16-byte aligned.
+__host__ __device__ inline int64_t stats_offset(const gn_config& c, int64_t C) {
+  const int64_t n = c.rows * (c.cols / c.group_size) * C * wide_parts(c);
+  return (n + 3) / 4 * 4;
+}
+
 template <typename T>
-__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const bool al,
-                                                             const RowConsts<acc_t<T>> rc) {
+__global__ void __launch_bounds__(32) fwd_wide_merge(const gn_fwd_args a, const int64_t C,
+                                                     const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>();
   constexpr int64_t CH = wide_chunk_cols<T>();
   __shared__ TeamScratch<1, A> red;  // (warp-wide sums only: unused)
   int phase = 0;
-  const gn_config& c = a.cfg;
-  // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
-  const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
-  const Chunk<T> k = chunk_of<T>(a, item, C);
-  const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
-  uint4 xr[WIDE_VECS], zr[WIDE_VECS];
-  // x and z are loaded before the wait: fwd_wide_stats only reads them, and this grid
-  // starts only once every block of it has passed its own wait on the grid that wrote them
-  // (so the loads overlap the first kernel's last blocks). The output is written after.
-#pragma unroll
-  for (int j = 0; j < WIDE_VECS; ++j) {
-    xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
-    if (gate) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
-  }
   pdl_wait();
   pdl_trigger();
-  // The segment's statistics from its C partials, by each warp alone (no block barrier:
-  // lane-strided, then a fixed shuffle tree, so every warp of every chunk of the segment
-  // gets the same bits, and reruns do too).
-  const int np = wide_parts(c), lane = threadIdx.x & 31;
-  const A* part = static_cast<const A*>(a.workspace) + (item - k.c) * np;  // the segment's chunk 0
+  const gn_config& c = a.cfg;
+  const int64_t seg = blockIdx.x, ngroups = c.cols / c.group_size, r = seg / ngroups, g = seg - r * ngroups;
+  const int np = wide_parts(c), lane = threadIdx.x;
+  const A* part = static_cast<const A*>(a.workspace) + seg * C * np;
   A s[1] = {0};
   for (int64_t i = lane; i < C; i += 32) s[0] += part[i * np];
   team_sum<1>(s, 32, red, phase);
@@ -133,9 +127,8 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
   if (!c.is_rms_norm) {  // sum over chunks of M2_i + n_i (mean_i - mean)^2
     mean = var;
     A q[1] = {0};
-    const int64_t G = c.group_size;
     for (int64_t i = lane; i < C; i += 32) {
-      const A n = (A)chunk_cols(G, i, CH);
+      const A n = (A)chunk_cols(c.group_size, i, CH);
       const A d = part[i * np] / n - mean;
       q[0] += part[i * np + 1] + n * d * d;
     }
@@ -143,6 +136,38 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
     var = q[0] * rc.inv_g;
   }
   const A rstd = rsqrt_acc(var + rc.eps);
+  if (lane == 0) {
+    A* st = static_cast<A*>(a.workspace) + stats_offset(c, C) + seg * 2;
+    st[0] = mean;
+    st[1] = rstd;
+    store_stats<A>(a, g, r, mean, rstd);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const bool al) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>();
+  constexpr int64_t CH = wide_chunk_cols<T>();
+  const gn_config& c = a.cfg;
+  // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
+  const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
+  const Chunk<T> k = chunk_of<T>(a, item, C);
+  const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
+  uint4 xr[WIDE_VECS], zr[WIDE_VECS];
+  // x and z are loaded before the wait: the two kernels before this one only read them,
+  // and this grid starts only once every block of those has passed its own wait on the
+  // grid that wrote them (so the loads overlap their last blocks). The output is written
+  // after it.
+#pragma unroll
+  for (int j = 0; j < WIDE_VECS; ++j) {
+    xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
+    if (gate) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
+  }
+  pdl_wait();
+  pdl_trigger();
+  const A* st = static_cast<const A*>(a.workspace) + stats_offset(c, C) + (item / C) * 2;
+  const A mean = st[0], rstd = st[1];
   const int64_t col0 = k.g * c.group_size + k.c * CH;
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, k.lim), bvec = params_vec_ok<VEC>(a.bias, col0, k.lim);
 #pragma unroll
@@ -163,7 +188,6 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
     }
     store_vec<T, VEC>(k.p.out, cj, k.lim, al, v);
   }
-  if (threadIdx.x == 0 && k.c == 0) store_stats<A>(a, k.g, k.r, mean, rstd);
 }
 
 template <typename T>
@@ -174,8 +198,11 @@ gn_status launch_typed(const gn_fwd_args& a, bool aligned, int64_t C, const Devi
   gn_status st = launch_pdl(fwd_wide_stats<T>, grid, WIDE_BLOCK, 0, s, dev,
                             "gated_norm forward (wide path, partial sums) launch", 1, a, C, aligned);
   if (st != GN_OK) return st;
+  st = launch_pdl(fwd_wide_merge<T>, dim3((unsigned)segments), 32, 0, s, dev,
+                  "gated_norm forward (wide path, statistics) launch", 1, a, C, row_consts<acc_t<T>>(a.cfg));
+  if (st != GN_OK) return st;
   return launch_pdl(fwd_wide_apply<T>, grid, WIDE_BLOCK, 0, s, dev, "gated_norm forward (wide path) launch", 1, a, C,
-                    aligned, row_consts<acc_t<T>>(a.cfg));
+                    aligned);
 }
 
 }  // namespace
@@ -199,5 +226,5 @@ extern "C" size_t gn_cuda_fwd_workspace_bytes(const gn_config* c) {
   if (gn::device_info(&dev) != GN_OK) return 0;
   const int64_t chunks = gn::fwd_wide_chunks(*c, dev);
   const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
-  return (size_t)(chunks * c->rows * (c->cols / c->group_size)) * gn::wide_parts(*c) * acc;
+  return (size_t)(gn::stats_offset(*c, chunks) + 2 * c->rows * (c->cols / c->group_size)) * acc;
 }

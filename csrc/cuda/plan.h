@@ -129,8 +129,12 @@ constexpr int LOOP_BLOCK = 512;
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
 // Forward wide path (gated_norm_fwd_wide.cu): chunks of WIDE_BLOCK threads x WIDE_VECS
-// 16-byte vectors, two kernels (partial sums, then statistics + output).
-constexpr int WIDE_BLOCK = 256, WIDE_VECS = 4;
+// 16-byte vectors, three kernels (partial sums, statistics, output). -DGN_WIDE_VECS=k and
+// -DGN_WIDE_BWD_VECS=k (below) are tuning variants (scripts/device_tune.sh).
+#ifndef GN_WIDE_VECS
+#define GN_WIDE_VECS 4
+#endif
+constexpr int WIDE_BLOCK = 256, WIDE_VECS = GN_WIDE_VECS;
 template <typename T>
 constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)sizeof(T)); }
 // The narrowest group the wide paths take: two of those chunks.
@@ -145,7 +149,10 @@ int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev);
 // (`grad_chunks`), each of those blocks walking one of `row_splits` interleaved sets of
 // the rows (enough blocks for twice the SMs), its dw/db sums one partial row. All zero
 // when the path is not for cfg; GATEDNORM_BWD_WIDE=0 (read once) turns it off.
-constexpr int WIDE_BWD_VECS = 2;
+#ifndef GN_WIDE_BWD_VECS
+#define GN_WIDE_BWD_VECS 2
+#endif
+constexpr int WIDE_BWD_VECS = GN_WIDE_BWD_VECS;
 struct WideBwd {
   int64_t sum_chunks, grad_chunks, row_splits;
 };
