@@ -247,7 +247,7 @@ KERNEL_PATHS = [
 ]
 
 
-# (shape, group, dtype, norm_before_gate, rms, act, x's offset, row stride pad): the CUDA wide
+# (shape, group, dtype, norm_before_gate, rms, act, x's offset, row stride pad, bias): the CUDA wide
 # path (few rows of groups the register path cannot hold: gated_norm_fwd_wide.cu), chunks of
 # 8192 bf16 / 4096 fp32 / 2048 fp64 columns. A chunk cut short at the group's end (aligned:
 # 24584 = 3 x 8192 + 8; unaligned: 65537), several groups a row, the gate in the statistics,
@@ -257,21 +257,22 @@ KERNEL_PATHS = [
 # between-chunk term (the chunks' means differ by up to 4: without it the variance, 1 +
 # 4/3, would come out ~1). On the CPU the same shapes check the CPU kernels.
 WIDE_CASES = [
-    ((3, 24584), None, torch.bfloat16, True, False, "silu", 64.0, 0),
-    ((2, 2 * 24584), 24584, torch.bfloat16, False, False, "sigmoid", 64.0, 8),
-    ((2, 49168), None, torch.float16, True, True, "swish", 0.0, 16),
-    ((1, 65537), None, torch.float32, False, False, "swish", 64.0, 0),
-    ((2, 2 * 8200), 8200, torch.float32, True, True, "sigmoid", 0.0, 4),
-    ((2, 10001), None, torch.float64, False, False, "silu", 64.0, 0),
+    ((3, 24584), None, torch.bfloat16, True, False, "silu", 64.0, 0, True),
+    ((2, 2 * 24584), 24584, torch.bfloat16, False, False, "sigmoid", 64.0, 8, True),
+    ((2, 49168), None, torch.float16, True, True, "swish", 0.0, 16, False),
+    ((1, 65537), None, torch.float32, False, False, "swish", 64.0, 0, False),
+    ((2, 2 * 8200), 8200, torch.float32, True, True, "sigmoid", 0.0, 4, True),
+    ((2, 10001), None, torch.float64, False, False, "silu", 64.0, 0, True),
 ]
 
 
 @pytest.mark.parametrize("case", WIDE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-"
-                         f"{DT_IDS[DTYPES.index(c[2])]}-{'rms' if c[4] else 'ln'}-pad{c[7]}")
+                         f"{DT_IDS[DTYPES.index(c[2])]}-{'rms' if c[4] else 'ln'}-pad{c[7]}"
+                         f"{'' if c[8] else '-nobias'}")
 def test_wide_groups(case, device):
     """Output and statistics of few rows of very wide groups against fp64."""
-    shape, g, dtype, nbg, rms, act, offset, pad = case
-    x, w, b, z = make_inputs(shape, dtype, device)
+    shape, g, dtype, nbg, rms, act, offset, pad, bias = case
+    x, w, b, z = make_inputs(shape, dtype, device, bias=bias)
     if offset:
         x = (x.double() + offset + torch.linspace(0, 4, shape[-1], dtype=torch.float64, device=device)).to(dtype)
     if pad:  # the same values in rows `pad` elements longer: a row stride != N
