@@ -370,9 +370,10 @@ def test_empty_batch_backward(shape, rms, device):
 
 # (shape, group, dtype, norm_before_gate, rms, act, z, weight, bias): the CUDA wide path's
 # backward (few rows of groups the register path cannot hold: gated_norm_bwd_wide.cu) --
-# row sums over chunks of 8192 bf16 / 4096 fp32 / 2048 fp64 columns, gradients over chunks
-# of half that, the last one cut short (aligned 24584 = 3 x 8192 + 8, unaligned 65537,
-# 10001), several groups a row, the gate before and after the norm, optional parameters.
+# row sums and gradients over chunks of 2048 bf16 / 1024 fp32 / 512 fp64 columns (one
+# vector a thread: plan.h), the last one cut short (aligned 24584 = 12 x 2048 + 8,
+# unaligned 65537, 10001), several groups a row, the gate before and after the norm,
+# optional parameters.
 # On the CPU the same shapes check the CPU kernels.
 WIDE_BWD_CASES = [
     ((3, 24584), None, torch.bfloat16, True, False, "silu", True, True, True),

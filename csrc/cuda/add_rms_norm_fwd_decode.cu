@@ -16,75 +16,57 @@ namespace gn {
 namespace {
 using namespace an;
 
-// At most DECODE_MAX_THREADS vectors a row (bf16 rows up to 8192, fp32 up to 4096); longer
-// rows take the streaming kernel. Tuning variant -DGN_AN_DECODE_THREADS=k (256, 512): rows of
-// more than k vectors take 2, then 4 vectors a thread (fewer warps to reduce and to launch:
-// torch.compile's kernel beat this one at N = 8192, M = 1 and 64, H100 2026-11-22), instead of
-// one vector a thread up to 1024 threads.
+// One vector a thread (bf16 rows up to 8192, fp32 up to 4096); longer rows take the
+// streaming kernel.
 constexpr int DECODE_MAX_THREADS = 1024;
-#ifndef GN_AN_DECODE_THREADS
-#define GN_AN_DECODE_THREADS 1024
-#endif
 
-// NV vectors a thread: vector j of thread t at column (j * blockDim.x + t) * VEC.
-template <typename T, typename R, typename P, int NV>
+template <typename T, typename R, typename P>
 __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, const RowConsts<acc_t<T>>& rc,
                                            TeamScratch<1, acc_t<T>>& red) {
   using A = acc_t<T>;
   constexpr int VEC = vec_of<T, R>();
   const gn_addnorm_config& c = a.cfg;
   const int64_t r = blockIdx.x;
-  const int N = (int)c.cols;
+  const int N = (int)c.cols, cj = threadIdx.x * VEC;
   const T* x = a.x ? static_cast<const T*>(a.x) + r * a.x_stride : nullptr;
   const R* res = static_cast<const R*>(a.residual) + r * a.residual_stride;
   const P* w = static_cast<const P*>(a.weight);
-  auto col = [&](int j) { return (int)(threadIdx.x * VEC) + j * (int)(blockDim.x * VEC); };
-  Packed<R, VEC> pr[NV];
-  Packed<T, VEC> px[NV];
-  Packed<P, VEC> pw[NV];
+  Packed<R, VEC> pr;
+  Packed<T, VEC> px;
+  Packed<P, VEC> pw;
+  load_packed<R, VEC>(pr, res, cj, N);
+  if (x) load_packed<T, VEC>(px, x, cj, N);
+  if (w) load_packed<P, VEC>(pw, w, cj, N);
+  A h[VEC], ss[1] = {0};
+  unpack<R, VEC>(pr, h);
+  if (x) {
+    A xv[VEC];
+    unpack<T, VEC>(px, xv);
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    load_packed<R, VEC>(pr[j], res, col(j), N);
-    if (x) load_packed<T, VEC>(px[j], x, col(j), N);
-    if (w) load_packed<P, VEC>(pw[j], w, col(j), N);
+    for (int i = 0; i < VEC; ++i) h[i] += xv[i];
   }
-  A h[NV][VEC], ss[1] = {0};
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    unpack<R, VEC>(pr[j], h[j]);
-    if (x) {
-      A xv[VEC];
-      unpack<T, VEC>(px[j], xv);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) h[j][i] += xv[i];
-    }
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      h[j][i] = round_to<R>(h[j][i]);  // the residual as stored is what gets normalised
-      ss[0] += h[j][i] * h[j][i];
-    }
-    if (a.residual_out)
-      store_vec<R, VEC>(static_cast<R*>(a.residual_out) + r * a.residual_out_stride, col(j), N, true, h[j]);
+  for (int i = 0; i < VEC; ++i) {
+    h[i] = round_to<R>(h[i]);  // the residual as stored is what gets normalised
+    ss[0] += h[i] * h[i];
   }
+  if (a.residual_out) store_vec<R, VEC>(static_cast<R*>(a.residual_out) + r * a.residual_out_stride, cj, N, true, h);
   int phase = 0;
   team_sum<1>(ss, blockDim.x, red, phase);
   const A rstd = row_rstd<A>(ss[0], rc);
+  A wv[VEC];
+  if (w) {
+    acc_t<P> wp[VEC];
+    unpack<P, VEC>(pw, wp);
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    A wv[VEC];
-    if (w) {
-      acc_t<P> wp[VEC];
-      unpack<P, VEC>(pw[j], wp);
+    for (int i = 0; i < VEC; ++i) wv[i] = (A)wp[i] + (c.gemma ? A(1) : A(0));
+  } else {
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) wv[i] = (A)wp[i] + (c.gemma ? A(1) : A(0));
-    } else {
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) wv[i] = A(1);  // gemma: 1 + 0
-    }
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) h[j][i] *= rstd * wv[i];
-    store_vec<T, VEC>(static_cast<T*>(a.out) + r * a.out_stride, col(j), N, true, h[j]);
+    for (int i = 0; i < VEC; ++i) wv[i] = A(1);  // gemma: 1 + 0
   }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) h[i] *= rstd * wv[i];
+  store_vec<T, VEC>(static_cast<T*>(a.out) + r * a.out_stride, cj, N, true, h);
   if (threadIdx.x == 0 && a.rstd) static_cast<A*>(a.rstd)[r] = rstd;
 }
 
@@ -92,16 +74,15 @@ __device__ __forceinline__ void decode_row(const gn_addnorm_fwd_args& a, const R
 // P = T) that packs; blockDim.x * VEC >= cols, blockDim.x whole warps. One weight dtype a
 // kernel: with a run-time switch over four the kernel took 48 registers (one block of
 // 1024 threads an SM); alone it fits 32 with none spilled, two blocks of 1024 an SM.
-// NV > 1 runs at most GN_AN_DECODE_THREADS threads (launch below).
-template <typename T, typename R, typename P, int NV>
-__global__ void __launch_bounds__(NV == 1 ? DECODE_MAX_THREADS : GN_AN_DECODE_THREADS, 2) an_fwd_decode(const gn_addnorm_fwd_args a,
+template <typename T, typename R, typename P>
+__global__ void __launch_bounds__(DECODE_MAX_THREADS, 2) an_fwd_decode(const gn_addnorm_fwd_args a,
                                                                             const RowConsts<acc_t<T>> rc) {
   __shared__ TeamScratch<1, acc_t<T>> red;
   pdl_wait();
   // The next kernel may start launching once every block of this grid has passed here;
   // its blocks wait in pdl_wait until this grid has finished.
   pdl_trigger();
-  decode_row<T, R, P, NV>(a, rc, red);
+  decode_row<T, R, P>(a, rc, red);
 }
 
 // Rows beyond one wave of resident blocks: with the add, this kernel still, as FlashInfer
@@ -119,26 +100,14 @@ static int64_t decode_waves(bool add, int threads) {
   return v > 0 ? (int64_t)v : (add && threads >= 256 ? INT64_MAX : 1);
 }
 
-template <typename T, typename R, typename P, int NV>
-gn_status launch_nv(const gn_addnorm_fwd_args& a, int threads, const DeviceInfo& dev, cudaStream_t s, bool* done) {
-  constexpr auto kernel = an_fwd_decode<T, R, P, NV>;
+template <typename T, typename R, typename P>
+gn_status launch(const gn_addnorm_fwd_args& a, int threads, const DeviceInfo& dev, cudaStream_t s, bool* done) {
+  constexpr auto kernel = an_fwd_decode<T, R, P>;
   const int64_t waves = decode_waves(a.x != nullptr, threads), resident = (int64_t)resident_blocks<kernel>(threads, 0) * dev.sms;
   if (a.cfg.rows > 0x7fffffff || (a.cfg.rows + resident - 1) / resident > waves) return GN_OK;  // grid.x's limit
   *done = true;
   return launch_pdl(kernel, dim3((unsigned)a.cfg.rows), threads, 0, s, dev, "add_rms_norm forward (decode) launch", 1,
                     a, row_consts<acc_t<T>>(a.cfg));
-}
-
-// nvec vectors a row: one a thread, or (GN_AN_DECODE_THREADS below the maximum) 2 or 4
-// a thread past that many threads.
-template <typename T, typename R, typename P>
-gn_status launch(const gn_addnorm_fwd_args& a, int64_t nvec, const DeviceInfo& dev, cudaStream_t s, bool* done) {
-  auto threads = [&](int nv) { return (int)((nvec + nv - 1) / nv + 31) / 32 * 32; };
-  if constexpr (GN_AN_DECODE_THREADS < DECODE_MAX_THREADS) {
-    if (nvec > 2LL * GN_AN_DECODE_THREADS) return launch_nv<T, R, P, 4>(a, threads(4), dev, s, done);
-    if (nvec > GN_AN_DECODE_THREADS) return launch_nv<T, R, P, 2>(a, threads(2), dev, s, done);
-  }
-  return launch_nv<T, R, P, 1>(a, threads(1), dev, s, done);
 }
 
 }  // namespace
@@ -156,12 +125,13 @@ gn_status an::launch_fwd_decode(const gn_addnorm_fwd_args& a, bool aligned, cons
     const gn_dtype wdt = a.weight ? c.param_dtype : dtype_of<T>();
     const int64_t nvec = c.cols / VEC;  // aligned: whole vectors
     if (nvec > DECODE_MAX_THREADS) return;
+    const int threads = (int)(nvec + 31) / 32 * 32;
     // The weight in x's dtype, or fp32 beside 16-bit x (it packs: 8 x 4 bytes); other
     // pairs take the streaming kernel.
     if (wdt == dtype_of<T>()) {
-      st = launch<T, R, T>(a, nvec, dev, s, done);
+      st = launch<T, R, T>(a, threads, dev, s, done);
     } else if constexpr (sizeof(T) == 2) {
-      if (wdt == GN_FLOAT32) st = launch<T, R, float>(a, nvec, dev, s, done);
+      if (wdt == GN_FLOAT32) st = launch<T, R, float>(a, threads, dev, s, done);
     }
   });
   return st;

@@ -104,7 +104,8 @@ __global__ void __launch_bounds__(32) bwd_wide_merge(const gn_bwd_args a, const 
   }
 }
 
-// Two blocks an SM (128 registers, no spills, sm_90; left free fp32 took 145: one).
+// Two blocks an SM (at most 128 registers, no spills, sm_90; bwd_wide_layout sizes the
+// grid for that).
 template <typename T>
 __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_args a, const int64_t C1, const int64_t C2,
                                                              const bool al) {

@@ -219,7 +219,7 @@ gn_status launch_fwd_wide(const gn_fwd_args& a, bool aligned, int64_t chunks, co
 }  // namespace gn
 
 extern "C" size_t gn_cuda_fwd_workspace_bytes(const gn_config* c) {
-  // Groups under two chunks never take the wide path: no device query on the hot path of
+  // Groups under wide_min_group never take the wide path: no device query on the hot path of
   // narrow rows (decode).
   if (!c || c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size ||
       c->group_size < gn::wide_min_group(c->dtype))

@@ -129,20 +129,26 @@ constexpr int LOOP_BLOCK = 512;
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
 // Forward wide path (gated_norm_fwd_wide.cu): chunks of WIDE_BLOCK threads x WIDE_VECS
-// 16-byte vectors, three kernels (partial sums, statistics, output). -DGN_WIDE_VECS=k and
-// -DGN_WIDE_BWD_VECS=k (below) are tuning variants (scripts/device_tune.sh).
+// 16-byte vectors, three kernels (partial sums, statistics, output). One vector a thread:
+// the kernels' registers (32-48 at one vector, 64-88 at four) set their blocks an SM, and
+// more warps kept more loads in flight (H100, bign_1m forward+backward 0.42 -> 0.49 of
+// the copy ceiling, bign_ln_before_1m 0.33 -> 0.40; bign_1m forward 0.56 -> 0.54, its
+// partial sums faster at four). -DGN_WIDE_VECS=k and -DGN_WIDE_BWD_VECS=k (below) are
+// tuning variants (scripts/device_tune.sh).
 #ifndef GN_WIDE_VECS
-#define GN_WIDE_VECS 4
+#define GN_WIDE_VECS 1
 #endif
 constexpr int WIDE_BLOCK = 256, WIDE_VECS = GN_WIDE_VECS;
 template <typename T>
 constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)sizeof(T)); }
-// The narrowest group the wide paths take: two of those chunks.
-inline int64_t wide_min_group(gn_dtype t) { return 2LL * WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)gn_dtype_size(t)); }
+// The narrowest group the wide paths take, whatever the chunk: 32 KB (16384 bf16), where
+// two kernels over chunks pay for their extra launches (the loop path keeps narrower
+// groups, decode rows among them).
+inline int64_t wide_min_group(gn_dtype t) { return 32768 / (int64_t)gn_dtype_size(t); }
 // Chunks a group takes on the forward's wide path, or 0 when the path is not for cfg:
 // it serves what the loop path would run with fewer (row, group) blocks than twice the
-// SMs (16 rows of 2^20), groups of 2+ chunks. GATEDNORM_FWD_WIDE=0 (read once) turns it
-// off, for tuning: those shapes then take the (split) loop path.
+// SMs (16 rows of 2^20), groups of wide_min_group or more. GATEDNORM_FWD_WIDE=0 (read
+// once) turns it off, for tuning: those shapes then take the (split) loop path.
 int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev);
 // Backward wide path (gated_norm_bwd_wide.cu): the row sums over the forward's chunks
 // (`sum_chunks` a group), the gradients over chunks of WIDE_BWD_VECS vectors a thread
@@ -150,7 +156,7 @@ int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev);
 // the rows (enough blocks for twice the SMs), its dw/db sums one partial row. All zero
 // when the path is not for cfg; GATEDNORM_BWD_WIDE=0 (read once) turns it off.
 #ifndef GN_WIDE_BWD_VECS
-#define GN_WIDE_BWD_VECS 2
+#define GN_WIDE_BWD_VECS 1
 #endif
 constexpr int WIDE_BWD_VECS = GN_WIDE_BWD_VECS;
 struct WideBwd {
