@@ -16,9 +16,7 @@ import statistics
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .cases import cuda_cases
-from .ncu_rows import _inputs
-from .providers import Env, norm_provider_fn, provider_fn
+from .ncu_rows import row_calls
 
 
 def _short(name: str, width: int = 90) -> str:
@@ -47,29 +45,13 @@ def main():
     ap.add_argument("--pass", dest="pas", default="fwd", choices=("fwd", "fwdbwd"))
     ap.add_argument("--calls", type=int, default=5)
     args = ap.parse_args()
-    dev = torch.device("cuda")
-    env = Env(dev, want_fla=True)
-    cases = {c.name: c for c in cuda_cases()}
-    for name in args.rows:
-        c = cases[name]
-        for prov in args.providers.split(","):
-            fn, why = (provider_fn if c.family == "gated" else norm_provider_fn)(prov, c, env)
-            if fn is None:
-                print(f"{name} {prov}: n/a ({why})")
-                continue
-            inputs = _inputs(c, dev, args.pas == "fwdbwd")
-            dy = torch.randn((c.M, c.N), device=dev, dtype=inputs[0].dtype)
-
-            def call():
-                out = fn(*inputs)
-                if args.pas == "fwdbwd":
-                    (out[0] if isinstance(out, tuple) else out).backward(dy)
-            for _ in range(2):
-                call()
-            times = kernel_times(call, args.calls)
-            print(f"== {name} {prov} {args.pas}: {sum(t for _, t in times):.1f} us in {len(times)} kernels")
-            for k, t in times:
-                print(f"  {t:8.1f}  {_short(k)}")
+    for name, prov, call in row_calls(args.rows, args.providers, args.pas):
+        for _ in range(2):
+            call()
+        times = kernel_times(call, args.calls)
+        print(f"== {name} {prov} {args.pas}: {sum(t for _, t in times):.1f} us in {len(times)} kernels")
+        for k, t in times:
+            print(f"  {t:8.1f}  {_short(k)}")
 
 
 if __name__ == "__main__":

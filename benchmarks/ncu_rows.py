@@ -36,37 +36,47 @@ def _inputs(c, dev, grad):
     return (x, z, w, b)
 
 
+def row_calls(rows, providers, pas):
+    """Yields (row, provider, call): one call of the provider on the row's inputs (forward,
+    or forward + backward for pas "fwdbwd"); prints the providers that do not apply."""
+    dev = torch.device("cuda")
+    env = Env(dev, want_fla=True)
+    cases = {c.name: c for c in cuda_cases()}
+    for name in rows:
+        c = cases[name]
+        for prov in providers.split(","):
+            fn, why = (provider_fn if c.family == "gated" else norm_provider_fn)(prov, c, env)
+            if fn is None:
+                print(f"{name} {prov}: n/a ({why})")
+                continue
+            inputs = _inputs(c, dev, pas == "fwdbwd")
+            dy = torch.randn((c.M, c.N), device=dev, dtype=DTYPES[c.dtype])
+
+            def call(fn=fn, inputs=inputs, dy=dy):
+                for t in inputs:  # nothing to accumulate into: only the call's own kernels
+                    if t is not None and t.requires_grad:
+                        t.grad = None
+                out = fn(*inputs)
+                if pas == "fwdbwd":
+                    (out[0] if isinstance(out, tuple) else out).backward(dy)
+            yield name, prov, call
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("rows", nargs="+")
     ap.add_argument("--providers", default="ours")
     ap.add_argument("--pass", dest="pas", default="fwd", choices=("fwd", "fwdbwd"))
     args = ap.parse_args()
-    dev = torch.device("cuda")
-    env = Env(dev, want_fla=True)
-    cases = {c.name: c for c in cuda_cases()}
-    for name in args.rows:
-        c = cases[name]
-        for prov in args.providers.split(","):
-            fn, why = (provider_fn if c.family == "gated" else norm_provider_fn)(prov, c, env)
-            if fn is None:
-                print(f"{name} {prov}: n/a ({why})")
-                continue
-            inputs = _inputs(c, dev, args.pas == "fwdbwd")
-            dy = torch.randn((c.M, c.N), device=dev, dtype=DTYPES[c.dtype])
-
-            def call():
-                out = fn(*inputs)
-                if args.pas == "fwdbwd":
-                    out.backward(dy)
-            for _ in range(2):
-                call()
-            torch.cuda.synchronize()
-            torch.cuda.profiler.start()
+    for name, prov, call in row_calls(args.rows, args.providers, args.pas):
+        for _ in range(2):
             call()
-            torch.cuda.synchronize()
-            torch.cuda.profiler.stop()
-            print(f"{name} {prov}: profiled", flush=True)
+        torch.cuda.synchronize()
+        torch.cuda.profiler.start()
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.profiler.stop()
+        print(f"{name} {prov}: profiled", flush=True)
 
 
 if __name__ == "__main__":
