@@ -79,11 +79,12 @@ __global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_sums(const gn_bwd_args a,
   }
 }
 
+// A block per segment, as fwd_wide_merge.
 template <typename T>
-__global__ void __launch_bounds__(32) bwd_wide_merge(const gn_bwd_args a, const int64_t C1, const int64_t Q,
-                                                     const RowConsts<acc_t<T>> rc) {
+__global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_merge(const gn_bwd_args a, const int64_t C1, const int64_t Q,
+                                                             const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  __shared__ TeamScratch<2, A> red;  // (warp-wide sums only: unused)
+  __shared__ TeamScratch<2, A> red;
   int phase = 0;
   pdl_wait();
   pdl_trigger();
@@ -92,11 +93,11 @@ __global__ void __launch_bounds__(32) bwd_wide_merge(const gn_bwd_args a, const 
   A* ws = static_cast<A*>(a.workspace);
   const A* part = ws + sums_offset(Q, c.cols, (int)sizeof(A)) + seg * C1 * 2;
   A s[2] = {0, 0};
-  for (int64_t i = threadIdx.x; i < C1; i += 32) {
+  for (int64_t i = threadIdx.x; i < C1; i += WIDE_BLOCK) {
     s[0] += part[2 * i];
     s[1] += part[2 * i + 1];
   }
-  team_sum<2>(s, 32, red, phase);
+  team_sum<2>(s, WIDE_BLOCK, red, phase);
   if (threadIdx.x == 0) {
     A* m = ws + merged_offset(Q, c, C1, (int)sizeof(A)) + seg * 2;
     m[0] = s[0] * rc.inv_g;
@@ -206,7 +207,7 @@ gn_status launch_typed(const gn_bwd_args& a, bool aligned, const WideBwd& w, con
                             dev, "gated_norm backward (wide path, row sums) launch", 1, a, w.sum_chunks, w.row_splits,
                             aligned);
   if (st != GN_OK) return st;
-  st = launch_pdl(bwd_wide_merge<T>, dim3((unsigned)segments), 32, 0, s, dev,
+  st = launch_pdl(bwd_wide_merge<T>, dim3((unsigned)segments), WIDE_BLOCK, 0, s, dev,
                   "gated_norm backward (wide path, row sums merge) launch", 1, a, w.sum_chunks, w.row_splits,
                   row_consts<acc_t<T>>(a.cfg));
   if (st != GN_OK) return st;

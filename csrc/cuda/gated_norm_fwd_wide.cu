@@ -1,5 +1,5 @@
 // Gated norm forward, wide path: few (row, group) segments of very wide groups (16 rows
-// of 2^20), two kernels over chunks of wide_chunk_cols<T>() columns.
+// of 2^20), three kernels over chunks of the group (plan.h, wide_chunk_cols).
 //
 // Why: a block (or a cluster of up to 16 CTAs) per segment leaves most SMs idle or waits
 // for whole clusters to fit (16 clusters of 16 CTAs on 132 SMs: bign_1m 0.35 of the H100's
@@ -31,9 +31,9 @@ struct Chunk {
   int64_t r, g, c, lim;
 };
 
-template <typename T>
+template <typename T, int V>
 __device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item, int64_t C) {
-  constexpr int64_t CH = wide_chunk_cols<T>();
+  constexpr int64_t CH = wide_chunk_cols<T, V>();
   const int64_t G = a.cfg.group_size, ngroups = a.cfg.cols / G, s = item / C;
   Chunk<T> k;
   k.c = item - s * C;
@@ -47,27 +47,29 @@ __device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item,
 // Partial sums per chunk: RMS one value, LayerNorm two (sum, squared deviations).
 __host__ __device__ inline int wide_parts(const gn_config& c) { return c.is_rms_norm ? 1 : 2; }
 
-template <typename T>
+// RMS a template argument: LayerNorm keeps the chunk's values for its second pass, which
+// a run-time flag would cost RMSNorm's registers too.
+template <typename T, bool RMS>
 __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a, const int64_t C, const bool al) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = WIDE_VECS * VEC;
+  constexpr int V = WIDE_STATS_VECS, VEC = vec_size<T>(), K = V * VEC;
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   pdl_wait();
   pdl_trigger();  // the second kernel's blocks wait in its pdl_wait until this grid is done
   const gn_config& c = a.cfg;
   const int64_t item = (int64_t)blockIdx.y * C + blockIdx.x;
-  const Chunk<T> k = chunk_of<T>(a, item, C);
+  const Chunk<T> k = chunk_of<T, V>(a, item, C);
   const bool early = a.z && !c.norm_before_gate;
-  uint4 xr[WIDE_VECS], zr[WIDE_VECS];
+  uint4 xr[V], zr[V];
 #pragma unroll
-  for (int j = 0; j < WIDE_VECS; ++j) {  // every load issued before any is used
+  for (int j = 0; j < V; ++j) {  // every load issued before any is used
     xr[j] = load_word<T>(k.p.x, wide_col<T>(j), k.lim, al);
     if (early) zr[j] = load_word<T>(k.p.z, wide_col<T>(j), k.lim, al);
   }
   A v[K], s[1] = {0};
 #pragma unroll
-  for (int j = 0; j < WIDE_VECS; ++j) {
+  for (int j = 0; j < V; ++j) {
     unpack<T, VEC>(xr[j], v + j * VEC);
     if (early) {
       A zz[VEC];
@@ -76,18 +78,18 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a
       for (int i = 0; i < VEC; ++i) v[j * VEC + i] *= act_fwd(zz[i], c.act);  // padding: 0 * act(0) = 0
     }
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) s[0] += c.is_rms_norm ? v[j * VEC + i] * v[j * VEC + i] : v[j * VEC + i];
+    for (int i = 0; i < VEC; ++i) s[0] += RMS ? v[j * VEC + i] * v[j * VEC + i] : v[j * VEC + i];
   }
   team_sum<1>(s, WIDE_BLOCK, red, phase);
   A* ws = static_cast<A*>(a.workspace) + item * wide_parts(c);
-  if (c.is_rms_norm) {
+  if (RMS) {
     if (threadIdx.x == 0) ws[0] = s[0];
     return;
   }
   const A mc = s[0] / (A)k.lim;
   A q[1] = {0};
 #pragma unroll
-  for (int j = 0; j < WIDE_VECS; ++j) {
+  for (int j = 0; j < V; ++j) {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       const A d = v[j * VEC + i] - mc;
@@ -107,36 +109,38 @@ __host__ __device__ inline int64_t stats_offset(const gn_config& c, int64_t C) {
   return (n + 3) / 4 * 4;
 }
 
+// A block per segment: a thread adds at most a few partials (a warp's lane adding 16, one
+// L2 round trip after another, took ~4.5 us on bign_1m), then the block's fixed-order sum.
 template <typename T>
-__global__ void __launch_bounds__(32) fwd_wide_merge(const gn_fwd_args a, const int64_t C,
-                                                     const RowConsts<acc_t<T>> rc) {
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_merge(const gn_fwd_args a, const int64_t C,
+                                                             const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int64_t CH = wide_chunk_cols<T>();
-  __shared__ TeamScratch<1, A> red;  // (warp-wide sums only: unused)
+  constexpr int64_t CH = wide_chunk_cols<T, WIDE_STATS_VECS>();
+  __shared__ TeamScratch<1, A> red;
   int phase = 0;
   pdl_wait();
   pdl_trigger();
   const gn_config& c = a.cfg;
   const int64_t seg = blockIdx.x, ngroups = c.cols / c.group_size, r = seg / ngroups, g = seg - r * ngroups;
-  const int np = wide_parts(c), lane = threadIdx.x;
+  const int np = wide_parts(c);
   const A* part = static_cast<const A*>(a.workspace) + seg * C * np;
   A s[1] = {0};
-  for (int64_t i = lane; i < C; i += 32) s[0] += part[i * np];
-  team_sum<1>(s, 32, red, phase);
+  for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) s[0] += part[i * np];
+  team_sum<1>(s, WIDE_BLOCK, red, phase);
   A mean = 0, var = s[0] * rc.inv_g;
   if (!c.is_rms_norm) {  // sum over chunks of M2_i + n_i (mean_i - mean)^2
     mean = var;
     A q[1] = {0};
-    for (int64_t i = lane; i < C; i += 32) {
+    for (int64_t i = threadIdx.x; i < C; i += WIDE_BLOCK) {
       const A n = (A)chunk_cols(c.group_size, i, CH);
       const A d = part[i * np] / n - mean;
       q[0] += part[i * np + 1] + n * d * d;
     }
-    team_sum<1>(q, 32, red, phase);
+    team_sum<1>(q, WIDE_BLOCK, red, phase);
     var = q[0] * rc.inv_g;
   }
   const A rstd = rsqrt_acc(var + rc.eps);
-  if (lane == 0) {
+  if (threadIdx.x == 0) {
     A* st = static_cast<A*>(a.workspace) + stats_offset(c, C) + seg * 2;
     st[0] = mean;
     st[1] = rstd;
@@ -147,14 +151,15 @@ __global__ void __launch_bounds__(32) fwd_wide_merge(const gn_fwd_args a, const 
 // BIAS a template argument: the bias's loads, held beside the weight's, took 20 of 60
 // registers at one vector a thread (sm_90), i.e. blocks an SM, for rows without one.
 template <typename T, bool BIAS>
-__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const bool al) {
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
+                                                             const bool al) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   constexpr int64_t CH = wide_chunk_cols<T>();
   const gn_config& c = a.cfg;
   // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
   const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
-  const Chunk<T> k = chunk_of<T>(a, item, C);
+  const Chunk<T> k = chunk_of<T, WIDE_VECS>(a, item, C);
   const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
   uint4 xr[WIDE_VECS], zr[WIDE_VECS];
   // x and z are loaded before the wait: the two kernels before this one only read them,
@@ -168,7 +173,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
   }
   pdl_wait();
   pdl_trigger();
-  const A* st = static_cast<const A*>(a.workspace) + stats_offset(c, C) + (item / C) * 2;
+  const A* st = static_cast<const A*>(a.workspace) + stats_offset(c, Cs) + (item / C) * 2;
   const A mean = st[0], rstd = st[1];
   const int64_t col0 = k.g * c.group_size + k.c * CH;
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, k.lim), bvec = params_vec_ok<VEC>(a.bias, col0, k.lim);
@@ -193,18 +198,20 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
 }
 
 template <typename T>
-gn_status launch_typed(const gn_fwd_args& a, bool aligned, int64_t C, const DeviceInfo& dev, cudaStream_t s) {
+gn_status launch_typed(const gn_fwd_args& a, bool aligned, int64_t Cs, const DeviceInfo& dev, cudaStream_t s) {
   const int64_t segments = a.cfg.rows * (a.cfg.cols / a.cfg.group_size);  // < 2 * SMs (fwd_wide_chunks)
+  constexpr int64_t CH = wide_chunk_cols<T>();
+  const int64_t C = (a.cfg.group_size + CH - 1) / CH;  // the output kernel's chunks (Cs: the partial sums')
   if (C > 0x7fffffff) return GN_ERR_UNSUPPORTED;  // grid.x's limit: groups of 2^43+ columns
-  const dim3 grid((unsigned)C, (unsigned)segments);
-  gn_status st = launch_pdl(fwd_wide_stats<T>, grid, WIDE_BLOCK, 0, s, dev,
-                            "gated_norm forward (wide path, partial sums) launch", 1, a, C, aligned);
+  gn_status st = launch_pdl(a.cfg.is_rms_norm ? fwd_wide_stats<T, true> : fwd_wide_stats<T, false>,
+                            dim3((unsigned)Cs, (unsigned)segments), WIDE_BLOCK, 0, s, dev,
+                            "gated_norm forward (wide path, partial sums) launch", 1, a, Cs, aligned);
   if (st != GN_OK) return st;
-  st = launch_pdl(fwd_wide_merge<T>, dim3((unsigned)segments), 32, 0, s, dev,
-                  "gated_norm forward (wide path, statistics) launch", 1, a, C, row_consts<acc_t<T>>(a.cfg));
+  st = launch_pdl(fwd_wide_merge<T>, dim3((unsigned)segments), WIDE_BLOCK, 0, s, dev,
+                  "gated_norm forward (wide path, statistics) launch", 1, a, Cs, row_consts<acc_t<T>>(a.cfg));
   if (st != GN_OK) return st;
-  return launch_pdl(a.bias ? fwd_wide_apply<T, true> : fwd_wide_apply<T, false>, grid, WIDE_BLOCK, 0, s, dev,
-                    "gated_norm forward (wide path) launch", 1, a, C, aligned);
+  return launch_pdl(a.bias ? fwd_wide_apply<T, true> : fwd_wide_apply<T, false>, dim3((unsigned)C, (unsigned)segments),
+                    WIDE_BLOCK, 0, s, dev, "gated_norm forward (wide path) launch", 1, a, C, Cs, aligned);
 }
 
 }  // namespace
