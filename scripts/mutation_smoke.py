@@ -28,6 +28,10 @@ TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_
 
 EMU_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_forward.py"]
 EMU_BWD_TESTS = ["-q", "-x", "-k", "cpu and wide", "tests/test_backward.py"]
+# Emulated devices for some mutants. At the default 4 SMs every wide case has chunks for
+# twice the SMs, so the backward's gradients kernel walks all rows in one set (the
+# prefetch of the next row runs); at 16 it splits the rows into sets (dw/db partial rows).
+EMU_ENV = {"emu_wide_bwd_db_rows_overlap": {"GN_EMU_SMS": "16"}}
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
 # All were KILLED on 2026-12-05.
@@ -54,6 +58,12 @@ MUTANTS = {
     "emu_wide_bwd_prefetches_same_row": ("csrc/cuda/gated_norm_bwd_wide.cu",
                                          "if (r - Q >= 0) load_row(r - Q, nx, ndy, nz);",
                                          "if (r - Q >= 0) load_row(r, nx, ndy, nz);", "emu"),
+    "emu_wide_apply_drops_bias": ("csrc/cuda/gated_norm_fwd_wide.cu",
+                                  "a.bias ? fwd_wide_apply<T, true> : fwd_wide_apply<T, false>",
+                                  "fwd_wide_apply<T, false>", "emu"),
+    "emu_wide_bwd_merged_sums_of_group_0": ("csrc/cuda/gated_norm_bwd_wide.cu",
+                                            "const A* m = merged + (r * ngroups + g) * 2;",
+                                            "const A* m = merged + r * ngroups * 2;", "emu"),
     "emu_wide_bwd_db_rows_overlap": ("csrc/cuda/gated_norm_bwd_wide.cu", "A* ws_db = ws_dw + Q * N;",
                                      "A* ws_db = ws_dw + N;", "emu"),
     "addnorm_normalises_unrounded_sum": ("csrc/cpu/add_rms_norm_impl.h", "      ROUND(H, p->rdt, n); /* h_s",
@@ -115,6 +125,7 @@ def run(name: str) -> str:
         if emu:
             env = dict(os.environ, GATEDNORM_EMU_SANITIZER=emu[0].partition(":")[2])
             tests = EMU_BWD_TESTS if "_bwd" in rel else EMU_TESTS  # a backward kernel: its wide-path tests
+            env.update(EMU_ENV.get(name, {}))
             t = subprocess.run(["bash", "scripts/emu_check.sh", *tests], cwd=ROOT, env=env, capture_output=True,
                                text=True)
             found = [ln for ln in (t.stdout + t.stderr).splitlines() if "FAILED" in ln or "Sanitizer" in ln][:3]
