@@ -150,8 +150,15 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_merge(const gn_fwd_args a
 
 // BIAS a template argument: the bias's loads, held beside the weight's, took 20 of 60
 // registers at one vector a thread (sm_90), i.e. blocks an SM, for rows without one.
+// -DGN_WIDE_APPLY_BLOCKS=k (tuning variant): at least k blocks an SM (8: 32 registers,
+// 32 bytes of spills without a bias; 40 registers and 6 blocks without the bound).
+#ifdef GN_WIDE_APPLY_BLOCKS
+#define GN_WIDE_APPLY_BOUNDS __launch_bounds__(WIDE_BLOCK, GN_WIDE_APPLY_BLOCKS)
+#else
+#define GN_WIDE_APPLY_BOUNDS __launch_bounds__(WIDE_BLOCK)
+#endif
 template <typename T, bool BIAS>
-__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
+__global__ void GN_WIDE_APPLY_BOUNDS fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
                                                              const bool al) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
