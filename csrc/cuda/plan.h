@@ -139,8 +139,8 @@ constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 #define GN_WIDE_VECS 1
 #endif
 constexpr int WIDE_BLOCK = 256, WIDE_VECS = GN_WIDE_VECS;
-template <typename T>
-constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * WIDE_VECS * (16 / (int64_t)sizeof(T)); }
+template <typename T, int V = WIDE_VECS>
+constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * V * (16 / (int64_t)sizeof(T)); }
 // The narrowest group the wide paths take, whatever the chunk: 32 KB (16384 bf16), where
 // two kernels over chunks pay for their extra launches (the loop path keeps narrower
 // groups, decode rows among them).
