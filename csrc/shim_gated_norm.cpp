@@ -65,8 +65,8 @@ Problem make_problem(const Tensor& x, const OptTensor& weight, const OptTensor& 
   return p;
 }
 
-// The forward's workspace (few rows of very wide groups: partial sums handed between the
-// wide path's two kernels), allocated only when the launcher asks for one.
+// The forward's workspace (few rows of very wide groups: partial sums and statistics
+// handed between the wide path's kernels), allocated only when the launcher asks for one.
 Tensor fwd_workspace(const Tensor& x, size_t bytes, gn_fwd_args& a) {
   if (!bytes) return Tensor();
   Tensor ws = at::empty({(int64_t)bytes}, x.options().dtype(ScalarType::Byte));

@@ -325,8 +325,9 @@ extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev, true), gn::make_plan(*c, true, 3, true, dev, true),
                             gn::loop_plan(*c, 0, dev)})
     parts = p.grid.y > parts ? p.grid.y : parts;
-  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4, wide = gn::bwd_wide_workspace_bytes(*c, gn::bwd_wide_layout(*c, dev));
-  return 2 * parts * (size_t)c->cols * acc > wide ? 2 * parts * (size_t)c->cols * acc : wide;
+  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4, partials = 2 * parts * (size_t)c->cols * acc;
+  const size_t wide = gn::bwd_wide_workspace_bytes(*c, gn::bwd_wide_layout(*c, dev));
+  return partials > wide ? partials : wide;
 }
 
 extern "C" gn_status gn_cuda_bwd(const gn_bwd_args* a, void* stream) {

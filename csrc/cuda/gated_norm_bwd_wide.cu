@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
                                                              const bool al) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
-  constexpr int64_t CH = (int64_t)WIDE_BLOCK * WIDE_BWD_VECS * VEC;
+  constexpr int64_t CH = wide_chunk_cols<T, WIDE_BWD_VECS>();
   const gn_config& c = a.cfg;
   const int64_t G = c.group_size, ngroups = c.cols / G, M = c.rows, N = c.cols, Q = gridDim.y, q = blockIdx.y;
   const int64_t gc = gridDim.x - 1 - blockIdx.x;  // reverse: the first kernel's last chunks first

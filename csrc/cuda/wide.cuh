@@ -14,20 +14,17 @@ __device__ __forceinline__ int64_t wide_col(int j) {
   return ((int64_t)j * WIDE_BLOCK + threadIdx.x) * vec_size<T>();
 }
 
-// A 16-byte vector of T at column c (zeros past lim): one load on aligned rows,
-// element by element otherwise. Zero bits are 0.0 in every dtype here.
+// A 16-byte vector of T at column c (zeros past lim): load_raw on aligned rows, element
+// by element otherwise. Zero bits are 0.0 in every dtype here.
 template <typename T>
 __device__ __forceinline__ uint4 load_word(const T* p, int64_t c, int64_t lim, bool aligned) {
+  if (aligned) return load_raw<T>(p, c, lim);
   constexpr int VEC = vec_size<T>();
   union { uint4 u; T e[VEC]; } k;
   k.u = make_uint4(0, 0, 0, 0);
-  if (aligned) {
-    if (c < lim) k.u = __ldg(reinterpret_cast<const uint4*>(p + c));
-  } else {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i)
-      if (c + i < lim) k.e[i] = p[c + i];
-  }
+  for (int i = 0; i < VEC; ++i)
+    if (c + i < lim) k.e[i] = p[c + i];
   return k.u;
 }
 
