@@ -105,35 +105,6 @@ __global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_merge(const gn_bwd_args a
   }
 }
 
-// Rows whose loads are in flight ahead of the one being computed: 1, or a tuning variant
-// -DGN_WIDE_GRADS_DEPTH=k, which moves the dw/db sums to shared memory to make room.
-#ifndef GN_WIDE_GRADS_DEPTH
-#define GN_WIDE_GRADS_DEPTH 1
-#endif
-
-// A thread's dw/db sums for its K columns: registers, or (Shared) thread-private slots in
-// shared memory (slot k of thread t at k * WIDE_BLOCK + t: no bank conflicts, no barrier).
-template <typename A, int K, bool Shared>
-struct GradSums {
-  A dw[K], db[K];
-  __device__ __forceinline__ GradSums() {
-#pragma unroll
-    for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
-  }
-  __device__ __forceinline__ A& w(int k) { return dw[k]; }
-  __device__ __forceinline__ A& b(int k) { return db[k]; }
-};
-template <typename A, int K>
-struct GradSums<A, K, true> {
-  A* s;
-  __device__ __forceinline__ explicit GradSums(A* smem) : s(smem + threadIdx.x) {
-#pragma unroll
-    for (int k = 0; k < 2 * K; ++k) s[k * WIDE_BLOCK] = A(0);
-  }
-  __device__ __forceinline__ A& w(int k) { return s[k * WIDE_BLOCK]; }
-  __device__ __forceinline__ A& b(int k) { return s[(K + k) * WIDE_BLOCK]; }
-};
-
 // Two blocks an SM (at most 128 registers, no spills, sm_90; bwd_wide_layout sizes the
 // grid for that).
 template <typename T>
@@ -150,31 +121,26 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
   const bool want_b = a.bias && (a.out || after);
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, lim), bvec = params_vec_ok<VEC>(a.bias, col0, lim);
   const A* merged = static_cast<const A*>(a.workspace) + merged_offset(Q, c, C1, (int)sizeof(A));
-  constexpr int D = GN_WIDE_GRADS_DEPTH, V = WIDE_BWD_VECS;
-#if GN_WIDE_GRADS_DEPTH > 1
-  __shared__ A sums_smem[2 * K * WIDE_BLOCK];
-  GradSums<A, K, true> acc(sums_smem);
-#else
-  GradSums<A, K, false> acc;
-#endif
-  // A row's loads (x, dy, z) are issued D rows ahead, under the previous rows' math and
-  // stores: with two blocks an SM, one row's 24 KB a block in flight at a time left the
-  // kernel latency-bound.
-  uint4 ring[D][3][V];
-  const auto load_row = [&](int64_t r, uint4(&t)[3][V]) {
+  A dw[K], db[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
+  // A row's loads are issued one row ahead, under the previous row's math and stores:
+  // with two blocks an SM, one row's 24 KB a block in flight at a time left the kernel
+  // latency-bound.
+  uint4 xr[WIDE_BWD_VECS], dyr[WIDE_BWD_VECS], zr[WIDE_BWD_VECS];
+  const auto load_row = [&](int64_t r, uint4(&xv)[WIDE_BWD_VECS], uint4(&dyv)[WIDE_BWD_VECS],
+                            uint4(&zv)[WIDE_BWD_VECS]) {
     const BwdRow<T> p = bwd_row<T>(a, r, col0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      t[0][j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
-      t[1][j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
-      t[2][j] = gate ? load_word<T>(p.z, wide_col<T>(j), lim, al) : make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+      xv[j] = load_word<T>(p.x, wide_col<T>(j), lim, al);
+      dyv[j] = load_word<T>(p.dy, wide_col<T>(j), lim, al);
+      zv[j] = gate ? load_word<T>(p.z, wide_col<T>(j), lim, al) : make_uint4(0, 0, 0, 0);
     }
   };
-  // The first rows' loads before the wait: the two kernels before this one only read x,
+  // The first row's loads before the wait: the two kernels before this one only read x,
   // dy, z, and this grid starts only once every block of those has passed its own wait.
-#pragma unroll
-  for (int d = 0; d < D; ++d)
-    if (M - 1 - q - d * Q >= 0) load_row(M - 1 - q - d * Q, ring[d]);
+  if (M - 1 - q >= 0) load_row(M - 1 - q, xr, dyr, zr);
   pdl_wait();
   pdl_trigger();
   for (int64_t r = M - 1 - q; r >= 0; r -= Q) {
@@ -183,16 +149,16 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
     load_stats<A>(a, g, r, mean, rstd);
     const A* m = merged + (r * ngroups + g) * 2;
     const A c1 = m[0], c2 = m[1];
-    uint4 next[3][V];
-    if (r - D * Q >= 0) load_row(r - D * Q, next);
+    uint4 nx[WIDE_BWD_VECS], ndy[WIDE_BWD_VECS], nz[WIDE_BWD_VECS];
+    if (r - Q >= 0) load_row(r - Q, nx, ndy, nz);
 #pragma unroll
     for (int j = 0; j < WIDE_BWD_VECS; ++j) {
       const int64_t cj = wide_col<T>(j);
       if (cj >= lim) continue;
       A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
-      unpack<T, VEC>(ring[0][0][j], x);
-      unpack<T, VEC>(ring[0][1][j], dy);
-      if (gate) unpack<T, VEC>(ring[0][2][j], z);
+      unpack<T, VEC>(xr[j], x);
+      unpack<T, VEC>(dyr[j], dy);
+      if (gate) unpack<T, VEC>(zr[j], z);
       load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj, col0 + lim, wvec, A(1), wv);
       load_params<A, VEC>(want_b ? a.bias : nullptr, c.param_dtype, col0 + cj, col0 + lim, bvec, A(0), bv);
 #pragma unroll
@@ -201,8 +167,8 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
             elem_grad<A>(c.act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         A dxi, dzi;
         input_grads<A>(gate, after, e, x[i], wv[i], c1, c2, rstd, dxi, dzi);
-        acc.w(j * VEC + i) += e.dy0 * e.vhat;
-        acc.b(j * VEC + i) += e.dy0;
+        dw[j * VEC + i] += e.dy0 * e.vhat;
+        db[j * VEC + i] += e.dy0;
         x[i] = dxi;
         z[i] = dzi;
         dy[i] = e.y;
@@ -212,11 +178,11 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
       if (p.out) store_vec<T, VEC>(p.out, cj, lim, al, dy);
     }
 #pragma unroll
-    for (int d = 0; d < D; ++d)
-#pragma unroll
-      for (int t = 0; t < 3; ++t)
-#pragma unroll
-        for (int j = 0; j < V; ++j) ring[d][t][j] = d + 1 < D ? ring[d + 1][t][j] : next[t][j];
+    for (int j = 0; j < WIDE_BWD_VECS; ++j) {
+      xr[j] = nx[j];
+      dyr[j] = ndy[j];
+      zr[j] = nz[j];
+    }
   }
   A* ws_dw = static_cast<A*>(a.workspace) + q * N + col0;
   A* ws_db = ws_dw + Q * N;
@@ -226,8 +192,8 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       if (cj + i >= lim) continue;
-      if (a.dw) ws_dw[cj + i] = acc.w(j * VEC + i);
-      if (a.db) ws_db[cj + i] = acc.b(j * VEC + i);
+      if (a.dw) ws_dw[cj + i] = dw[j * VEC + i];
+      if (a.db) ws_db[cj + i] = db[j * VEC + i];
     }
   }
 }

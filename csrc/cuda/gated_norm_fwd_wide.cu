@@ -52,7 +52,7 @@ __host__ __device__ inline int wide_parts(const gn_config& c) { return c.is_rms_
 template <typename T, bool RMS>
 __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a, const int64_t C, const bool al) {
   using A = acc_t<T>;
-  constexpr int V = WIDE_STATS_VECS, VEC = vec_size<T>(), K = V * VEC;
+  constexpr int V = wide_stats_vecs(RMS), VEC = vec_size<T>(), K = V * VEC;
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   pdl_wait();
@@ -109,13 +109,14 @@ __host__ __device__ inline int64_t stats_offset(const gn_config& c, int64_t C) {
   return (n + 3) / 4 * 4;
 }
 
-// A block per segment: a thread adds at most a few partials (a warp's lane adding 16, one
-// L2 round trip after another, took ~4.5 us on bign_1m), then the block's fixed-order sum.
+// A block per segment: a thread adds at most a few partials, then the block's fixed-order
+// sum (a warp's lanes added up to 16 each; both measured ~5 us on bign_1m, a time that
+// includes the PDL wait for the partial sums' last blocks).
 template <typename T>
 __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_merge(const gn_fwd_args a, const int64_t C,
                                                              const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int64_t CH = wide_chunk_cols<T, WIDE_STATS_VECS>();
+  constexpr int64_t CH = wide_chunk_cols<T, wide_stats_vecs(false)>();  // (LayerNorm only)
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   pdl_wait();
@@ -150,15 +151,8 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_merge(const gn_fwd_args a
 
 // BIAS a template argument: the bias's loads, held beside the weight's, took 20 of 60
 // registers at one vector a thread (sm_90), i.e. blocks an SM, for rows without one.
-// -DGN_WIDE_APPLY_BLOCKS=k (tuning variant): at least k blocks an SM (8: 32 registers,
-// 32 bytes of spills without a bias; 40 registers and 6 blocks without the bound).
-#ifdef GN_WIDE_APPLY_BLOCKS
-#define GN_WIDE_APPLY_BOUNDS __launch_bounds__(WIDE_BLOCK, GN_WIDE_APPLY_BLOCKS)
-#else
-#define GN_WIDE_APPLY_BOUNDS __launch_bounds__(WIDE_BLOCK)
-#endif
 template <typename T, bool BIAS>
-__global__ void GN_WIDE_APPLY_BOUNDS fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
                                                              const bool al) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();

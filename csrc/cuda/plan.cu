@@ -215,7 +215,7 @@ static int64_t wide_chunks(const gn_config& cfg, const DeviceInfo& dev, int vecs
 
 int64_t fwd_wide_chunks(const gn_config& cfg, const DeviceInfo& dev) {
   static const bool on = knob_on("GATEDNORM_FWD_WIDE");
-  return on ? wide_chunks(cfg, dev, WIDE_STATS_VECS) : 0;
+  return on ? wide_chunks(cfg, dev, wide_stats_vecs(cfg.is_rms_norm)) : 0;
 }
 
 WideBwd bwd_wide_layout(const gn_config& cfg, const DeviceInfo& dev) {

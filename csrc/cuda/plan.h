@@ -138,20 +138,18 @@ constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 #ifndef GN_WIDE_VECS
 #define GN_WIDE_VECS 1
 #endif
-// The forward's partial sums may take chunks of their own width (-DGN_WIDE_STATS_VECS=k):
-// at 4 vectors they measured faster (18.5 vs 21.9 us on bign_1m) while the output kernel
-// wants 1.
-#ifndef GN_WIDE_STATS_VECS
-#define GN_WIDE_STATS_VECS GN_WIDE_VECS
-#endif
-constexpr int WIDE_BLOCK = 256, WIDE_VECS = GN_WIDE_VECS, WIDE_STATS_VECS = GN_WIDE_STATS_VECS;
+constexpr int WIDE_BLOCK = 256, WIDE_VECS = GN_WIDE_VECS;
+// Vectors a thread of the forward's partial sums reads: RMSNorm 4 (bign_1m, H100: 15.6 vs
+// 20.4 us at 1), LayerNorm 1 (it holds the values for its second pass: 36.4 vs 32.5 us
+// at 4). The output kernel stays at WIDE_VECS.
+constexpr int wide_stats_vecs(bool rms) { return rms ? 4 : 1; }
 template <typename T, int V = WIDE_VECS>
 constexpr int64_t wide_chunk_cols() { return (int64_t)WIDE_BLOCK * V * (16 / (int64_t)sizeof(T)); }
 // The narrowest group the wide paths take, whatever the chunk: 32 KB (16384 bf16), where
 // two kernels over chunks pay for their extra launches (the loop path keeps narrower
 // groups, decode rows among them).
 inline int64_t wide_min_group(gn_dtype t) { return 32768 / (int64_t)gn_dtype_size(t); }
-// Chunks of WIDE_STATS_VECS a group takes for the forward's partial sums (the workspace's
+// Chunks of wide_stats_vecs a group takes for the forward's partial sums (the workspace's
 // count; the output kernel's chunks follow from WIDE_VECS), or 0 when the path is not for cfg:
 // it serves what the loop path would run with fewer (row, group) blocks than twice the
 // SMs (16 rows of 2^20), groups of wide_min_group or more. GATEDNORM_FWD_WIDE=0 (read
