@@ -230,9 +230,11 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   // blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); one 512-thread
   // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); blocks wider than
   // FWD_BLOCK (whole-warp teams, G = 5000, 5120: 320 threads, two per SM): 4 (0.96 vs
-  // 0.83 persistent, 0.89 at 2); two blocks per SM with a staged bias (LN at 4096:
-  // 0.94 persistent vs 0.91 at best otherwise) and teams with many idle lanes stay
-  // persistent, or take 8 with 3+ resident blocks (team_mostly_full).
+  // 0.83 persistent, 0.89 at 2); two blocks per SM of FWD_BLOCK threads with a staged
+  // bias (LN at 4096, which the bias's 16 KB of shared memory holds at two): 4 (H100,
+  // 2026-12-05: 0.929 vs 0.848 persistent; docs/data/h100_2026-12-05_session17.txt);
+  // teams with many idle lanes stay persistent, or take 8 with 3+ resident blocks
+  // (team_mostly_full).
   // Split groups: persistent (one cluster per resident slot), or the loop path when
   // not one cluster of the plan's CTAs fits (a GPC short of free SMs).
   constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
@@ -254,7 +256,7 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
                         : !full               ? (per_sm >= 3 ? 8 : -1)
                         : bandwidth_rich(dev) ? (per_sm >= 3 ? 4 : -1)
                         : per_sm >= 3         ? (wide ? 4 : 2)
-                        : per_sm == 2         ? (wide && !a.bias ? 4 : -1)
+                        : per_sm == 2         ? (wide == !a.bias ? 4 : -1)  // wide without bias, or FWD_BLOCK with
                                               : 8;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, resident);
   return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, p.layout,
