@@ -51,6 +51,10 @@ CASES = [
     # 5000 = 320 x 2 with the last 15 slots idle
     ((9, 1200), None, True, True, "silu", True, True, False),
     ((3, 5000), None, False, False, "swish", True, True, True),
+    # CUDA: LayerNorm + gate + bias at 4096 16-bit: the staged bias's shared memory sets
+    # the blocks an SM and the cp.async ring's depth (gated_norm_fwd.cu, launch_regs);
+    # 40 rows wrap the ring in every block
+    ((40, 4096), None, True, False, "silu", True, True, True),
     # CUDA split register path (a group cut across the CTAs of a cluster): 4 slices of
     # 16384 bf16 / fp16, 8 of fp32's, LayerNorm's two cluster sums; 16 slices at 131072;
     # 16383 is unaligned: the loop path
