@@ -26,7 +26,7 @@ OUT="${OUT:-/tmp/gatednorm-out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 root=$(pwd)
-csvs=()
+cols=()
 for tree in "$@"; do
   name=$(basename "$(cd "$tree" && pwd)")
   [ "$tree" = "." ] && name=work
@@ -37,32 +37,11 @@ for tree in "$@"; do
   (cd "$tree" && eval "python3 -m benchmarks.bench --providers ours --no-compile --budget ${BUDGET:-0.3} \
     --copy-gib 1 $args --csv '$OUT/ab_$name.csv'") > "$OUT/bench_$name.log" 2>&1 \
     || { echo "bench failed:"; tail -5 "$OUT/bench_$name.log"; }
-  csvs+=("$OUT/ab_$name.csv")
+  cols+=("$name=$OUT/ab_$name.csv")
   if [ -n "${TESTS:-}" ]; then
     (cd "$tree" && python3 -m pytest -q -p no:cacheprovider -k "$TESTS" tests/test_forward.py tests/test_backward.py \
       2>&1 | tail -1)
   fi
 done
 cd "$root"
-python3 - "${csvs[@]}" <<'PY'
-import csv, os, re, sys
-table, rows, names = {}, [], []
-for path in sys.argv[1:]:
-    name = re.search(r"ab_(.+)\.csv$", path).group(1)
-    names.append(name)
-    if not os.path.exists(path):
-        continue
-    for r in csv.DictReader(open(path)):
-        if r["provider"] != "ours" or not r["time_us"]:
-            continue
-        key = (r["name"], r["pass"])
-        if key not in rows:
-            rows.append(key)
-        v = float(r["frac"]) if r["pass"] in ("fwd", "fwdbwd") else float(r["time_us"])
-        table.setdefault(key, {})[name] = v
-w = max([10] + [len(n) for n in names])
-print(f"{'row':28} {'pass':6} " + " ".join(f"{n:>{w}}" for n in names) + "   (fwd, fwdbwd: fraction of the copy ceiling; graph: us)")
-for key in rows:
-    vals = table[key]
-    print(f"{key[0]:28} {key[1]:6} " + " ".join(f"{vals[n]:{w}.3f}" if n in vals else f"{'-':>{w}}" for n in names))
-PY
+python3 -m benchmarks.columns "${cols[@]}"

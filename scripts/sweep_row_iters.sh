@@ -12,31 +12,11 @@ OUT="${OUT:-/tmp/gatednorm-out}"
 rows="${1:?row regex}"; shift
 settings="${*:--1 0 1 2 4 8}"
 var="${SWEEP_VAR:-GATEDNORM_ROW_ITERS}"
-csvs=()
+cols=()
 for k in $settings; do
   env "$var=$k" python3 -m benchmarks.bench --providers ours --passes "${PASSES:-fwd,graph}" --no-compile \
     --budget "${BUDGET:-0.4}" --copy-gib 1 --only "$rows" --csv "$OUT/iters_$k.csv" > "$OUT/iters_$k.log" 2>&1 \
     || { echo "setting $k failed:"; tail -5 "$OUT/iters_$k.log"; }
-  csvs+=("$OUT/iters_$k.csv")
+  cols+=("$k=$OUT/iters_$k.csv")
 done
-python3 - "${csvs[@]}" <<'PY'
-import csv, os, re, sys
-table, names = {}, []
-for path in sys.argv[1:]:
-    k = re.search(r"iters_(-?\d+)\.csv$", path).group(1)
-    if not os.path.exists(path):
-        continue
-    for r in csv.DictReader(open(path)):
-        if r["provider"] != "ours" or not r["time_us"]:
-            continue
-        key = (r["name"], r["pass"])
-        if key not in names:
-            names.append(key)
-        v = float(r["frac"]) if r["pass"] in ("fwd", "fwdbwd") else float(r["time_us"])
-        table.setdefault(key, {})[k] = v
-ks = [re.search(r"iters_(-?\d+)\.csv$", p).group(1) for p in sys.argv[1:]]
-print(f"{'row':28} {'pass':6} " + " ".join(f"{k:>7}" for k in ks) + "   (fwd, fwdbwd: fraction of the copy ceiling; graph: us)")
-for key in names:
-    vals = table[key]
-    print(f"{key[0]:28} {key[1]:6} " + " ".join(f"{vals[k]:7.3f}" if k in vals else f"{'-':>7}" for k in ks))
-PY
+python3 -m benchmarks.columns "${cols[@]}"

@@ -45,3 +45,17 @@ def test_same_size_copy_is_a_reference_not_a_peer():
     print_table(rows, file=out)
     line = next(ln for ln in out.getvalue().splitlines() if ln.startswith("cpu_n128_z_after"))
     assert "samecopy" in out.getvalue() and line.split()[-2] == "-"  # no peer: vs best is "-"
+
+
+def test_columns_puts_ours_side_by_side(tmp_path, capsys):
+    """benchmarks.columns (the tuning scripts' summary): ours only, fraction for fwd/fwdbwd, us
+    for graph, a run's missing row or missing CSV shown as '-', not as another run's value."""
+    from benchmarks.columns import columns
+    head = "name,provider,pass,time_us,frac\n"
+    (tmp_path / "a.csv").write_text(head + "r1,ours,fwd,10,0.5\nr1,fng,fwd,9,0.6\nr2,ours,graph,2.25,0.1\n")
+    (tmp_path / "b.csv").write_text(head + "r1,ours,fwd,8,0.625\n")
+    columns([("a", str(tmp_path / "a.csv")), ("b", str(tmp_path / "b.csv")), ("c", str(tmp_path / "none.csv"))])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["r1", "fwd", "0.500", "0.625", "-"]
+    assert lines[2].split() == ["r2", "graph", "2.250", "-", "-"]
+    assert len(lines) == 3
