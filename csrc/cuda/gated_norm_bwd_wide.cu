@@ -2,7 +2,7 @@
 // of 2^20), as the forward's wide path (gated_norm_fwd_wide.cu) does it:
 //  1. bwd_wide_sums: a block per chunk of the forward's geometry writes the chunk's parts
 //     of the group sums c1 = mean(vhat * w * dy0) and c2 = mean(w * dy0) to the workspace;
-//  2. bwd_wide_merge: a warp per segment adds its parts in a fixed order into c1, c2;
+//  2. bwd_wide_merge: a block per segment adds its parts in a fixed order into c1, c2;
 //  3. bwd_wide_grads: a block per chunk of WIDE_BWD_VECS vectors a thread and per set of
 //     rows (rows q, q + Q, ... of `row_splits` Q, walked from the last, which the first
 //     kernel read last) writes dx, dz (and the recomputed output), and keeps its

@@ -8,7 +8,7 @@
 //     and writes the chunk's partial sums to the workspace: RMS the sum of squares;
 //     LayerNorm the sum and the squared deviations from the chunk's own mean (merged
 //     exactly in 2, as Chan et al.'s pairwise variance, never as E[v^2] - mu^2);
-//  2. fwd_wide_merge: a warp per segment sums its partials in a fixed order (reruns get
+//  2. fwd_wide_merge: a block per segment sums its partials in a fixed order (reruns get
 //     the same bits) into the segment's mean and rstd (workspace and stats outputs);
 //  3. fwd_wide_apply: a block per chunk normalises its chunk with them and writes it. It
 //     walks the chunks in reverse, so the chunks the first kernel read last are read
@@ -28,17 +28,18 @@ namespace {
 template <typename T>
 struct Chunk {
   FwdRow<T> p;
-  int64_t r, g, c, lim;
+  int64_t s, r, g, c, lim;
 };
 
 template <typename T, int V>
 __device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item, int64_t C) {
   constexpr int64_t CH = wide_chunk_cols<T, V>();
-  const int64_t G = a.cfg.group_size, ngroups = a.cfg.cols / G, s = item / C;
+  const int64_t G = a.cfg.group_size, ngroups = a.cfg.cols / G;
   Chunk<T> k;
-  k.c = item - s * C;
-  k.r = s / ngroups;
-  k.g = s - k.r * ngroups;
+  k.s = item / C;
+  k.c = item - k.s * C;
+  k.r = k.s / ngroups;
+  k.g = k.s - k.r * ngroups;
   k.p = fwd_row<T>(a, k.r, k.g * G + k.c * CH);
   k.lim = chunk_cols(G, k.c, CH);
   return k;
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
   }
   pdl_wait();
   pdl_trigger();
-  const A* st = static_cast<const A*>(a.workspace) + stats_offset(c, Cs) + (item / C) * 2;
+  const A* st = static_cast<const A*>(a.workspace) + stats_offset(c, Cs) + k.s * 2;
   const A mean = st[0], rstd = st[1];
   const int64_t col0 = k.g * c.group_size + k.c * CH;
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, k.lim), bvec = params_vec_ok<VEC>(a.bias, col0, k.lim);
