@@ -5,8 +5,8 @@
 # selection runs on each, ours only: per-tree logs and CSVs in $OUT, then one table of
 # ours by row (fraction of the copy ceiling; graph: us) with a column per tree. Build
 # variants of one tree are scripts/device_tune.sh's job; this compares commits.
-#   here:   bash scripts/device_ab.sh --export main wip/wide-index      # -> ab/main, ab/wip_wide-index
-#   device: bash scripts/device_ab.sh "--only ^bign --passes fwd,fwdbwd" . ab/main ab/wip_wide-index
+#   here:   bash scripts/device_ab.sh --export main wip/index-math      # -> ab/main, ab/wip_index-math
+#   device: bash scripts/device_ab.sh "--only ^bign --passes fwd,fwdbwd" . ab/main ab/wip_index-math
 # Environment: BUDGET (seconds a measurement, default 0.3), TORCH_CUDA_ARCH_LIST (default
 # 9.0: one architecture, a ~1 min build), TESTS (a pytest -k expression run on each tree
 # after its benchmark, e.g. "cuda and wide"; default none).
