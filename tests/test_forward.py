@@ -253,9 +253,10 @@ KERNEL_PATHS = [
 
 # (shape, group, dtype, norm_before_gate, rms, act, x's offset, row stride pad, bias): the
 # CUDA wide path (few rows of groups the register path cannot hold: gated_norm_fwd_wide.cu),
-# chunks of 2048 bf16 / 1024 fp32 / 512 fp64 columns (one vector a thread: plan.h). A chunk
-# cut short at the group's end (aligned: 24584 = 12 x 2048 + 8; unaligned: 65537), several groups a row, the gate in the statistics,
-# rows with a stride. LayerNorm rows sit at an offset of 64 standard deviations plus a ramp
+# output chunks of 2048 bf16 / 1024 fp32 / 512 fp64 columns (one vector a thread), RMSNorm's
+# partial sums over chunks 4 times that (plan.h, wide_stats_vecs). A chunk cut short at the
+# group's end (aligned: 24584 = 12 x 2048 + 8 = 3 x 8192 + 8; unaligned: 65537), several
+# groups a row, the gate in the statistics, rows with a stride. LayerNorm rows sit at an offset of 64 standard deviations plus a ramp
 # of 4 across the row: its merge of the chunks' (sum, squared deviations) must be Chan's
 # (E[v^2] - mean^2 would lose ~12 bits of the variance at that offset), and with its
 # between-chunk term (the chunks' means differ by up to 4: without it the variance, 1 +
