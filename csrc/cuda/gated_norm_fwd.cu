@@ -9,20 +9,32 @@ namespace gn {
 namespace {
 
 // Bytes of the register path's dynamic shared memory: weight (and bias) as A for
-// the block's columns, then (aligned rows) the ring of FWD_RING rows of x (and z),
+// the block's columns, then (aligned rows) the ring of `ring` rows of x (and z),
 // one 16-byte slot per (stage, tensor, vector, thread).
 template <typename A>
 __host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
   return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
 }
-inline size_t fwd_ring_bytes(int nv, int threads, bool gate, bool split) {
-  return (size_t)(split ? FWD_SPLIT_RING : FWD_RING) * (gate ? 2 : 1) * nv * threads * 16;
+inline size_t fwd_ring_bytes(int nv, int threads, bool gate, int ring) {
+  return (size_t)ring * (gate ? 2 : 1) * nv * threads * 16;
+}
+// The ring's rows unless the launcher picks FWD_SHORT_RING (launch_regs).
+inline int default_ring(const Plan& p) { return p.layout.csize > 1 ? FWD_SPLIT_RING : FWD_RING; }
+
+// cp.async.wait_group takes an immediate; the ring's depth is a run-time value (at most
+// MAX + 1 rows): wait until at most n groups are in flight.
+template <int MAX>
+__device__ __forceinline__ void cp_async_wait_upto(int n) {
+  if constexpr (MAX > 0) {
+    if (n < MAX) return cp_async_wait_upto<MAX - 1>(n);
+  }
+  cp_async_wait<MAX>();
 }
 
 // Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
 // its group for j < NV, the same for every row it visits. Weight and bias sit in
 // shared memory (fp32), not registers: registers bound occupancy. Aligned rows
-// stream through a cp.async ring in shared memory, FWD_RING - 1 rows ahead of the
+// stream through a cp.async ring in shared memory, L.ring - 1 rows ahead of the
 // one being reduced: the loads in flight per SM are bounded by shared memory, not
 // by registers (a register prefetch needed ~100 registers a thread, which left 16
 // warps per SM and ~16-32 KB in flight: 0.8 of the copy ceiling). The gate mode is
@@ -35,7 +47,9 @@ template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L,
                                                                         const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), K = NV * VEC, S = SPLIT ? FWD_SPLIT_RING : FWD_RING;
+  constexpr int VEC = vec_size<T>(), K = NV * VEC;
+  constexpr int SMAX = SPLIT ? FWD_SPLIT_RING : (FWD_RING > FWD_SHORT_RING ? FWD_RING : FWD_SHORT_RING);
+  const int S = SPLIT ? FWD_SPLIT_RING : L.ring;  // the ring's rows (a constant for split CTAs)
   __shared__ TeamScratch<1, A> red;
   __shared__ ClusterScratch<1, A> cred;
   int phase = 0, cphase = 0;
@@ -92,7 +106,6 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   };
   pdl_wait();
   if (ALIGNED) {
-#pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(st);
   }
   // Staged after the first rows are requested: both are in flight at once (with
@@ -168,7 +181,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
       // The slot refilled here was read in the previous iteration, whose values
       // were all consumed (stored) before this point: no overwrite hazard.
       issue(st == 0 ? S - 1 : st - 1);  // row rb + (S - 1) * step + rl
-      cp_async_wait<S - 1>();
+      cp_async_wait_upto<SMAX - 1>(S - 1);
     }
     A v[K];
 #pragma unroll
@@ -212,39 +225,57 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 }
 
 template <typename T>
-size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned) {
+size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned, int ring) {
   return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
-         (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, p.layout.csize > 1) : 0);
+         (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, ring) : 0);
 }
 
 template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  const size_t smem = fwd_regs_smem<T>(a, p, NV, ALIGNED);
-  gn_status st = allow_smem<fwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem);
+  constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
+  Layout L = p.layout;
+  L.ring = default_ring(p);
+  size_t smem = fwd_regs_smem<T>(a, p, NV, ALIGNED, L.ring);
+  gn_status st = allow_smem<kernel>(smem);  // the largest ring asked for: a shorter one fits too
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS
-  // (docs/data/h100_row_iters_sweep.txt, bf16 fractions of the copy ceiling): with 3+
-  // resident blocks per SM, a block per 2 row blocks, whose starts overlap the other
-  // blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); one 512-thread
-  // block per SM (N = 8192): 8 row blocks each (0.92 vs 0.85); blocks wider than
-  // FWD_BLOCK (whole-warp teams, G = 5000, 5120: 320 threads, two per SM): 4 (0.96 vs
-  // 0.83 persistent, 0.89 at 2); two blocks per SM of FWD_BLOCK threads with a staged
-  // bias (LN at 4096, which the bias's 16 KB of shared memory holds at two): 4 (H100,
-  // 2026-12-05: 0.929 vs 0.848 persistent; docs/data/h100_2026-12-05_session17.txt);
-  // teams with many idle lanes stay persistent, or take 8 with 3+ resident blocks
-  // (team_mostly_full).
+  // Grid (plan.h, forward_grid), as measured on the H100 over GATEDNORM_ROW_ITERS (bf16,
+  // fractions of the copy ceiling; docs/data/h100_row_iters_sweep.txt, then
+  // h100_2026-12-05_session17.txt and _session18.txt):
+  //  - 3+ resident blocks an SM: 2 row blocks a block, whose starts overlap the other
+  //    blocks' work (N = 64..4096: 0.94-1.00 vs 0.83-0.85 persistent); 4 for blocks wider
+  //    than FWD_BLOCK (whole-warp teams: G = 5000, 5120 take 320 threads);
+  //  - the short ring (below; LN + bias at 4096, G = 5000 / 5120, N = 8192): 4 for
+  //    FWD_BLOCK threads (0.983 vs 0.910 at 2), 2 for wider blocks (gate_before_5120 0.984
+  //    vs 0.965 at 4; N = 8192 0.970 vs 0.958 at 4, 0.904 persistent);
+  //  - two blocks an SM with the FWD_RING-row ring: 4 for wider blocks without a bias or
+  //    FWD_BLOCK threads with one (0.929 vs 0.848 persistent), else persistent;
+  //  - one block an SM: 8 (N = 8192 before the short ring: 0.92 vs 0.85);
+  //  - teams with many idle lanes: persistent, or 8 with 3+ resident blocks
+  //    (team_mostly_full).
   // Split groups: persistent (one cluster per resident slot), or the loop path when
   // not one cluster of the plan's CTAs fits (a GPC short of free SMs).
-  constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
-  const long long resident = resident_total<kernel>(p, smem, dev.sms);
+  long long resident = resident_total<kernel>(p, smem, dev.sms);
+  int per_sm = resident_blocks<kernel>(p.threads, smem);
+  // One or two blocks an SM: a FWD_SHORT_RING-row ring if that fits more (plan.h; measured on the
+  // H100 only, so not on bandwidth-rich devices). Its occupancy has its own cache slot: no
+  // driver query a call.
+  if (ALIGNED && !SPLIT && per_sm <= 2 && !bandwidth_rich(dev) && FWD_SHORT_RING < L.ring) {
+    const size_t short_smem = fwd_regs_smem<T>(a, p, NV, ALIGNED, FWD_SHORT_RING);
+    const int short_per_sm = resident_blocks<kernel, 1>(p.threads, short_smem);
+    if (short_per_sm > per_sm) {
+      L.ring = FWD_SHORT_RING;
+      smem = short_smem;
+      per_sm = short_per_sm;
+      resident = (long long)per_sm * dev.sms;
+    }
+  }
   if (resident == 0) {
     Plan loop = loop_plan(a.cfg, fwd_loop_stage_bytes<T>(a), dev);
     loop.layout.aligned = ALIGNED;
     return launch_fwd_loop(a, loop, s);
   }
-  const int per_sm = resident_blocks<kernel>(p.threads, smem);
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
   const bool wide = p.threads > FWD_BLOCK;
@@ -255,11 +286,12 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   const int preferred = p.layout.csize > 1    ? -1
                         : !full               ? (per_sm >= 3 ? 8 : -1)
                         : bandwidth_rich(dev) ? (per_sm >= 3 ? 4 : -1)
+                        : L.ring < FWD_RING   ? (wide ? 2 : 4)
                         : per_sm >= 3         ? (wide ? 4 : 2)
                         : per_sm == 2         ? (wide == !a.bias ? 4 : -1)  // wide without bias, or FWD_BLOCK with
                                               : 8;
   const dim3 grid = forward_grid(preferred, p.grid, a.cfg.rows, p.layout.rpi, resident);
-  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, p.layout,
+  return launch_pdl(kernel, grid, p.threads, smem, s, dev, "gated_norm forward launch", p.layout.csize, a, L,
                     row_consts<acc_t<T>>(a.cfg));
 }
 
@@ -283,7 +315,7 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned), a.cfg,
+  p = fit_smem(p, fwd_regs_smem<T>(a, p, p.nv, p.layout.aligned, default_ring(p)), a.cfg,
                fwd_loop_stage_bytes<T>(a), dev);
   if constexpr (sizeof(T) <= 4) {
     bool done = false;

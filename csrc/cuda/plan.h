@@ -33,6 +33,7 @@ struct Layout {
   int staged;   // loop path: rows are staged in shared memory (else re-read)
   int acc_smem; // loop-path backward: dw/db sums in shared memory (else in the workspace)
   int csize;    // CTAs of a thread-block cluster that split each group (sm_90+; 1 = none)
+  int ring;     // forward register path: rows of its cp.async ring (set by its launcher)
 };
 
 struct Plan {
@@ -95,6 +96,19 @@ constexpr int FWD_MAX_VECS = 2, FWD_MAX_TEAM = 512, FWD_BLOCK = GN_FWD_BLOCK;
 #define GN_FWD_RING 3
 #endif
 constexpr int FWD_RING = GN_FWD_RING, BWD_RING = 3;
+// The short ring: rows whose FWD_RING-row ring leaves one or two blocks an SM take
+// FWD_SHORT_RING rows when that fits more (H100, 2026-12-05, eighteenth session, bf16
+// forward, fractions of the copy ceiling; docs/data/h100_2026-12-05_session18.txt):
+//  - LayerNorm + bias + gate at 4096 (256 threads; 32 KB of weight and bias + 48 KB of
+//    ring; 64 KB with 2 rows: 2 -> 3 blocks): 0.989 vs 0.922;
+//  - groups of 5000 / 5120 (320-thread teams, 81 KB; 61 KB: 2 -> 3 blocks), at 2 row
+//    blocks a block: gate_before_5120 0.984 vs 0.965, odd_n5000 0.885 vs 0.864;
+//  - N = 8192 (512 threads, 128 KB; 96 KB: 1 -> 2 blocks), at 2 row blocks a block:
+//    M = 8192 0.970 vs 0.925, M = 4096 0.917 vs 0.853 (fp32 at 4096: level, 0.962 vs 0.960).
+#ifndef GN_FWD_SHORT_RING
+#define GN_FWD_SHORT_RING 2
+#endif
+constexpr int FWD_SHORT_RING = GN_FWD_SHORT_RING;
 // The split forward's ring: 2 rows (one ahead) leave room for two CTAs of 512 threads
 // an SM, so twice the clusters fit (H100 bf16, slices of 8192: N = 16K-128K 0.80-0.84
 // vs 0.74-0.85 with 3 rows, 0.72-0.84 with 4; docs/data/h100_row_iters_sweep.txt).
@@ -201,7 +215,8 @@ gn_status cuda_fail(cudaError_t e, const char* what);
 // device; cached here so the hot path makes no extra driver call).
 // Resident blocks per SM of KERNEL at this block size and dynamic shared memory
 // (cached per device for the last configuration asked; 1 if the query fails).
-template <auto KERNEL>
+// SLOT: a second cache entry for a kernel asked about two configurations per call.
+template <auto KERNEL, int SLOT = 0>
 int resident_blocks(int threads, size_t smem) {
   constexpr int MAX_DEVICES = 64;
   struct Entry { int threads; size_t smem; int blocks; };
