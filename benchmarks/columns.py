@@ -4,7 +4,8 @@
 
     python -m benchmarks.columns LABEL=CSV [LABEL=CSV ...]
 
-A CSV that is missing (its run failed) leaves its column empty.
+A CSV that is missing (its run failed) leaves its column empty. Rows measured in several
+dtypes (`--dtypes bf16,fp32`) get a line each, the dtype after the name.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def columns(runs):
             for r in csv.DictReader(f):
                 if r["provider"] != "ours" or not r["time_us"]:
                     continue
-                key = (r["name"], r["pass"])
+                key = (r["name"], r.get("dtype", ""), r["pass"])
                 if key not in keys:
                     keys.append(key)
                 v = float(r["frac"]) if r["pass"] in ("fwd", "fwdbwd") else float(r["time_us"])
@@ -31,9 +32,11 @@ def columns(runs):
     w = max([7] + [len(label) for label, _ in runs])
     print(f"{'row':28} {'pass':6} " + " ".join(f"{label:>{w}}" for label, _ in runs)
           + "   (fwd, fwdbwd: fraction of the copy ceiling; graph: us)")
+    several = len({k[1] for k in keys}) > 1
     for key in keys:
         vals = table[key]
-        print(f"{key[0]:28} {key[1]:6} "
+        name = f"{key[0]} {key[1]}" if several else key[0]
+        print(f"{name:28} {key[2]:6} "
               + " ".join(f"{vals[label]:{w}.3f}" if label in vals else f"{'-':>{w}}" for label, _ in runs))
 
 

@@ -59,3 +59,14 @@ def test_columns_puts_ours_side_by_side(tmp_path, capsys):
     assert lines[1].split() == ["r1", "fwd", "0.500", "0.625", "-"]
     assert lines[2].split() == ["r2", "graph", "2.250", "-", "-"]
     assert len(lines) == 3
+
+
+def test_columns_keeps_dtypes_apart(tmp_path, capsys):
+    """A row measured in two dtypes is two lines, not the last dtype's value under the name."""
+    from benchmarks.columns import columns
+    head = "name,dtype,provider,pass,time_us,frac\n"
+    (tmp_path / "a.csv").write_text(head + "r1,bf16,ours,fwd,10,0.97\nr1,fp32,ours,fwd,20,0.92\n")
+    columns([("a", str(tmp_path / "a.csv"))])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["r1", "bf16", "fwd", "0.970"]
+    assert lines[2].split() == ["r1", "fp32", "fwd", "0.920"]
