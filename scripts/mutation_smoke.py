@@ -38,7 +38,7 @@ EMU_ENV = {"emu_wide_bwd_db_rows_overlap": {"GN_EMU_SMS": "16"}}
 MUTANTS = {
     "emu_ring_waits_one_group_short": ("csrc/cuda/gated_norm_fwd.cu", "cp_async_wait_upto<SMAX - 1>(S - 1);",
                                        "cp_async_wait_upto<SMAX>(S);", "emu"),
-    # the 2-row ring of staged-bias rows (40 x 4096 LayerNorm + bias): slots past its end
+    # the short ring (test_forward: 40 x 4096 LayerNorm + bias, 5000, 8192): slots past its end
     "emu_bias_ring_kernel_ignores_layout": ("csrc/cuda/gated_norm_fwd.cu", "SPLIT ? FWD_SPLIT_RING : L.ring;",
                                             "SPLIT ? FWD_SPLIT_RING : FWD_RING;", "emu:address"),
     "emu_bias_ring_waits_as_three": ("csrc/cuda/gated_norm_fwd.cu", "cp_async_wait_upto<SMAX - 1>(S - 1);",
