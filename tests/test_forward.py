@@ -102,9 +102,12 @@ def test_forward_huge_row(dtype, rms, device):
                                              (torch.bfloat16, torch.float16)],
                          ids=["fp16-w32", "bf16-w32", "fp32-wbf16", "fp32-w16", "bf16-w16"])
 @pytest.mark.parametrize("bias", [True, False], ids=["b", "nob"])
-def test_mixed_param_dtype(x_dtype, p_dtype, bias, device):
+# 9 x 384 in groups of 128: the CUDA decode kernel; 40 x 2048 in groups of 1024: the
+# register path (the CUDA kernels read the parameters in their own code there).
+@pytest.mark.parametrize("shape,g", [((9, 384), 128), ((40, 2048), 1024)], ids=["decode", "regs"])
+def test_mixed_param_dtype(x_dtype, p_dtype, bias, shape, g, device):
     """weight/bias in another float dtype than x (fp16 x with fp32 weight is common)."""
-    out, _, _ = check_fwd((9, 384), x_dtype, device, 128, False, not bias, "swish", True, True, bias,
+    out, _, _ = check_fwd(shape, x_dtype, device, g, False, not bias, "swish", True, True, bias,
                           param_dtype=p_dtype)
     assert out.dtype == x_dtype
 
