@@ -50,7 +50,7 @@ MUTANTS = {
                                 "    for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];\n  }", "emu"),
     "emu_team_sum_single_buffer": ("csrc/cuda/common.cuh", "  A* part = red.part[phase];\n  phase ^= 1;",
                                    "  A* part = red.part[0];", "emu:thread"),
-    "emu_load_vec_reads_one_past": ("csrc/cuda/common.cuh", "v[i] = (c + i < limit) ? to_acc<T>(p[c + i])",
+    "emu_load_vec_reads_one_past": ("csrc/cuda/vec.cuh", "v[i] = (c + i < limit) ? to_acc<T>(p[c + i])",
                                     "v[i] = (c + i <= limit) ? to_acc<T>(p[c + i])", "emu:address"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
