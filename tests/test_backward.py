@@ -3,6 +3,8 @@ reference, recompute_output, the *_out variant on row-strided views, determinism
 dw/db and empty batches."""
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import torch_ops
 from conftest import (assert_close, assert_normwise, bwd_scales, cuda_kernels, f64, free_nan_block, grad_tol,
@@ -101,6 +103,21 @@ BWD_CASES = [
 def test_grads_match_reference(case, dtype, device):
     shape, g, nbg, rms, act, z, w, b = case
     grads_vs_reference(shape, dtype, device, g, nbg, rms, act, z, w, b)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 9),
+       n_g=st.sampled_from([(8, None), (12, 3), (64, 16), (96, 1), (130, 65), (257, None), (1000, 250), (2056, None)]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), nbg=st.booleans(), rms=st.booleans(),
+       act=st.sampled_from(["silu", "swish", "sigmoid"]), z=st.booleans(), w=st.booleans(), b=st.booleans(),
+       p32=st.booleans())
+def test_grads_flag_combinations(device, m, n_g, dtype, nbg, rms, act, z, w, b, p32):
+    """Random combinations of every flag, the parameters' dtype too, against the fp64
+    reference (complements the curated lists): groups of 1 (LayerNorm's dx is then 0),
+    unaligned rows (12, 130, 257), one row, widths whose CUDA teams leave lanes idle."""
+    n, g = n_g
+    grads_vs_reference((m, n), dtype, device, g, nbg, rms, act, z, w, b,
+                       param_dtype=torch.float32 if p32 else None)
 
 
 # Widths at the edges of the CUDA launch plans: 2048 bf16 (8 elements a thread, 256
