@@ -8,6 +8,8 @@
 #      scripts/sweep_row_iters.sh, a table per variant;
 #   2. (PROFILE=1) Nsight Compute on PROFILE_ROW for ours (built-in policy and persistent
 #      grid) and fng: SpeedOfLight, memory, occupancy, launch, warp-state sections.
+#   3. (TESTS="pytest -k expression") the forward tests' selection on each variant's build,
+#      after its sweep: a variant timed is a variant checked.
 # With PROFILE=1 it leaves the default build installed at the end. Tables and logs in $OUT.
 #   VARIANTS="-DGN_FWD_RING=3;-DGN_FWD_RING=4;-DGN_FWD_RING=4 -DGN_FWD_BLOCK=512" \
 #   ITERS="0 -1 2 4" ROWS='^(qwen|mamba|gate|rms|ln|sig|odd|sweep)' bash scripts/device_tune.sh
@@ -30,6 +32,10 @@ for i in "${!variants[@]}"; do
   echo "== variant $i: ${variants[$i]:-(default)}"; mkdir -p "$OUT/v$i"
   OUT="$OUT/v$i" PASSES="${PASSES:-fwd}" bash scripts/sweep_row_iters.sh "$rows" ${ITERS:-0 -1 2 4} \
     | tee "$OUT/v$i.txt"
+  if [ -n "${TESTS:-}" ]; then
+    python3 -m pytest -q -p no:cacheprovider -m "not slow" -k "$TESTS" tests/test_forward.py > "$OUT/v$i/tests.log" 2>&1
+    echo "tests ($TESTS): $(tail -1 "$OUT/v$i/tests.log")"
+  fi
 done
 if [ "${PROFILE:-1}" = 1 ]; then
   build ""
