@@ -31,12 +31,13 @@ inline bool fwd_params_global_ok(const gn_fwd_args& a) {
   return a.weight && (t == a.cfg.dtype || t == GN_FLOAT32) && (uintptr_t)a.weight % 16 == 0 &&
          (uintptr_t)a.bias % 16 == 0 && a.cfg.cols <= INT32_MAX;
 }
-// VEC parameters at column c of a 16-byte aligned row p (fwd_params_global). A 32-bit
-// column: the kernels sit at their register cap, and a 64-bit one held live spilled.
+// VEC parameters at column c of a 16-byte aligned row p (fwd_params_global_ok), through
+// the read-only path (every row reads the same words: L1 hits). A 32-bit column (cols <=
+// INT32_MAX): one register held across the row loop, not two.
 template <typename T, int VEC>
 __device__ __forceinline__ void params_global(const void* p, bool fp32, int c, acc_t<T>* out) {
-  if (fp32) load_vec<float, VEC, false>(static_cast<const float*>(p), c, c + VEC, true, out);
-  else load_vec<T, VEC, false>(static_cast<const T*>(p), c, c + VEC, true, out);
+  if (fp32) load_vec<float, VEC>(static_cast<const float*>(p), c, c + VEC, true, out);
+  else load_vec<T, VEC>(static_cast<const T*>(p), c, c + VEC, true, out);
 }
 inline size_t fwd_ring_bytes(int nv, int threads, bool gate, int ring) {
   return (size_t)ring * (gate ? 2 : 1) * nv * threads * 16;
