@@ -60,7 +60,10 @@ MIXED_IDS = ["res32", "w32-fp16", "w32-bf16", "fp16-res32", "fp32-resbf16", "fp1
 
 
 @pytest.mark.parametrize("x_dtype,r_dtype,w_dtype", MIXED, ids=MIXED_IDS)
-@pytest.mark.parametrize("shape", [(16, 256), (5, 4096), (3, 1000)], ids=["256", "4096", "1000"])
+# 16 x 256, 5 x 4096 and 3 x 1000 take the CUDA decode kernel (a block a row); 5000 x 128 is
+# more one-warp rows than one wave holds (32 blocks an SM x 132 SMs): the streaming kernel.
+@pytest.mark.parametrize("shape", [(16, 256), (5, 4096), (3, 1000), (5000, 128)],
+                         ids=["256", "4096", "1000", "5000x128"])
 def test_mixed_dtypes(x_dtype, r_dtype, w_dtype, shape, device):
     x, r, w = inputs(shape, x_dtype, r_dtype, w_dtype, device)
     out, res, _ = ops.add_rms_norm(x, r, w, 1e-5, False, False)
