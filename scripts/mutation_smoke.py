@@ -52,6 +52,11 @@ MUTANTS = {
                                    "  A* part = red.part[0];", "emu:thread"),
     "emu_load_vec_reads_one_past": ("csrc/cuda/vec.cuh", "v[i] = (c + i < limit) ? to_acc<T>(p[c + i])",
                                     "v[i] = (c + i <= limit) ? to_acc<T>(p[c + i])", "emu:address"),
+    # fp32 weights beside bf16 x on the loop path, read in x's dtype: survived the forward
+    # suite until test_mixed_param_dtype got its loop case (nineteenth session)
+    "emu_fwd_loop_weight_in_x_dtype": ("csrc/cuda/gated_norm_fwd_loop.cu",
+                                       "load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj",
+                                       "load_params<A, VEC>(a.weight, c.dtype, col0 + cj", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),

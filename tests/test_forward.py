@@ -103,8 +103,10 @@ def test_forward_huge_row(dtype, rms, device):
                          ids=["fp16-w32", "bf16-w32", "fp32-wbf16", "fp32-w16", "bf16-w16"])
 @pytest.mark.parametrize("bias", [True, False], ids=["b", "nob"])
 # 9 x 384 in groups of 128: the CUDA decode kernel; 40 x 2048 in groups of 1024: the
-# register path (the CUDA kernels read the parameters in their own code there).
-@pytest.mark.parametrize("shape,g", [((9, 384), 128), ((40, 2048), 1024)], ids=["decode", "regs"])
+# register path; 3 x 16383 (unaligned, too wide for a block): the loop path. Each reads the
+# parameters in its own code.
+@pytest.mark.parametrize("shape,g", [((9, 384), 128), ((40, 2048), 1024), ((3, 16383), None)],
+                         ids=["decode", "regs", "loop"])
 def test_mixed_param_dtype(x_dtype, p_dtype, bias, shape, g, device):
     """weight/bias in another float dtype than x (fp16 x with fp32 weight is common)."""
     out, _, _ = check_fwd(shape, x_dtype, device, g, False, not bias, "swish", True, True, bias,
