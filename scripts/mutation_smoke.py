@@ -28,6 +28,7 @@ TESTS = ["tests/test_forward.py", "tests/test_backward.py", "tests/test_add_rms_
 
 EMU_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_forward.py"]
 EMU_BWD_TESTS = ["-q", "-x", "-k", "cpu and wide", "tests/test_backward.py"]
+EMU_AN_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_add_rms_norm.py"]
 # Emulated devices for some mutants. At the default 4 SMs every wide case has chunks for
 # twice the SMs, so the backward's gradients kernel walks all rows in one set (the
 # prefetch of the next row runs); at 16 it splits the rows into sets (dw/db partial rows).
@@ -57,6 +58,11 @@ MUTANTS = {
     "emu_fwd_loop_weight_in_x_dtype": ("csrc/cuda/gated_norm_fwd_loop.cu",
                                        "load_params<A, VEC>(a.weight, c.param_dtype, col0 + cj",
                                        "load_params<A, VEC>(a.weight, c.dtype, col0 + cj", "emu"),
+    # the streaming add + RMSNorm forward steps x's row cursor by the row length, not the
+    # stride: survived every test until the strided-rows test got a streaming shape
+    "emu_addnorm_stream_ignores_x_stride": ("csrc/cuda/add_rms_norm_fwd.cu",
+                                            "const int64_t qdx = add ? step * a.x_stride : 0",
+                                            "const int64_t qdx = add ? step * a.cfg.cols : 0", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
@@ -134,7 +140,8 @@ def run(name: str) -> str:
     try:
         if emu:
             env = dict(os.environ, GATEDNORM_EMU_SANITIZER=emu[0].partition(":")[2])
-            tests = EMU_BWD_TESTS if "_bwd" in rel else EMU_TESTS  # a backward kernel: its wide-path tests
+            # a backward kernel: its wide-path tests; an add + RMSNorm kernel: its own tests
+            tests = EMU_AN_TESTS if "add_rms_norm" in rel else EMU_BWD_TESTS if "_bwd" in rel else EMU_TESTS
             env.update(EMU_ENV.get(name, {}))
             t = subprocess.run(["bash", "scripts/emu_check.sh", *tests], cwd=ROOT, env=env, capture_output=True,
                                text=True)

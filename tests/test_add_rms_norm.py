@@ -95,17 +95,20 @@ def test_fused_add_rms_norm_in_place(dtype, gemma, shape, device):
     assert torch.equal(xi, out) and torch.equal(ri, res), "in-place and out-of-place forms must agree bitwise"
 
 
-def test_fused_add_rms_norm_strided_rows(device):
+# 24 rows: the CUDA decode kernel; 5000 rows of 128 bf16: the streaming kernel, whose row
+# cursors advance by the strides (test_mixed_dtypes says why 5000).
+@pytest.mark.parametrize("m,dtype", [(24, torch.float32), (5000, torch.bfloat16)], ids=["24-fp32", "5000-bf16"])
+def test_fused_add_rms_norm_strided_rows(m, dtype, device):
     """Both tensors as column slices of wider buffers: the other columns stay untouched."""
-    bx = torch.randn(24, 3 * 128, device=device)
-    br = torch.randn(24, 2 * 128, device=device)
+    bx = torch.randn(m, 3 * 128, device=device, dtype=dtype)
+    br = torch.randn(m, 2 * 128, device=device, dtype=dtype)
     x, r = bx[:, 128:256], br[:, :128]
-    w = torch.rand(128, device=device) + 0.5
+    w = (torch.rand(128, device=device) + 0.5).to(dtype)
     e_out, e_res = expected(x, r, w, 1e-6)
     keep_x, keep_r = bx.clone(), br.clone()
     torch_ops.fused_add_rms_norm(x, r, w, 1e-6)
     assert torch.equal(r.cpu(), e_res)
-    assert_close(x.cpu(), e_out, tol(torch.float32, 128), "input")
+    assert_close(x.cpu(), e_out, tol(dtype, 128), "input")
     assert torch.equal(bx[:, :128], keep_x[:, :128]) and torch.equal(bx[:, 256:], keep_x[:, 256:])
     assert torch.equal(br[:, 128:], keep_r[:, 128:])
 
