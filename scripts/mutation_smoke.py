@@ -63,6 +63,11 @@ MUTANTS = {
     "emu_addnorm_stream_ignores_x_stride": ("csrc/cuda/add_rms_norm_fwd.cu",
                                             "const int64_t qdx = add ? step * a.x_stride : 0",
                                             "const int64_t qdx = add ? step * a.cfg.cols : 0", "emu"),
+    # the register path's z cursor steps by x's row stride: survived test_forward,
+    # test_inplace_out, test_param_layouts, test_api and test_torch_integration (290 passed)
+    # until test_distinct_row_strides
+    "emu_fwd_z_cursor_steps_by_x_stride": ("csrc/cuda/gated_norm_fwd.cu", "qdz = gate ? step * a.z_stride : 0",
+                                           "qdz = gate ? step * a.x_stride : 0", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),

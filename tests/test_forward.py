@@ -151,6 +151,27 @@ def test_strided_rows_from_fused_projection(dtype, nbg, device):
     assert_close(mean2, mean, tol(torch.float32, g), "mean of fwd_out vs fwd")
 
 
+@pytest.mark.parametrize("m,n,g", [(37, 96, 32), (300, 1024, None)], ids=["37x96", "300x1024"])
+@pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
+def test_distinct_row_strides(m, n, g, nbg, device):
+    """x, z and out each with its own row stride (slices of differently padded buffers, every
+    row 16-byte aligned): each tensor's row cursor must step by its own stride. 300 rows of
+    1024: the CUDA register path, whose blocks walk several row blocks (37 x 96: decode)."""
+    dtype = torch.bfloat16
+    bx = torch.randn(m, n + 8, dtype=torch.float64).to(dtype).to(device)
+    bz = (3 * torch.randn(m, n + 40, dtype=torch.float64)).to(dtype).to(device)
+    x, z = bx[:, :n], bz[:, 16:16 + n]
+    _, w, b, _ = make_inputs((m, n), dtype, device, z=False)
+    expected = ref64(x, w, b, z, 1e-6, g, nbg, False, "swish")
+    out, _, _ = run_fwd(x, w, b, z, 1e-6, g, nbg)
+    assert_close(out, expected, tol(dtype, g or n), "out (x, z with their own strides)")
+    buf = poison(torch.empty(m, n + 24, dtype=dtype, device=device))
+    out_view = buf[:, 8:8 + n]
+    ops.gated_norm_fwd_out(x, w, b, z, 1e-6, g, nbg, False, "swish", out_view)
+    assert_close(out_view, expected, tol(dtype, g or n), "out= a third stride")
+    assert torch.isnan(buf[:, :8]).all() and torch.isnan(buf[:, 8 + n:]).all(), "wrote outside the out view"
+
+
 def test_strided_3d_views(device):
     """3-D views whose leading dims collapse into one row stride: x = proj[..., :N] of a
     [B, T, 2N] tensor; out= a [B, T, N] slice of a bigger poisoned [B, T, 3N] buffer."""
