@@ -33,6 +33,8 @@ EMU_AN_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_add_rms_norm.py"]
 # twice the SMs, so the backward's gradients kernel walks all rows in one set (the
 # prefetch of the next row runs); at 16 it splits the rows into sets (dw/db partial rows).
 EMU_ENV = {"emu_wide_bwd_db_rows_overlap": {"GN_EMU_SMS": "16"}}
+# Mutants of a backward kernel outside the wide path: the backward tests they need.
+EMU_SELECT = {"emu_bwd_z_row_uses_x_stride": ["-q", "-x", "-k", "cpu and strided", "tests/test_backward.py"]}
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
 # All were KILLED on 2026-12-05.
@@ -68,6 +70,11 @@ MUTANTS = {
     # until test_distinct_row_strides
     "emu_fwd_z_cursor_steps_by_x_stride": ("csrc/cuda/gated_norm_fwd.cu", "qdz = gate ? step * a.z_stride : 0",
                                            "qdz = gate ? step * a.x_stride : 0", "emu"),
+    # the backward reads z's rows at x's stride: survived test_backward + test_inplace_out
+    # (151 passed) until test_bwd_out_strided_views gave z a stride of its own
+    "emu_bwd_z_row_uses_x_stride": ("csrc/cuda/gated_norm_bwd.cuh",
+                                    "p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride",
+                                    "p.z = a.z ? static_cast<const T*>(a.z) + r * a.x_stride", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
@@ -147,6 +154,7 @@ def run(name: str) -> str:
             env = dict(os.environ, GATEDNORM_EMU_SANITIZER=emu[0].partition(":")[2])
             # a backward kernel: its wide-path tests; an add + RMSNorm kernel: its own tests
             tests = EMU_AN_TESTS if "add_rms_norm" in rel else EMU_BWD_TESTS if "_bwd" in rel else EMU_TESTS
+            tests = EMU_SELECT.get(name, tests)
             env.update(EMU_ENV.get(name, {}))
             t = subprocess.run(["bash", "scripts/emu_check.sh", *tests], cwd=ROOT, env=env, capture_output=True,
                                text=True)

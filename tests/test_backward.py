@@ -290,10 +290,12 @@ def test_bwd_optional_results_are_none(device):
 def test_bwd_out_strided_views(nbg, dtype, device):
     """gated_norm_bwd_out reading x, z, dy and writing dx, dz, out as column slices of fused
     [M, kN] buffers (row stride != N); the other columns of the poisoned buffers stay NaN.
-    Results equal those of gated_norm_bwd on contiguous copies."""
+    Results equal those of gated_norm_bwd on contiguous copies. x and z, and dx and dz, have
+    different strides too (a kernel that steps one tensor by another's stride fails)."""
     m, n, g = 29, 128, 32
     proj = torch.randn(m, 3 * n, dtype=torch.float64).to(dtype).to(device)
-    x, z, _ = proj.split(n, dim=-1)
+    x = proj[:, :n]
+    z = (3 * torch.randn(m, n + 16, dtype=torch.float64)).to(dtype).to(device)[:, 8:8 + n]
     _, w, b, _ = make_inputs((m, n), dtype, device, z=False)
     _, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, False, "swish")
     dy = torch.randn(m, 2 * n, dtype=torch.float64).to(dtype).to(device)[:, n:]
@@ -301,7 +303,8 @@ def test_bwd_out_strided_views(nbg, dtype, device):
     ex, edw, edb, edz, eout = ops.gated_norm_bwd(dy.contiguous(), x.contiguous(), w, b, z.contiguous(),
                                                  mean, rstd, *cfg, True)
     grads_buf = poison(torch.empty(m, 4 * n, dtype=dtype, device=device))
-    dx, dz, out = grads_buf[:, :n], grads_buf[:, 2 * n:3 * n], grads_buf[:, 3 * n:]
+    dz_buf = poison(torch.empty(m, n + 8, dtype=dtype, device=device))
+    dx, dz, out = grads_buf[:, :n], dz_buf[:, 8:], grads_buf[:, 3 * n:]
     dw, db = poison(torch.empty_like(w)), poison(torch.empty_like(b))
     assert ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *cfg, dx, dz, out, dw, db) is None
     t = grad_tol(dtype, g)
@@ -310,7 +313,8 @@ def test_bwd_out_strided_views(nbg, dtype, device):
     assert_close(out, eout, tol(dtype, g), "out")
     assert_normwise(dw, edw, reduce_tol(dtype, m, g, w.dtype), "dw")
     assert_normwise(db, edb, reduce_tol(dtype, m, g, b.dtype), "db")
-    assert torch.isnan(grads_buf[:, n:2 * n]).all(), "wrote outside the dx/dz/out views"
+    assert torch.isnan(grads_buf[:, n:3 * n]).all() and torch.isnan(dz_buf[:, :8]).all(), \
+        "wrote outside the dx/dz/out views"
     # without out, dw, db: only dx and dz are written; dw alone (no db)
     grads_buf = poison(torch.empty(m, 2 * n, dtype=dtype, device=device))
     ops.gated_norm_bwd_out(dy, x, w, b, z, mean, rstd, *cfg, grads_buf[:, :n], grads_buf[:, n:], None)
