@@ -75,6 +75,12 @@ MUTANTS = {
     "emu_bwd_z_row_uses_x_stride": ("csrc/cuda/gated_norm_bwd.cuh",
                                     "p.z = a.z ? static_cast<const T*>(a.z) + r * a.z_stride",
                                     "p.z = a.z ? static_cast<const T*>(a.z) + r * a.x_stride", "emu"),
+    # the streaming add + RMSNorm forward steps residual_out's cursor by the residual's stride:
+    # survived test_add_rms_norm, test_inplace_out, test_fast_path, test_eager_direct (322
+    # passed) until test_add_rms_norm_strided_inputs
+    "emu_addnorm_stream_residual_out_stride": ("csrc/cuda/add_rms_norm_fwd.cu",
+                                               "pdro = a.residual_out ? step * a.residual_out_stride",
+                                               "pdro = a.residual_out ? step * a.residual_stride", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),

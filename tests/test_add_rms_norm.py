@@ -113,6 +113,21 @@ def test_fused_add_rms_norm_strided_rows(m, dtype, device):
     assert torch.equal(br[:, 128:], keep_r[:, 128:])
 
 
+@pytest.mark.parametrize("m", [24, 5000], ids=["24", "5000"])
+def test_add_rms_norm_strided_inputs(m, device):
+    """Out of place, x and residual slices of wider buffers (strides 384 and 264) while out and
+    residual_out are new (stride 128): each row cursor steps by its own tensor's stride. 5000 rows
+    take the streaming CUDA kernel (test_mixed_dtypes), 24 the decode one."""
+    bx = torch.randn(m, 3 * 128, device=device).to(torch.bfloat16)
+    br = torch.randn(m, 2 * 128 + 8, device=device).to(torch.bfloat16)
+    x, r = bx[:, 128:256], br[:, 8:136]
+    w = (torch.rand(128, device=device) + 0.5).to(torch.bfloat16)
+    out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, False)
+    e_out, e_res = expected(x, r, w, 1e-6)
+    assert res.is_contiguous() and torch.equal(res.cpu(), e_res)
+    assert_close(out.cpu(), e_out, tol(torch.bfloat16, 128), "out")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("weight", [True, False], ids=["w", "no-w"])
 def test_rms_norm(dtype, weight, device):
