@@ -81,6 +81,11 @@ MUTANTS = {
     "emu_addnorm_stream_residual_out_stride": ("csrc/cuda/add_rms_norm_fwd.cu",
                                                "pdro = a.residual_out ? step * a.residual_out_stride",
                                                "pdro = a.residual_out ? step * a.residual_stride", "emu"),
+    # the add + RMSNorm backward reads dresidual_out's rows at dout's stride: survived
+    # test_add_rms_norm + test_inplace_out (215 passed) until test_add_rms_norm_bwd_strided_grads
+    "emu_addnorm_bwd_dresidual_out_stride": ("csrc/cuda/add_rms_norm_bwd.cu",
+                                             "static_cast<const R*>(a.dresidual_out) + rr * a.dresidual_out_stride",
+                                             "static_cast<const R*>(a.dresidual_out) + rr * a.dout_stride", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
