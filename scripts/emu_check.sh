@@ -55,13 +55,6 @@ if [ -z "$san" ]; then
   echo "== the same on an emulated 16-SM device: the wide cases"
   env GN_EMU_SMS=16 "$PY" -m pytest -p no:cacheprovider -q -k "cpu and wide" tests/test_forward.py \
     tests/test_backward.py || exit $?
-  # The tuning variants that the next device session times (plan.h), each built apart:
-  # they must stay correct until measured, then become the default or go.
-  for flags in "-DGN_FWD_GLOBAL_PARAMS=1 -DGN_SPLIT_RING=3"; do
-    echo "== the tuning variant $flags: the forward tests"
-    GATEDNORM_EMU_DIR="${dir}_variant" GATEDNORM_NVCC_FLAGS="$flags" PYTHON="$PY" bash "$root/scripts/emu_check.sh" \
-      -q -m "not slow" -k cpu tests/test_forward.py || exit $?
-  done
   exit 0
 fi
 # The sanitizer's runtime must come first in the process; reports go to files (pytest

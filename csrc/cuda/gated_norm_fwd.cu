@@ -11,33 +11,9 @@ namespace {
 // Bytes of the register path's dynamic shared memory: weight (and bias) as A for
 // the block's columns, then (aligned rows) the ring of `ring` rows of x (and z),
 // one 16-byte slot per (stage, tensor, vector, thread).
-// `global` (fwd_global_params): nothing is staged.
 template <typename A>
-__host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias, bool global) {
-  if (global) return 0;
+__host__ __device__ inline size_t fwd_params_bytes(int gpb, int64_t G, bool bias) {
   return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
-}
-// FWD_GLOBAL_PARAMS (plan.h): the aligned fp16 / bf16 / fp32 register kernels read weight
-// and bias from global memory, as whole 16-byte words only: a dtype switch and scalar
-// guards in the output loop, or a staged fallback beside it, cost those kernels 50-300
-// bytes of spills (ptxas -v; they sit at 64 registers). Calls they cannot serve -- no
-// weight, parameters in neither x's dtype nor fp32, unaligned -- take the loop path.
-template <typename T>
-constexpr bool fwd_global_params(bool aligned) {
-  return FWD_GLOBAL_PARAMS && aligned && sizeof(T) <= 4;
-}
-inline bool fwd_params_global_ok(const gn_fwd_args& a) {
-  const gn_dtype t = a.cfg.param_dtype;
-  return a.weight && (t == a.cfg.dtype || t == GN_FLOAT32) && (uintptr_t)a.weight % 16 == 0 &&
-         (uintptr_t)a.bias % 16 == 0 && a.cfg.cols <= INT32_MAX;
-}
-// VEC parameters at column c of a 16-byte aligned row p (fwd_params_global_ok), through
-// the read-only path (every row reads the same words: L1 hits). A 32-bit column (cols <=
-// INT32_MAX): one register held across the row loop, not two.
-template <typename T, int VEC>
-__device__ __forceinline__ void params_global(const void* p, bool fp32, int c, acc_t<T>* out) {
-  if (fp32) load_vec<float, VEC>(static_cast<const float*>(p), c, c + VEC, true, out);
-  else load_vec<T, VEC>(static_cast<const T*>(p), c, c + VEC, true, out);
 }
 inline size_t fwd_ring_bytes(int nv, int threads, bool gate, int ring) {
   return (size_t)ring * (gate ? 2 : 1) * nv * threads * 16;
@@ -57,8 +33,7 @@ __device__ __forceinline__ void cp_async_wait_upto(int n) {
 
 // Register path: see plan.h. Each thread owns columns (j * tpg + lt) * VEC + i of
 // its group for j < NV, the same for every row it visits. Weight and bias sit in
-// shared memory (fp32), not registers: registers bound occupancy (a build with
-// FWD_GLOBAL_PARAMS reads them from global memory instead: fwd_global_params). Aligned rows
+// shared memory (fp32), not registers: registers bound occupancy. Aligned rows
 // stream through a cp.async ring in shared memory, L.ring - 1 rows ahead of the
 // one being reduced: the loads in flight per SM are bounded by shared memory, not
 // by registers (a register prefetch needed ~100 registers a thread, which left 16
@@ -100,10 +75,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   const A* tb = sb ? sb + gl * G : nullptr;
   const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
-  constexpr bool GP = fwd_global_params<T>(ALIGNED);
-  const bool pf32 = c.param_dtype == GN_FLOAT32;
-  const int pc0 = (int)col0;  // (GP: cols <= INT32_MAX)
-  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<A>(L.gpb, G, a.bias != nullptr, GP));
+  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<A>(L.gpb, G, a.bias != nullptr));
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
@@ -138,9 +110,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
-  if (!GP)
-    stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G,
-                    (int)(L.gpb * G), sw, sb, ALIGNED ? VEC : 0);
+  stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
+                  sw, sb, ALIGNED ? VEC : 0);
   if (SPLIT) cluster_sum_init(cred, csize);
 
   int st = 0;  // the ring slot of this row
@@ -159,10 +130,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
         else load_vec<T, VEC>(p.z, cj, lim, false, zz);  // unaligned rows: read again (L1)
       }
       A wv[VEC], bv[VEC];
-      if constexpr (GP) {
-        params_global<T, VEC>(a.weight, pf32, pc0 + cj, wv);
-        if (HB) params_global<T, VEC>(a.bias, pf32, pc0 + cj, bv);
-      } else if (ALIGNED) {
+      if (ALIGNED) {
         const int nvt = L.gpb * G / VEC, vi = (gl * G + cj) / VEC;  // planar staging (ParamLayout)
         load_param_vec<A, VEC>(sw, nvt, vi, wv);
         if (HB) load_param_vec<A, VEC>(sb, nvt, vi, bv);
@@ -258,17 +226,8 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
 
 template <typename T>
 size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned, int ring) {
-  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr,
-                                    fwd_global_params<T>(aligned)) +
+  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
          (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, ring) : 0);
-}
-
-// The loop path for rows planned for the register path that it cannot take.
-template <typename T>
-gn_status launch_loop_instead(const gn_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s) {
-  Plan loop = loop_plan(a.cfg, fwd_loop_stage_bytes<T>(a), dev);
-  loop.layout.aligned = aligned;
-  return launch_fwd_loop(a, loop, s);
 }
 
 template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
@@ -312,7 +271,11 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
       resident = (long long)per_sm * dev.sms;
     }
   }
-  if (resident == 0) return launch_loop_instead<T>(a, ALIGNED, dev, s);
+  if (resident == 0) {
+    Plan loop = loop_plan(a.cfg, fwd_loop_stage_bytes<T>(a), dev);
+    loop.layout.aligned = ALIGNED;
+    return launch_fwd_loop(a, loop, s);
+  }
   constexpr int VEC = vec_size<T>();
   const bool full = team_mostly_full(a.cfg.group_size, VEC, p.layout.tpg, NV);
   const bool wide = p.threads > FWD_BLOCK;
@@ -358,8 +321,6 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
     bool done = false;
     if ((st = launch_fwd_decode(a, p, dev, s, &done)) != GN_OK || done) return st;
   }
-  if (fwd_global_params<T>(p.regs && p.layout.aligned) && !fwd_params_global_ok(a))
-    return launch_loop_instead<T>(a, true, dev, s);
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
     if (!p.layout.aligned) return p.nv == 1 ? launch_regs<T, 1, false, GATE_RUNTIME, false>(a, p, s) : GN_ERR_INVALID;

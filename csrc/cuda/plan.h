@@ -117,16 +117,6 @@ constexpr int FWD_SHORT_RING = GN_FWD_SHORT_RING;
 #define GN_SPLIT_RING 2
 #endif
 constexpr int FWD_SPLIT_RING = GN_SPLIT_RING;
-// -DGN_FWD_GLOBAL_PARAMS=1, a tuning variant (not the default; not yet measured): the
-// aligned forward register kernels read weight and bias from global memory (L1, 16-byte
-// vectors) at each row's output instead of staging them in shared memory as fp32. That
-// frees 16-32 KB a block where staging sets the blocks an SM or the ring's depth: groups
-// of 5000 / 5120 (20 KB), N = 8192 and the split slices (32 KB: with -DGN_SPLIT_RING=3,
-// two 512-thread CTAs an SM still fit), LayerNorm + bias at 4096 (32 KB).
-#ifndef GN_FWD_GLOBAL_PARAMS
-#define GN_FWD_GLOBAL_PARAMS 0
-#endif
-constexpr bool FWD_GLOBAL_PARAMS = GN_FWD_GLOBAL_PARAMS;
 // Forward register-path kernels are compiled for 2 blocks of FWD_MAX_TEAM threads
 // per SM (64 registers): left free, ptxas took 57-84 (2-4 blocks of 256 threads,
 // varying with unrelated code changes); at 64 only the split (cluster) bf16 kernel with
