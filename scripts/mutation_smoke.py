@@ -86,6 +86,12 @@ MUTANTS = {
     "emu_addnorm_bwd_dresidual_out_stride": ("csrc/cuda/add_rms_norm_bwd.cu",
                                              "static_cast<const R*>(a.dresidual_out) + rr * a.dresidual_out_stride",
                                              "static_cast<const R*>(a.dresidual_out) + rr * a.dout_stride", "emu"),
+    # the add + RMSNorm backward reads the saved sum h as if contiguous: every test's h came
+    # from the forward (stride = cols, so the mutant was equivalent there) until
+    # test_add_rms_norm_bwd_strided_grads gave it a stride of its own (twentieth session)
+    "emu_addnorm_bwd_h_stride": ("csrc/cuda/add_rms_norm_bwd.cu",
+                                 "static_cast<const R*>(a.h) + (okn ? rn : 0) * a.h_stride",
+                                 "static_cast<const R*>(a.h) + (okn ? rn : 0) * a.cfg.cols", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),

@@ -130,15 +130,17 @@ def test_add_rms_norm_strided_inputs(m, device):
 
 @pytest.mark.parametrize("m", [24, 5000], ids=["24", "5000"])
 def test_add_rms_norm_bwd_strided_grads(m, device):
-    """add_rms_norm_bwd with dout and dresidual_out slices of wider buffers, each with a stride
-    of its own (both rows 16-byte aligned, as in the contiguous call): the same bits as the
-    contiguous call, whose results test_grads_vs_reference checks."""
+    """add_rms_norm_bwd with dout, dresidual_out and the saved sum h slices of wider buffers,
+    each with a stride of its own (rows 16-byte aligned, as in the contiguous call): the same
+    bits as the contiguous call, whose results test_grads_vs_reference checks."""
     x, r, w = inputs((m, 128), torch.bfloat16, device=device)
     _, h, rstd = ops.add_rms_norm(x, r, w, 1e-6, False, False)
     bd = torch.randn(m, 3 * 128, device=device).to(torch.bfloat16)
     bdr = torch.randn(m, 2 * 128 + 8, device=device).to(torch.bfloat16)
-    dout, dres = bd[:, 128:256], bdr[:, 8:136]
-    got = ops.add_rms_norm_bwd(dout, dres, h, w, rstd, False)
+    bh = torch.randn(m, 2 * 128 + 24, device=device).to(torch.bfloat16)
+    dout, dres, hs = bd[:, 128:256], bdr[:, 8:136], bh[:, 16:144]
+    hs.copy_(h)
+    got = ops.add_rms_norm_bwd(dout, dres, hs, w, rstd, False)
     want = ops.add_rms_norm_bwd(dout.contiguous(), dres.contiguous(), h, w, rstd, False)
     for name, a, b in zip(("dx", "dresidual", "dw"), got, want):
         assert torch.equal(a, b), name
