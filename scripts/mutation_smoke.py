@@ -92,6 +92,10 @@ MUTANTS = {
     "emu_addnorm_bwd_h_stride": ("csrc/cuda/add_rms_norm_bwd.cu",
                                  "static_cast<const R*>(a.h) + (okn ? rn : 0) * a.h_stride",
                                  "static_cast<const R*>(a.h) + (okn ? rn : 0) * a.cfg.cols", "emu"),
+    # fwd_row (the unaligned register path, the loop and wide paths) reads z at x's row stride
+    "emu_fwd_row_z_uses_x_stride": ("csrc/cuda/gated_norm_fwd.cuh",
+                                    "static_cast<const T*>(a.z) + r * a.z_stride + col0",
+                                    "static_cast<const T*>(a.z) + r * a.x_stride + col0", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
