@@ -34,7 +34,9 @@ EMU_AN_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_add_rms_norm.py"]
 # prefetch of the next row runs); at 16 it splits the rows into sets (dw/db partial rows).
 EMU_ENV = {"emu_wide_bwd_db_rows_overlap": {"GN_EMU_SMS": "16"}}
 # Mutants of a backward kernel outside the wide path: the backward tests they need.
-EMU_SELECT = {"emu_bwd_z_row_uses_x_stride": ["-q", "-x", "-k", "cpu and strided", "tests/test_backward.py"]}
+EMU_SELECT = {"emu_bwd_z_row_uses_x_stride": ["-q", "-x", "-k", "cpu and strided", "tests/test_backward.py"],
+              "emu_fwd_row_out_uses_x_stride": ["-q", "-x", "-k", "cpu and distinct",
+                                                "tests/test_forward.py"]}
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
 # All were KILLED on 2026-12-05.
@@ -96,6 +98,12 @@ MUTANTS = {
     "emu_fwd_row_z_uses_x_stride": ("csrc/cuda/gated_norm_fwd.cuh",
                                     "static_cast<const T*>(a.z) + r * a.z_stride + col0",
                                     "static_cast<const T*>(a.z) + r * a.x_stride + col0", "emu"),
+    # fwd_row writes out= rows at x's row stride (the loop, wide and unaligned paths): killed
+    # by test_wide_groups' padded case, and (its EMU_SELECT) by test_distinct_row_strides'
+    # unaligned and loop cases (twentieth session; its aligned cases survive it)
+    "emu_fwd_row_out_uses_x_stride": ("csrc/cuda/gated_norm_fwd.cuh",
+                                      "p.out = static_cast<T*>(a.out) + r * a.out_stride + col0;",
+                                      "p.out = static_cast<T*>(a.out) + r * a.x_stride + col0;", "emu"),
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),

@@ -151,16 +151,20 @@ def test_strided_rows_from_fused_projection(dtype, nbg, device):
     assert_close(mean2, mean, tol(torch.float32, g), "mean of fwd_out vs fwd")
 
 
-@pytest.mark.parametrize("m,n,g", [(37, 96, 32), (300, 1024, None)], ids=["37x96", "300x1024"])
+@pytest.mark.parametrize("m,n,g,off", [(37, 96, 32, 0), (300, 1024, None, 0), (300, 1000, None, 1),
+                                       (3, 16383, None, 1)],
+                         ids=["37x96", "300x1024", "300x1000-unaligned", "3x16383-loop"])
 @pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
-def test_distinct_row_strides(m, n, g, nbg, device):
-    """x, z and out each with its own row stride (slices of differently padded buffers, every
-    row 16-byte aligned): each tensor's row cursor must step by its own stride. 300 rows of
-    1024: the CUDA register path, whose blocks walk several row blocks (37 x 96: decode)."""
+def test_distinct_row_strides(m, n, g, off, nbg, device):
+    """x, z and out each with its own row stride (slices of differently padded buffers): each
+    tensor's row pointer must step by its own stride. Rows 16-byte aligned (off = 0): 300 rows
+    of 1024 take the CUDA register path, whose blocks walk several row blocks with cursors (37
+    x 96: decode). x one element off (off = 1): 300 x 1000 the unaligned register path, 3 x
+    16383 the loop path, both of which address rows through fwd_row."""
     dtype = torch.bfloat16
     bx = torch.randn(m, n + 8, dtype=torch.float64).to(dtype).to(device)
     bz = (3 * torch.randn(m, n + 40, dtype=torch.float64)).to(dtype).to(device)
-    x, z = bx[:, :n], bz[:, 16:16 + n]
+    x, z = bx[:, off:off + n], bz[:, 16:16 + n]
     _, w, b, _ = make_inputs((m, n), dtype, device, z=False)
     expected = ref64(x, w, b, z, 1e-6, g, nbg, False, "swish")
     out, _, _ = run_fwd(x, w, b, z, 1e-6, g, nbg)
