@@ -25,6 +25,9 @@ RMSNorm = (x + residual read, x + residual written) + the weight once; plain RMS
 + the weight. GB/s = bytes / time (1 GB = 1e9 B); frac = GB/s / copy ceiling. Each fwd /
 fwdbwd row also times `samecopy`, a copy of the same bytes (a reference column, not a peer).
 
+After the tables a CUDA run prints the issues' targets (targets.py): each bar, how many rows
+meet it, and every row below it.
+
 Providers (any that is missing or fails on a row is "n/a" with the reason, never a crash):
 gated norm: ours, triton (FLA layernorm_gated), fng (FLA fused_norm_gate), eager, compile;
 add-norm: ours, flashinfer, eager, compile. providers.py says what each runs.
@@ -56,6 +59,7 @@ try:
     from .providers import Env, norm_provider_fn, provider_fn  # noqa: F401
     from .results import FIELDS, Sink, row  # noqa: F401
     from .table import load_csv, print_table
+    from .targets import print_targets
     from .timers import CpuTimer, CudaTimer
 except ImportError:  # run as a script: python benchmarks/bench.py (ROOT is on sys.path above)
     from benchmarks import addnorm, gated
@@ -65,6 +69,7 @@ except ImportError:  # run as a script: python benchmarks/bench.py (ROOT is on s
     from benchmarks.providers import Env, norm_provider_fn, provider_fn  # noqa: F401
     from benchmarks.results import FIELDS, Sink, row  # noqa: F401
     from benchmarks.table import load_csv, print_table
+    from benchmarks.targets import print_targets
     from benchmarks.timers import CpuTimer, CudaTimer
 
 
@@ -191,8 +196,10 @@ def main(argv=None):
         rows = [r for p in a.from_csv for r in load_csv(p)]
         rx = re.compile(a.only) if a.only else None
         fams = set(a.family.split(",")) if a.family else None
-        print_table([r for r in rows if r["provider"] == "copy" or (
-            (rx is None or rx.search(r["name"])) and (fams is None or family_of(r["name"]) in fams))])
+        rows = [r for r in rows if r["provider"] == "copy" or (
+            (rx is None or rx.search(r["name"])) and (fams is None or family_of(r["name"]) in fams))]
+        print_table(rows)
+        print_targets(rows)
         return 0
     dtypes = a.dtypes.split(",") if a.dtypes else None
     for d in dtypes or []:
@@ -225,6 +232,7 @@ def main(argv=None):
                compile=a.compile, l2=a.l2, csv_path=csv_path, check=a.check, copy_gib=a.copy_gib,
                budget_s=a.budget, families=families, passes=passes)
     print_table(rows)
+    print_targets(rows)
     if csv_path:
         print(f"\nCSV: {csv_path}")
     return 0

@@ -70,3 +70,59 @@ def test_columns_keeps_dtypes_apart(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["r1", "bf16", "fwd", "0.970"]
     assert lines[2].split() == ["r1", "fp32", "fwd", "0.920"]
+
+
+def _target_rows():
+    """A synthetic CUDA run: a copy line, then ours / peers / samecopy on a few rows."""
+    def r(name, m, n, provider, ps, t, frac=None, ok=True, device="NVIDIA H100 80GB HBM3"):
+        return {"name": name, "M": m, "N": n, "dtype": "bf16", "provider": provider, "pass": ps, "time_us": t,
+                "frac": frac, "ok": ok, "device": device}
+    return [
+        r("copy_ceiling", 1, 1 << 28, "copy", "copy", 700.0, 1.0),
+        r("sweep_n1024", 1 << 16, 1024, "ours", "fwd", 100.0, 0.95),
+        r("sweep_n1024", 1 << 16, 1024, "fng", "fwd", 99.0, 0.96),
+        r("sweep_n65536", 1024, 65536, "ours", "fwd", 110.0, 0.84),
+        r("sweep_n65536", 1024, 65536, "samecopy", "fwd", 95.0, 0.98),
+        r("sweep_n65536", 1024, 65536, "eager", "fwd", 900.0, 0.1),
+        r("small", 64, 128, "ours", "fwd", 1.0, 0.01),  # M*N < 2^24: no bandwidth bar
+        r("decode_qwen3next", 2048, 128, "ours", "graph", 2.5),
+        r("addrms_m64_n8192", 64, 8192, "ours", "graph", 3.4),
+        r("addrms_m64_n8192", 64, 8192, "flashinfer", "graph", 3.8),
+        r("addrms_m4096_n2048", 4096, 2048, "ours", "fwd", 27.0, 0.91),
+        r("addrms_m4096_n2048", 4096, 2048, "flashinfer", "fwd", 20.0, 0.95, ok=False),  # wrong: no peer
+    ]
+
+
+def test_targets_summary_names_each_row_below_a_bar():
+    """benchmarks.targets: each issue bar over the rows it covers; a row below it is listed with
+    its number and, where timed, the copy of the same bytes; a peer whose output was wrong
+    does not count; rows a bar does not cover (M*N < 2^24) are not judged by it."""
+    import io
+
+    from benchmarks.targets import check_targets, print_targets
+    res = {t.title: r for t, r in check_targets(_target_rows())}
+    bw = res["gated forward >= 0.90 of the copy ceiling (64 <= N <= 131072, M*N >= 2^24)"]
+    assert sorted((k[0], met) for k, met, _ in bw) == [("sweep_n1024", True), ("sweep_n65536", False)]
+    assert "a copy of the same bytes 0.980 (ours / copy 0.86)" in next(t for k, _, t in bw if k[0] == "sweep_n65536")
+    peers = res["gated: no row slower than the fastest peer (forward)"]
+    assert sorted((k[0], met) for k, met, _ in peers) == [("sweep_n1024", False), ("sweep_n65536", True)]
+    assert res["decode M=2048 N=128: <= 3 us GPU time a forward under CUDA-graph replay"][0][1] is True
+    assert res["add + RMSNorm <= 3 us under CUDA-graph replay at M <= 64"][0][1] is False
+    assert res["add + RMSNorm never slower than FlashInfer (graph replay)"][0][1] is True
+    assert "add + RMSNorm never slower than FlashInfer (forward)" not in res  # its only peer was wrong
+    out = io.StringIO()
+    print_targets(_target_rows(), file=out)
+    text = out.getvalue()
+    assert "FAIL  gated forward >= 0.90" in text and "sweep_n65536 bf16: 0.840 of the ceiling" in text
+    assert "PASS  decode M=2048 N=128: <= 3 us" in text and text.rstrip().endswith("on the rows this run measured")
+
+
+def test_targets_summary_skips_cpu_runs():
+    import io
+
+    from benchmarks.targets import print_targets
+    rows = _target_rows()
+    rows[0] = dict(rows[0], device="cpu: some model (2 threads)")
+    out = io.StringIO()
+    print_targets(rows, file=out)
+    assert out.getvalue() == ""
