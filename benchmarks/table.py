@@ -38,7 +38,8 @@ def _cell(r, frac=True):
     return s
 
 
-def _good(r):
+def good(r):
+    """A measured cell whose output passed the correctness guard."""
     return r is not None and r["time_us"] is not None and r["ok"] is not False
 
 
@@ -85,15 +86,15 @@ def print_table(rows, file=None):
             if ps == "host":
                 add = by.get(k + ("add_",))
                 line += f" {_cell(add, False):>10}"
-                ratio = f"{ours['time_us'] / add['time_us']:.2f}x" if _good(ours) and _good(add) else "-"
+                ratio = f"{ours['time_us'] / add['time_us']:.2f}x" if good(ours) and good(add) else "-"
                 line += f" {ratio:>10}"
             peers = [by.get(k + (p,)) for p in provs if p not in ("ours", "samecopy")]
-            peers = [r for r in peers if _good(r)]
+            peers = [r for r in peers if good(r)]
             vs_best = vs_eager = "-"
-            if _good(ours) and peers:
+            if good(ours) and peers:
                 vs_best = f"{min(r['time_us'] for r in peers) / ours['time_us']:.2f}x"
             eager = by.get(k + ("eager",))
-            if _good(ours) and _good(eager):
+            if good(ours) and good(eager):
                 vs_eager = f"{eager['time_us'] / ours['time_us']:.2f}x"
                 if k[0] == CPU_REQUIRED and ps == "fwdbwd":
                     vs_eager += " PASS" if eager["time_us"] >= 2 * ours["time_us"] else " FAIL"

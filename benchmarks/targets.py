@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cases import family_of
+from .table import good
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,6 @@ TARGETS = [
 ]
 
 
-def _ok(r):
-    return r is not None and r["time_us"] is not None and r["ok"] is not False
-
-
 def check_targets(rows):
     """[(target, [(row key, met, text)])]: the targets any row of this run covers."""
     by = {}
@@ -98,15 +95,15 @@ def check_targets(rows):
         res = []
         for (name, dtype, ps), provs in by.items():
             o = provs.get("ours")
-            if ps != t.pass_ or family_of(name) != t.family or not _ok(o) or not t.covers(o):
+            if ps != t.pass_ or family_of(name) != t.family or not good(o) or not t.covers(o):
                 continue
-            peers = {p: r for p, r in provs.items() if p not in ("ours", "samecopy") and _ok(r)}
+            peers = {p: r for p, r in provs.items() if p not in ("ours", "samecopy") and good(r)}
             met = t.met(o, peers)
             if met is None:
                 continue
             text = t.show(o, peers)
             same = provs.get("samecopy")
-            if _ok(same) and o["frac"] is not None and same["frac"]:
+            if good(same) and o["frac"] is not None and same["frac"]:
                 text += f"; a copy of the same bytes {same['frac']:.3f} (ours / copy {o['frac'] / same['frac']:.2f})"
             res.append(((name, dtype), met, text))
         if res:

@@ -39,7 +39,7 @@ EMU_SELECT = {"emu_bwd_z_row_uses_x_stride": ["-q", "-x", "-k", "cpu and strided
                                                 "tests/test_forward.py"]}
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
-# All were KILLED on 2026-12-05.
+# All were KILLED on 2026-12-05 (those added on 2026-12-06: on that day).
 MUTANTS = {
     "emu_ring_waits_one_group_short": ("csrc/cuda/gated_norm_fwd.cu", "cp_async_wait_upto<SMAX - 1>(S - 1);",
                                        "cp_async_wait_upto<SMAX>(S);", "emu"),
