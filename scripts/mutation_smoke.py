@@ -107,6 +107,9 @@ MUTANTS = {
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
+    # the chunk kernels' (chunks, groups, rows) grid: a segment's workspace slot
+    "emu_wide_segment_ignores_groups": ("csrc/cuda/gated_norm_fwd_wide.cu", "k.s = k.r * ngroups + k.g;",
+                                        "k.s = k.r + k.g;", "emu"),
     "emu_wide_deviation_counts_padding": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                           "q[0] += wide_col<T>(j) + i < k.lim ? d * d : A(0);", "q[0] += d * d;",
                                           "emu"),

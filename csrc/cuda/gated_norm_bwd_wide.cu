@@ -25,9 +25,11 @@ __host__ __device__ inline int64_t sums_offset(int64_t row_splits, int64_t cols,
 }
 
 // Elements before the merged (c1, c2) of each segment: the dw/db rows, then the parts.
-__host__ __device__ inline int64_t merged_offset(int64_t row_splits, const gn_config& c, int64_t C1, int acc_bytes) {
-  const int64_t per16 = 16 / acc_bytes, n = c.rows * (c.cols / c.group_size) * C1 * 2;
-  return sums_offset(row_splits, c.cols, acc_bytes) + (n + per16 - 1) / per16 * per16;
+// The kernels pass `segments` from their grid (no division on their way to a load).
+__host__ __device__ inline int64_t merged_offset(int64_t row_splits, int64_t cols, int64_t segments, int64_t C1,
+                                                 int acc_bytes) {
+  const int64_t per16 = 16 / acc_bytes, n = segments * C1 * 2;
+  return sums_offset(row_splits, cols, acc_bytes) + (n + per16 - 1) / per16 * per16;
 }
 
 template <typename T>
@@ -41,8 +43,9 @@ __global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_sums(const gn_bwd_args a,
   pdl_wait();
   pdl_trigger();  // the second kernel's blocks wait in its pdl_wait until this grid is done
   const gn_config& c = a.cfg;
-  const int64_t G = c.group_size, ngroups = c.cols / G, item = (int64_t)blockIdx.y * C + blockIdx.x;
-  const int64_t seg = blockIdx.y, ck = blockIdx.x, r = seg / ngroups, g = seg - r * ngroups;
+  // The grid is (chunks, groups, rows), as the forward's chunk kernels (gated_norm_fwd_wide.cu).
+  const int64_t G = c.group_size, ck = blockIdx.x, g = blockIdx.y, r = blockIdx.z;
+  const int64_t seg = r * gridDim.y + g, item = seg * C + ck;
   const int64_t col0 = g * G + ck * CH, lim = chunk_cols(G, ck, CH);
   const BwdRow<T> p = bwd_row<T>(a, r, col0);
   const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;
@@ -99,7 +102,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) bwd_wide_merge(const gn_bwd_args a
   }
   team_sum<2>(s, WIDE_BLOCK, red, phase);
   if (threadIdx.x == 0) {
-    A* m = ws + merged_offset(Q, c, C1, (int)sizeof(A)) + seg * 2;
+    A* m = ws + merged_offset(Q, c.cols, gridDim.x, C1, (int)sizeof(A)) + seg * 2;
     m[0] = s[0] * rc.inv_g;
     m[1] = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
   }
@@ -114,13 +117,15 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
   constexpr int VEC = vec_size<T>(), K = WIDE_BWD_VECS * VEC;
   constexpr int64_t CH = wide_chunk_cols<T, WIDE_BWD_VECS>();
   const gn_config& c = a.cfg;
-  const int64_t G = c.group_size, ngroups = c.cols / G, M = c.rows, N = c.cols, Q = gridDim.y, q = blockIdx.y;
-  const int64_t gc = gridDim.x - 1 - blockIdx.x;  // reverse: the first kernel's last chunks first
-  const int64_t g = gc / C2, ck = gc - g * C2, col0 = g * G + ck * CH, lim = chunk_cols(G, ck, CH);
+  // The grid is (chunks, groups, row sets), chunks and groups in reverse: the first kernel's
+  // last chunks first.
+  const int64_t G = c.group_size, ngroups = gridDim.y, M = c.rows, N = c.cols, Q = gridDim.z, q = blockIdx.z;
+  const int64_t ck = C2 - 1 - blockIdx.x, g = ngroups - 1 - blockIdx.y;
+  const int64_t col0 = g * G + ck * CH, lim = chunk_cols(G, ck, CH);
   const bool gate = a.z != nullptr, after = gate && c.norm_before_gate;
   const bool want_b = a.bias && (a.out || after);
   const bool wvec = params_vec_ok<VEC>(a.weight, col0, lim), bvec = params_vec_ok<VEC>(a.bias, col0, lim);
-  const A* merged = static_cast<const A*>(a.workspace) + merged_offset(Q, c, C1, (int)sizeof(A));
+  const A* merged = static_cast<const A*>(a.workspace) + merged_offset(Q, N, M * ngroups, C1, (int)sizeof(A));
   A dw[K], db[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) dw[k] = db[k] = A(0);
@@ -201,18 +206,19 @@ __global__ void __launch_bounds__(WIDE_BLOCK, 2) bwd_wide_grads(const gn_bwd_arg
 template <typename T>
 gn_status launch_typed(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev, cudaStream_t s) {
   const int64_t ngroups = a.cfg.cols / a.cfg.group_size, segments = a.cfg.rows * ngroups;  // < 2 * SMs
-  if (w.sum_chunks > 0x7fffffff || ngroups * w.grad_chunks > 0x7fffffff || w.row_splits > 65535)
-    return GN_ERR_UNSUPPORTED;  // grid limits: groups of 2^43+ columns
-  gn_status st = launch_pdl(bwd_wide_sums<T>, dim3((unsigned)w.sum_chunks, (unsigned)segments), WIDE_BLOCK, 0, s,
-                            dev, "gated_norm backward (wide path, row sums) launch", 1, a, w.sum_chunks, w.row_splits,
-                            aligned);
+  if (w.sum_chunks > 0x7fffffff || w.grad_chunks > 0x7fffffff || w.row_splits > 65535)
+    return GN_ERR_UNSUPPORTED;  // grid limits: groups of 2^43+ columns (rows and groups: < 2 * SMs)
+  gn_status st = launch_pdl(bwd_wide_sums<T>, dim3((unsigned)w.sum_chunks, (unsigned)ngroups, (unsigned)a.cfg.rows),
+                            WIDE_BLOCK, 0, s, dev, "gated_norm backward (wide path, row sums) launch", 1, a,
+                            w.sum_chunks, w.row_splits, aligned);
   if (st != GN_OK) return st;
   st = launch_pdl(bwd_wide_merge<T>, dim3((unsigned)segments), WIDE_BLOCK, 0, s, dev,
                   "gated_norm backward (wide path, row sums merge) launch", 1, a, w.sum_chunks, w.row_splits,
                   row_consts<acc_t<T>>(a.cfg));
   if (st != GN_OK) return st;
-  return launch_pdl(bwd_wide_grads<T>, dim3((unsigned)(ngroups * w.grad_chunks), (unsigned)w.row_splits), WIDE_BLOCK,
-                    0, s, dev, "gated_norm backward (wide path) launch", 1, a, w.sum_chunks, w.grad_chunks, aligned);
+  return launch_pdl(bwd_wide_grads<T>, dim3((unsigned)w.grad_chunks, (unsigned)ngroups, (unsigned)w.row_splits),
+                    WIDE_BLOCK, 0, s, dev, "gated_norm backward (wide path) launch", 1, a, w.sum_chunks, w.grad_chunks,
+                    aligned);
 }
 
 }  // namespace
@@ -221,7 +227,7 @@ size_t bwd_wide_workspace_bytes(const gn_config& c, const WideBwd& w) {
   if (!w.sum_chunks) return 0;
   const int acc = c.dtype == GN_FLOAT64 ? 8 : 4;
   const int64_t segments = c.rows * (c.cols / c.group_size);
-  return (size_t)(merged_offset(w.row_splits, c, w.sum_chunks, acc) + segments * 2) * acc;
+  return (size_t)(merged_offset(w.row_splits, c.cols, segments, w.sum_chunks, acc) + segments * 2) * acc;
 }
 
 gn_status launch_bwd_wide(const gn_bwd_args& a, bool aligned, const WideBwd& w, const DeviceInfo& dev,

@@ -24,22 +24,28 @@
 namespace gn {
 namespace {
 
-// A chunk's place: segment s = r * ngroups + g, chunk c of C; `lim` its columns.
+// A chunk's place: segment s = r * ngroups + g, chunk c of C, item s * C + c (its slot in
+// the workspace); `lim` its columns.
 template <typename T>
 struct Chunk {
   FwdRow<T> p;
-  int64_t s, r, g, c, lim;
+  int64_t s, r, g, c, item, lim;
 };
 
+// The chunk kernels' grid is (chunks, groups, rows): a block reads its chunk off its
+// indices, `rev` in reverse order. (Recovered from a linear index, the two 64-bit
+// divisions were most of a thread's instructions before its first load at one vector a
+// thread: bf16 output kernel, first load at SASS instruction 187 of 952.)
 template <typename T, int V>
-__device__ __forceinline__ Chunk<T> chunk_of(const gn_fwd_args& a, int64_t item, int64_t C) {
+__device__ __forceinline__ Chunk<T> this_chunk(const gn_fwd_args& a, bool rev) {
   constexpr int64_t CH = wide_chunk_cols<T, V>();
-  const int64_t G = a.cfg.group_size, ngroups = a.cfg.cols / G;
+  const int64_t G = a.cfg.group_size, C = gridDim.x, ngroups = gridDim.y;
   Chunk<T> k;
-  k.s = item / C;
-  k.c = item - k.s * C;
-  k.r = k.s / ngroups;
-  k.g = k.s - k.r * ngroups;
+  k.c = rev ? C - 1 - blockIdx.x : blockIdx.x;
+  k.g = rev ? ngroups - 1 - blockIdx.y : blockIdx.y;
+  k.r = rev ? gridDim.z - 1 - blockIdx.z : blockIdx.z;
+  k.s = k.r * ngroups + k.g;
+  k.item = k.s * C + k.c;
   k.p = fwd_row<T>(a, k.r, k.g * G + k.c * CH);
   k.lim = chunk_cols(G, k.c, CH);
   return k;
@@ -51,7 +57,7 @@ __host__ __device__ inline int wide_parts(const gn_config& c) { return c.is_rms_
 // RMS a template argument: LayerNorm keeps the chunk's values for its second pass, which
 // a run-time flag would cost RMSNorm's registers too.
 template <typename T, bool RMS>
-__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a, const int64_t C, const bool al) {
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a, const bool al) {
   using A = acc_t<T>;
   constexpr int V = wide_stats_vecs(RMS), VEC = vec_size<T>(), K = V * VEC;
   __shared__ TeamScratch<1, A> red;
@@ -59,8 +65,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a
   pdl_wait();
   pdl_trigger();  // the second kernel's blocks wait in its pdl_wait until this grid is done
   const gn_config& c = a.cfg;
-  const int64_t item = (int64_t)blockIdx.y * C + blockIdx.x;
-  const Chunk<T> k = chunk_of<T, V>(a, item, C);
+  const Chunk<T> k = this_chunk<T, V>(a, false);
   const bool early = a.z && !c.norm_before_gate;
   uint4 xr[V], zr[V];
 #pragma unroll
@@ -82,7 +87,7 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_stats(const gn_fwd_args a
     for (int i = 0; i < VEC; ++i) s[0] += RMS ? v[j * VEC + i] * v[j * VEC + i] : v[j * VEC + i];
   }
   team_sum<1>(s, WIDE_BLOCK, red, phase);
-  A* ws = static_cast<A*>(a.workspace) + item * wide_parts(c);
+  A* ws = static_cast<A*>(a.workspace) + k.item * wide_parts(c);
   if (RMS) {
     if (threadIdx.x == 0) ws[0] = s[0];
     return;
@@ -153,15 +158,13 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_merge(const gn_fwd_args a
 // BIAS a template argument: the bias's loads, held beside the weight's, took 20 of 60
 // registers at one vector a thread (sm_90), i.e. blocks an SM, for rows without one.
 template <typename T, bool BIAS>
-__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t C, const int64_t Cs,
-                                                             const bool al) {
+__global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a, const int64_t Cs, const bool al) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>();
   constexpr int64_t CH = wide_chunk_cols<T>();
   const gn_config& c = a.cfg;
   // Reverse order: the first blocks take the chunks fwd_wide_stats read last (in L2).
-  const int64_t item = (int64_t)gridDim.y * C - 1 - ((int64_t)blockIdx.y * C + blockIdx.x);
-  const Chunk<T> k = chunk_of<T, WIDE_VECS>(a, item, C);
+  const Chunk<T> k = this_chunk<T, WIDE_VECS>(a, true);
   const bool gate = a.z != nullptr, early = gate && !c.norm_before_gate, after = gate && c.norm_before_gate;
   uint4 xr[WIDE_VECS], zr[WIDE_VECS];
   // x and z are loaded before the wait: the two kernels before this one only read them,
@@ -201,19 +204,22 @@ __global__ void __launch_bounds__(WIDE_BLOCK) fwd_wide_apply(const gn_fwd_args a
 
 template <typename T>
 gn_status launch_typed(const gn_fwd_args& a, bool aligned, int64_t Cs, const DeviceInfo& dev, cudaStream_t s) {
-  const int64_t segments = a.cfg.rows * (a.cfg.cols / a.cfg.group_size);  // < 2 * SMs (fwd_wide_chunks)
+  // Fewer segments than twice the SMs (fwd_wide_chunks): rows and groups are far within
+  // grid.y and grid.z's 65535.
+  const int64_t ngroups = a.cfg.cols / a.cfg.group_size, segments = a.cfg.rows * ngroups;
   constexpr int64_t CH = wide_chunk_cols<T>();
   const int64_t C = (a.cfg.group_size + CH - 1) / CH;  // the output kernel's chunks (Cs: the partial sums')
   if (C > 0x7fffffff) return GN_ERR_UNSUPPORTED;  // grid.x's limit: groups of 2^43+ columns
   gn_status st = launch_pdl(a.cfg.is_rms_norm ? fwd_wide_stats<T, true> : fwd_wide_stats<T, false>,
-                            dim3((unsigned)Cs, (unsigned)segments), WIDE_BLOCK, 0, s, dev,
-                            "gated_norm forward (wide path, partial sums) launch", 1, a, Cs, aligned);
+                            dim3((unsigned)Cs, (unsigned)ngroups, (unsigned)a.cfg.rows), WIDE_BLOCK, 0, s, dev,
+                            "gated_norm forward (wide path, partial sums) launch", 1, a, aligned);
   if (st != GN_OK) return st;
   st = launch_pdl(fwd_wide_merge<T>, dim3((unsigned)segments), WIDE_BLOCK, 0, s, dev,
                   "gated_norm forward (wide path, statistics) launch", 1, a, Cs, row_consts<acc_t<T>>(a.cfg));
   if (st != GN_OK) return st;
-  return launch_pdl(a.bias ? fwd_wide_apply<T, true> : fwd_wide_apply<T, false>, dim3((unsigned)C, (unsigned)segments),
-                    WIDE_BLOCK, 0, s, dev, "gated_norm forward (wide path) launch", 1, a, C, Cs, aligned);
+  return launch_pdl(a.bias ? fwd_wide_apply<T, true> : fwd_wide_apply<T, false>,
+                    dim3((unsigned)C, (unsigned)ngroups, (unsigned)a.cfg.rows), WIDE_BLOCK, 0, s, dev,
+                    "gated_norm forward (wide path) launch", 1, a, Cs, aligned);
 }
 
 }  // namespace
