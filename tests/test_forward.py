@@ -62,6 +62,11 @@ CASES = [
     ((3, 16384), 8192, False, True, "sigmoid", True, True, False),
     ((2, 131072), None, False, True, "silu", True, True, False),
     ((2, 16383), None, True, False, "swish", True, True, True),
+    # CUDA block-row path (gated_norm_fwd_row.cu): RMSNorm of 16-bit groups of 1025-2048
+    # vectors, two waves of rows on an H100 (132 SMs); 12288 leaves half the threads' second
+    # vector past the end
+    ((270, 12288), None, True, True, "silu", True, True, False),
+    ((270, 16384), None, True, True, "sigmoid", True, False, True),
 ]
 
 

@@ -320,6 +320,7 @@ gn_status launch_typed(const gn_fwd_args& a, Plan p, cudaStream_t s) {
   if constexpr (sizeof(T) <= 4) {
     bool done = false;
     if ((st = launch_fwd_decode(a, p, dev, s, &done)) != GN_OK || done) return st;
+    if ((st = launch_fwd_block_row(a, p.layout.aligned, dev, s, &done)) != GN_OK || done) return st;
   }
   if (p.regs) {
     static_assert(FWD_MAX_VECS == 2, "instantiate the register path for every vector count");
