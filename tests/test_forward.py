@@ -277,12 +277,14 @@ def test_differentiable_and_inference_forward_agree(device):
 
 
 # (shape, group, dtype, the kernel that must run): which CUDA path serves which width.
-KERNEL_PATHS = [
-    ((64, 8192), None, torch.bfloat16, "fwd_regs"),
-    ((600, 32768), None, torch.bfloat16, "fwd_regs"),  # split across a cluster, many rows a cluster
-    ((64, 65536), 32768, torch.float16, "fwd_regs"),  # two groups, each split
-    ((600, 32767), None, torch.bfloat16, "fwd_loop"),  # unaligned: no 16-byte slices; rows for every SM
-    ((4, 1 << 20), None, torch.bfloat16, "fwd_wide"),  # beyond 16 register slices, few rows: wide path
+KERNEL_PATHS = [  # (shape, group, dtype, kernel, RMSNorm); all with a gate after the norm
+    ((64, 8192), None, torch.bfloat16, "fwd_regs", False),
+    ((600, 32768), None, torch.bfloat16, "fwd_regs", False),  # split across a cluster, many rows a cluster
+    ((64, 65536), 32768, torch.float16, "fwd_regs", False),  # two groups, each split
+    ((600, 32767), None, torch.bfloat16, "fwd_loop", False),  # unaligned: no 16-byte slices; rows for every SM
+    ((4, 1 << 20), None, torch.bfloat16, "fwd_wide", False),  # beyond 16 register slices, few rows: wide path
+    ((300, 16384), None, torch.bfloat16, "fwd_block_row", True),  # two waves of rows (132 SMs): a block a row
+    ((3, 16384), None, torch.bfloat16, "fwd_regs", True),  # the same groups, few rows: split
 ]
 
 
@@ -329,18 +331,19 @@ def test_wide_groups(case, device):
 
 
 @requires_cuda
-@pytest.mark.parametrize("case", KERNEL_PATHS, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{c[3]}")
+@pytest.mark.parametrize("case", KERNEL_PATHS,
+                         ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}-{c[3]}{'-rms' if c[4] else ''}")
 def test_cuda_kernel_paths(case):
     """The plan sends each width to the kernel meant for it, and that kernel is right there
     (with many rows: a cluster's CTAs reuse their partial-sum slots across rows)."""
-    shape, g, dtype, kernel = case
+    shape, g, dtype, kernel, rms = case
     x, w, b, z = make_inputs(shape, dtype, "cuda")
-    names = cuda_kernels(lambda: run_fwd(x, w, b, z, 1e-6, g, True, False, "swish"))
+    names = cuda_kernels(lambda: run_fwd(x, w, b, z, 1e-6, g, True, rms, "swish"))
     if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
         pytest.skip("torch.profiler sees no CUDA kernels in this process")
     assert any(kernel in n for n in names), names
-    out = run_fwd(x, w, b, z, 1e-6, g, True, False, "swish")[0]
-    assert_close(out, ref64(x, w, b, z, 1e-6, g, True, False, "swish"), tol(dtype, g or shape[-1]), "out")
+    out = run_fwd(x, w, b, z, 1e-6, g, True, rms, "swish")[0]
+    assert_close(out, ref64(x, w, b, z, 1e-6, g, True, rms, "swish"), tol(dtype, g or shape[-1]), "out")
 
 
 # GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_*_loop_async.cu): the
