@@ -73,9 +73,8 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
     const A var = s[0] * rc.inv_g;
     const A rstd = rsqrt_acc(var + rc.eps);
 #pragma unroll
-    for (int j = 0; j < ROW_NV; ++j) {  // widen x again below rather than hold its 16 fp32 values
-      reg_fence(xv[j].u[0]);
-      if (gate) zv[j].u[0] = load_raw<T>(p.z, c0 + j * STEP, G);  // z of a gate after: only now
+    for (int j = 0; j < ROW_NV; ++j) {  // z of a gate after the norm: only now
+      if (gate) zv[j].u[0] = load_raw<T>(p.z, c0 + j * STEP, G);
     }
 #pragma unroll
     for (int j = 0; j < ROW_NV; ++j) {

@@ -31,12 +31,6 @@ __device__ __forceinline__ void cp_async_small(void* dst, const void* src, bool 
                "r"(valid ? BYTES : 0)
                : "memory");
 }
-// Makes the compiler treat v as rewritten here (no instruction): values it derived from v
-// before (e.g. 16-bit elements widened to fp32) are derived again after, from v's 4
-// registers, instead of being kept alive across the point in 8-16 registers.
-__device__ __forceinline__ void reg_fence(uint4& v) {
-  asm volatile("" : "+r"(v.x), "+r"(v.y), "+r"(v.z), "+r"(v.w));
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>

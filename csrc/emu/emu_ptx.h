@@ -16,7 +16,6 @@ inline void cp_async_small(void* dst, const void* src, bool valid) {
   static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
   ::emu::cp_async(dst, src, BYTES, valid);
 }
-inline void reg_fence(uint4&) {}
 inline void cp_async_commit() { ::emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() {
