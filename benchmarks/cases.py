@@ -40,6 +40,7 @@ class Case:
     bias: bool = False
     act: str = "silu"
     dtype: str = "bf16"
+    pdtype: str = ""  # the weight's and bias's dtype ("": the rows' dtype)
     kind: str = "bw"  # "bw": fwd (+ fwdbwd for the gated family) passes; "decode": graph + host passes
     eps: float = 1e-6
     family: str = "gated"  # see the module docstring
@@ -64,6 +65,8 @@ class Case:
             s += f" z {self.order}" + ("" if self.act in ("silu", "swish") else f" {self.act}")
         if self.group not in (None, self.N):
             s += f" g{self.group}"
+        if self.pdtype:
+            s += f" w {self.pdtype}"
         return s
 
 
@@ -102,6 +105,8 @@ def cuda_cases(quick=False, families=FAMILIES):
         Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
         Case("ln_z_4096", 32768, 4096, rms=False),  # LayerNorm without the bias: what the bias costs
         Case("rms_noz_4096", 32768, 4096, z=False),
+        Case("rms_noz_16384", 4096, 16384, z=False),  # the block-row paths: without a gate,
+        Case("mixed_16384", 4096, 16384, pdtype="fp32"),  # fp32 parameters beside 16-bit rows
         Case("sigmoid_4096", 32768, 4096, act="sigmoid"),
     ]
     rows += [Case(f"sweep_n{n}", (1 << 26) // n, n) for n in SWEEP_NS]

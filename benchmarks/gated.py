@@ -27,8 +27,9 @@ def _bytes(c: Case, es: int):
 def _make_sets(c: Case, device, nsets: int, grad: bool):
     dt = DTYPES[c.dtype]
     shape = (c.M, c.N)
-    w = (1.0 + 0.1 * torch.randn(c.N, device=device)).to(dt)
-    b = (0.1 * torch.randn(c.N, device=device)).to(dt) if c.bias else None
+    pdt = DTYPES[c.pdtype] if c.pdtype else dt
+    w = (1.0 + 0.1 * torch.randn(c.N, device=device)).to(pdt)
+    b = (0.1 * torch.randn(c.N, device=device)).to(pdt) if c.bias else None
     shared = {"w": w, "b": b}
     if grad:
         shared["wg"] = w.detach().requires_grad_()

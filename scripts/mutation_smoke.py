@@ -113,6 +113,10 @@ MUTANTS = {
                                      "emu"),
     "emu_block_row_writes_past_group": ("csrc/cuda/gated_norm_fwd_row.cu", "if (cj >= G) continue;", "",
                                         "emu:address"),
+    "emu_block_row_l2_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HW) y *= to_acc<T>(wp.e[i]);", "",
+                                        "emu"),
+    "emu_block_row_l2_no_gate_reads_z": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HZ) zv[j].u[0]", "zv[j].u[0]",
+                                         "emu:address"),
     # the chunk kernels' (chunks, groups, rows) grid: a segment's workspace slot
     "emu_wide_segment_ignores_groups": ("csrc/cuda/gated_norm_fwd_wide.cu", "k.s = k.r * ngroups + k.g;",
                                         "k.s = k.r + k.g;", "emu"),

@@ -62,11 +62,18 @@ CASES = [
     ((3, 16384), 8192, False, True, "sigmoid", True, True, False),
     ((2, 131072), None, False, True, "silu", True, True, False),
     ((2, 16383), None, True, False, "swish", True, True, True),
-    # CUDA block-row path (gated_norm_fwd_row.cu): RMSNorm of 16-bit groups of 1025-2048
-    # vectors, two waves of rows on an H100 (132 SMs); 12288 leaves half the threads' second
-    # vector past the end
+    # CUDA block-row paths (gated_norm_fwd_row.cu, launch_fwd_block_row): RMSNorm of groups
+    # of 1025-4096 vectors, two waves of rows on an H100 (132 SMs). 16-bit 12288 / 16384,
+    # a gate after or none: fwd_block_row_l2 (each bias / weight combination), 12288 leaving
+    # half the threads' second vector past the end; 24576 with a gate: fwd_block_row, four
+    # vectors a thread. fp32 8192 / 12288 / 16384: fwd_block_row, two or four vectors a
+    # thread, with and without a gate.
     ((270, 12288), None, True, True, "silu", True, True, False),
     ((270, 16384), None, True, True, "sigmoid", True, False, True),
+    ((270, 24576), None, True, True, "swish", True, True, False),
+    ((270, 8192), None, True, True, "silu", False, False, True),
+    ((270, 12288), None, True, True, "silu", False, False, True),
+    ((270, 16384), None, True, True, "swish", False, True, False),
 ]
 
 
@@ -117,6 +124,14 @@ def test_mixed_param_dtype(x_dtype, p_dtype, bias, shape, g, device):
     out, _, _ = check_fwd(shape, x_dtype, device, g, False, not bias, "swish", True, True, bias,
                           param_dtype=p_dtype)
     assert out.dtype == x_dtype
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("bias", [True, False], ids=["b", "nob"])
+def test_mixed_param_dtype_block_row(x_dtype, bias, device):
+    """fp32 weight and bias beside 16-bit rows of RMSNorm + gate after at 12288 (CUDA:
+    fwd_block_row's mixed kernel)."""
+    check_fwd((270, 12288), x_dtype, device, None, True, True, "silu", True, True, bias, param_dtype=torch.float32)
 
 
 @pytest.mark.parametrize("shape,g", [((64,), None), ((64,), 16), ((2, 3, 96), 32), ((2, 2, 3, 40), None),
@@ -283,7 +298,9 @@ KERNEL_PATHS = [  # (shape, group, dtype, kernel, RMSNorm); all with a gate afte
     ((64, 65536), 32768, torch.float16, "fwd_regs", False),  # two groups, each split
     ((600, 32767), None, torch.bfloat16, "fwd_loop", False),  # unaligned: no 16-byte slices; rows for every SM
     ((4, 1 << 20), None, torch.bfloat16, "fwd_wide", False),  # beyond 16 register slices, few rows: wide path
-    ((300, 16384), None, torch.bfloat16, "fwd_block_row", True),  # two waves of rows (132 SMs): a block a row
+    ((300, 16384), None, torch.bfloat16, "fwd_block_row_l2", True),  # two waves of rows (132 SMs): a block a row
+    ((300, 32768), None, torch.bfloat16, "fwd_block_row<", True),  # four vectors a thread
+    ((300, 16384), None, torch.float32, "fwd_block_row<", True),
     ((3, 16384), None, torch.bfloat16, "fwd_regs", True),  # the same groups, few rows: split
 ]
 
@@ -342,8 +359,12 @@ def test_cuda_kernel_paths(case):
     if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
         pytest.skip("torch.profiler sees no CUDA kernels in this process")
     assert any(kernel in n for n in names), names
-    out = run_fwd(x, w, b, z, 1e-6, g, True, rms, "swish")[0]
+    out, mean, rstd = run_fwd(x, w, b, z, 1e-6, g, True, rms, "swish")
     assert_close(out, ref64(x, w, b, z, 1e-6, g, True, rms, "swish"), tol(dtype, g or shape[-1]), "out")
+    emean, erstd, _ = stats64(x, z, g, True, rms, "swish")  # what the backward reads
+    assert_close(rstd, erstd, tol(torch.float32, g or shape[-1]), "rstd")
+    if not rms:
+        assert_close(mean, emean, tol(torch.float32, g or shape[-1]), "mean")
 
 
 # GATEDNORM_LOOP_SLOTS=k (read once a process; csrc/cuda/gated_norm_*_loop_async.cu): the

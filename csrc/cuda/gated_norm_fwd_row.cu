@@ -1,22 +1,22 @@
-// Gated norm forward, block-row path: a block of ROW_BLOCK threads a (row, group), two
-// 16-byte vectors a thread, a non-persistent grid. For RMSNorm with a gate after it, of
-// 16-bit rows whose groups the register path cannot hold: 1025-2048 vectors, 8K-16K
-// elements (launch_fwd_block_row says when).
+// Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group), a
+// non-persistent grid, for RMSNorm (no gate, or a gate after it) of groups the register path
+// cannot hold: 1025-4096 16-byte vectors (launch_fwd_block_row says which kernel takes what).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
-// torch.compile's kernel (the whole row in one block of 32 warps) 0.98. This kernel: 0.92
-// (sweep_n16384 148.3 -> 144.3 us, docs/benchmarks.md, twenty-second session). Every load of
-// x is issued at once, before the sum; x stays packed in registers for the output; z of a
-// gate after the norm and the parameters (L1 / L2 hits: every row reads the same ones) are
-// loaded after it. Compiled for two blocks an SM (32 registers, as compile's kernel) it
-// spilled 64-112 bytes and reached 0.66: one block an SM, 59-60 registers, no spills.
+// torch.compile's kernel (the whole row in one block of 32 warps, two blocks an SM) 0.98.
+// Two kernels here:
+// - fwd_block_row: one block an SM. Every load of x is issued at once, before the sum; x
+//   stays packed in registers for the output; z and the parameters (L1 / L2 hits) after it.
+//   At 32 registers (two blocks an SM) it spilled 64-112 bytes and reached 0.66.
+// - fwd_block_row_l2: compile's shape, two blocks an SM at 32 registers; x is read twice,
+//   the second time from L2 (0.98 at 16384 where fwd_block_row reaches 0.93).
 #include "gated_norm_fwd.cuh"
 
 namespace gn {
 namespace {
 
-constexpr int ROW_BLOCK = 1024, ROW_NV = 2;
+constexpr int ROW_BLOCK = 1024;
 
 // VEC elements of E as whole 16-byte words.
 template <typename E, int VEC>
@@ -37,14 +37,15 @@ union Packed16 {
 // MODE: GATE_NONE or GATE_AFTER (plan.h), a template parameter: gate flags cost registers. P:
 // the parameters' dtype (so far T: fp32 parameters beside 16-bit rows, the register path's
 // mixed case, have not run on a GPU here and keep the split path).
-template <typename T, typename P, int MODE>
+// NV: 16-byte vectors a thread (2, or 4 for groups of 2049-4096 vectors: 12 bytes of spills).
+template <typename T, typename P, int MODE, int ROW_NV>
 __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC;  // vector j of a thread: column c0 + j * STEP
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
   const gn_config& c = a.cfg;
-  const int G = (int)c.group_size;  // the launcher: 2048 vectors at most
+  const int G = (int)c.group_size;  // the launcher: ROW_NV x ROW_BLOCK vectors at most
   const int64_t g = blockIdx.x, col0 = g * G;
   static_assert(MODE == GATE_NONE || MODE == GATE_AFTER, "RMSNorm without a gate or with one after it");
   constexpr bool gate = MODE == GATE_AFTER;
@@ -100,13 +101,102 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
   pdl_trigger();
 }
 
-template <typename T, typename P>
+// The same rows at two blocks an SM, as torch.compile's kernel (32 registers, 64 warps an
+// SM): x is read twice, kept in L2 by the first read (evict_last) and re-read for the output
+// (evict_first, with z), so no value lives across the sum but the sum itself. One row a block
+// (grid: rows x groups). HB / HW: bias / weight present (template parameters: at 32
+// registers a predicated load still holds its registers). ptxas, sm_90: bf16 and fp16 with
+// a weight and no bias 0 bytes of spills; with a bias 8.
+// HZ: a gate after the norm (else none).
+template <typename T, bool HB, bool HW, bool HZ = true>
+__global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
+  using A = acc_t<T>;
+  constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC, NV = 2;
+  __shared__ TeamScratch<1, A> red;
+  int phase = 0;
+  const int G = (int)a.cfg.group_size;  // the launcher: 2048 vectors at most
+  const int64_t r = blockIdx.x, g = blockIdx.y;
+  const int c0 = threadIdx.x * VEC;
+  pdl_wait();
+  const T* x = static_cast<const T*>(a.x) + r * a.x_stride + g * G;
+  A s[1] = {0};
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    Packed16<T, VEC> xv;
+    xv.u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      const A v = to_acc<T>(xv.e[i]);
+      s[0] += v * v;
+    }
+  }
+  team_sum<1>(s, ROW_BLOCK, red, phase);
+  const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
+  const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + g * G : nullptr;
+  T* out = static_cast<T*>(a.out) + r * a.out_stride + g * G;
+  Packed16<T, VEC> xv[NV], zv[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const bool in = c0 + j * STEP < G;
+    xv[j].u[0] = in ? ld_last_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+    if (HZ) zv[j].u[0] = in ? ld_last_l2(z + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int cj = c0 + j * STEP;
+    if (cj >= G) continue;
+    Packed16<T, VEC> wp, bp, ov;
+    if (HW) wp.load(static_cast<const T*>(a.weight) + g * G + cj);
+    if (HB) bp.load(static_cast<const T*>(a.bias) + g * G + cj);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      A y = to_acc<T>(xv[j].e[i]) * rstd;
+      if (HW) y *= to_acc<T>(wp.e[i]);
+      if (HB) y += to_acc<T>(bp.e[i]);
+      ov.e[i] = from_acc<T>(HZ ? y * act_fwd(to_acc<T>(zv[j].e[i]), a.cfg.act) : y);
+    }
+    ov.store(out + cj);
+  }
+  if (threadIdx.x == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
+  pdl_trigger();
+}
+
+template <typename T, bool HZ>
+gn_status launch_l2(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
+  const dim3 grid((unsigned)a.cfg.rows, (unsigned)(a.cfg.cols / a.cfg.group_size));
+  const auto rc = row_consts<acc_t<T>>(a.cfg);
+  const char* what = "gated_norm forward (block-row, L2) launch";
+  const int k = (a.bias ? 2 : 0) + (a.weight ? 1 : 0);
+  switch (k) {
+    case 0: return launch_pdl(fwd_block_row_l2<T, false, false, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+    case 1: return launch_pdl(fwd_block_row_l2<T, false, true, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+    case 2: return launch_pdl(fwd_block_row_l2<T, true, false, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+    default: return launch_pdl(fwd_block_row_l2<T, true, true, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  }
+}
+
+template <typename T>
+gn_status launch_l2_gate(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
+  return a.z ? launch_l2<T, true>(a, dev, s) : launch_l2<T, false>(a, dev, s);
+}
+
+template <typename T, typename P, int NV>
 gn_status launch(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
   const int64_t ngroups = a.cfg.cols / a.cfg.group_size;
   const dim3 grid((unsigned)ngroups, (unsigned)(a.cfg.rows < 65535 ? a.cfg.rows : 65535));
   const auto rc = row_consts<acc_t<T>>(a.cfg);
   const char* what = "gated_norm forward (block-row) launch";
-  return launch_pdl(fwd_block_row<T, P, GATE_AFTER>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  if (a.z) return launch_pdl(fwd_block_row<T, P, GATE_AFTER, NV>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  if constexpr (sizeof(T) == 2) {  // 16-bit rows without a gate take fwd_block_row_l2
+    return GN_ERR_UNSUPPORTED;
+  } else {
+    return launch_pdl(fwd_block_row<T, P, GATE_NONE, NV>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  }
+}
+
+template <typename T>
+gn_status launch_nv(const gn_fwd_args& a, int nv, const DeviceInfo& dev, cudaStream_t s) {
+  return nv == 2 ? launch<T, T, 2>(a, dev, s) : launch<T, T, 4>(a, dev, s);
 }
 
 // GATEDNORM_FWD_BLOCK_ROW=0 (read once) sends these groups back to the split path, for
@@ -114,31 +204,53 @@ gn_status launch(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
 static bool block_row_on() {
   static const bool on = [] {
     const char* e = getenv("GATEDNORM_FWD_BLOCK_ROW");
-    return !e || atoi(e) != 0;
+    return !(e && atoi(e) == 0);
   }();
   return on;
 }
 
 }  // namespace
 
+// Which groups take which kernel; each range measured on the H100 against the split path
+// (forward, fraction of the copy ceiling; docs/benchmarks.md, twenty-third session):
+// - 16-bit rows, parameters of their dtype, 1025-2048 vectors (8K-16K), a gate after:
+//   fwd_block_row_l2 (sweep_n16384 0.89 -> 0.98; fwd_block_row 0.93); no gate: the same
+//   kernel without z (rms_noz_16384 0.88 -> 0.92; fwd_block_row 0.79: one block an SM
+//   keeps only x's bytes in flight);
+// - 16-bit rows, fp32 parameters, 1025-2048 vectors, a gate after: fwd_block_row
+//   (mixed_16384 0.88 -> 0.93);
+// - 16-bit rows, a gate after, 2049-4096 vectors (16K-32K): fwd_block_row, four vectors a
+//   thread (sweep_n32768 0.86 -> 0.96);
+// - fp32 rows, no gate or a gate after, 1025-4096 vectors (4K-16K): fwd_block_row
+//   (sweep_n8192 / 16384 0.92 / 0.90 -> 0.99; rms_noz_16384 0.89 -> 0.97).
+// Not here (the split path): a gate before the norm (z is in the statistics), what was not
+// measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
+// rows with fp32 parameters at 2049-4096 vectors), and
+// fewer than two waves of (row, group) blocks (the split path spreads a row over a
+// cluster's SMs). Parameters must be 16-byte aligned (whole-vector loads).
 gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s, bool* done) {
   *done = false;
   const gn_config& c = a.cfg;
-  // 16-bit rows only: fp32's 4K-8K groups were not measured here (they keep the split path).
-  if (!block_row_on() || !aligned || gn_dtype_size(c.dtype) != 2 || !c.is_rms_norm) return GN_OK;
-  // A gate after the norm only, so far: the kernel is written for no gate too (MODE), but
-  // that instantiation has not run on a GPU here.
-  if (gate_mode(a.z, c.norm_before_gate) != GATE_AFTER) return GN_OK;
-  const int64_t nvec = c.group_size / 8, ngroups = c.cols / c.group_size;
-  // Groups the register path cannot hold (more than FWD_MAX_TEAM x FWD_MAX_VECS vectors) and
-  // this block can; at least two waves of them (fewer rows: the split path spreads a row over
-  // a cluster's SMs). Measured at 4096 rows (31 waves) only.
-  if (nvec <= (int64_t)FWD_MAX_TEAM * FWD_MAX_VECS || nvec > (int64_t)ROW_BLOCK * ROW_NV) return GN_OK;
-  if (c.rows * ngroups < 2LL * dev.sms || ngroups > 0x7fffffff) return GN_OK;
-  if ((uintptr_t)a.weight % 16 || (uintptr_t)a.bias % 16) return GN_OK;  // whole-vector parameter loads
-  if ((a.weight || a.bias) && c.param_dtype != c.dtype) return GN_OK;
+  if (!block_row_on() || !aligned || !c.is_rms_norm || c.dtype == GN_FLOAT64) return GN_OK;
+  const GateMode gm = gate_mode(a.z, c.norm_before_gate);
+  const bool half = gn_dtype_size(c.dtype) == 2;
+  const bool mixed = (a.weight || a.bias) && c.param_dtype != c.dtype;
+  if (gm == GATE_BEFORE || (mixed && !(half && c.param_dtype == GN_FLOAT32))) return GN_OK;
+  const int64_t nvec = c.group_size / (16 / (int64_t)gn_dtype_size(c.dtype)), ngroups = c.cols / c.group_size;
+  if (nvec <= (int64_t)FWD_MAX_TEAM * FWD_MAX_VECS || nvec > 4LL * ROW_BLOCK) return GN_OK;
+  if (c.rows * ngroups < 2LL * dev.sms || ngroups > 65535 || c.rows > 0x7fffffff) return GN_OK;
+  if ((uintptr_t)a.weight % 16 || (uintptr_t)a.bias % 16) return GN_OK;
+  const int nv = nvec <= 2LL * ROW_BLOCK ? 2 : 4;
+  // 16-bit rows without a gate: the L2 kernel only; with fp32 parameters: two vectors only
+  if (half && (gm == GATE_NONE || mixed) && (nv == 4 || (gm == GATE_NONE && mixed))) return GN_OK;
   *done = true;
-  return c.dtype == GN_BFLOAT16 ? launch<__nv_bfloat16, __nv_bfloat16>(a, dev, s) : launch<__half, __half>(a, dev, s);
+  if (half && !mixed && nv == 2)
+    return c.dtype == GN_BFLOAT16 ? launch_l2_gate<__nv_bfloat16>(a, dev, s) : launch_l2_gate<__half>(a, dev, s);
+  switch (c.dtype) {  // mixed: two vectors a thread (above)
+    case GN_BFLOAT16: return mixed ? launch<__nv_bfloat16, float, 2>(a, dev, s) : launch_nv<__nv_bfloat16>(a, nv, dev, s);
+    case GN_FLOAT16: return mixed ? launch<__half, float, 2>(a, dev, s) : launch_nv<__half>(a, nv, dev, s);
+    default: return launch_nv<float>(a, nv, dev, s);
+  }
 }
 
 }  // namespace gn

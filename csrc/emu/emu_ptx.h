@@ -16,6 +16,12 @@ inline void cp_async_small(void* dst, const void* src, bool valid) {
   static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
   ::emu::cp_async(dst, src, BYTES, valid);
 }
+inline uint4 ld_keep_l2(const void* p) {
+  uint4 v;
+  memcpy(&v, p, 16);
+  return v;
+}
+inline uint4 ld_last_l2(const void* p) { return ld_keep_l2(p); }
 inline void cp_async_commit() { ::emu::cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() {
