@@ -107,14 +107,15 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // (grid: rows x groups). HB / HW: bias / weight present (template parameters: at 32
 // registers a predicated load still holds its registers). ptxas, sm_90: bf16 and fp16 with
 // a weight and no bias 0 bytes of spills; with a bias 8.
-// HZ: a gate after the norm (else none).
-template <typename T, bool HB, bool HW, bool HZ = true>
+// HZ: a gate after the norm (else none). P: the parameters' dtype (fp32 beside 16-bit rows:
+// a weight only, ptxas 32 registers, no spills).
+template <typename T, bool HB, bool HW, bool HZ = true, typename P = T>
 __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC, NV = 2;
   __shared__ TeamScratch<1, A> red;
   int phase = 0;
-  const int G = (int)a.cfg.group_size;  // the launcher: 2048 vectors at most
+  const int G = (int)a.cfg.group_size;  // the launcher: NV x ROW_BLOCK vectors at most
   const int64_t r = blockIdx.x, g = blockIdx.y;
   const int c0 = threadIdx.x * VEC;
   pdl_wait();
@@ -134,25 +135,28 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
   const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
   const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + g * G : nullptr;
   T* out = static_cast<T*>(a.out) + r * a.out_stride + g * G;
+  const P* w = HW ? static_cast<const P*>(a.weight) + g * G : nullptr;
+  const P* bs = HB ? static_cast<const P*>(a.bias) + g * G : nullptr;
   Packed16<T, VEC> xv[NV], zv[NV];
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
-    const bool in = c0 + j * STEP < G;
-    xv[j].u[0] = in ? ld_last_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
-    if (HZ) zv[j].u[0] = in ? ld_last_l2(z + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+    const int cj = c0 + j * STEP;
+    xv[j].u[0] = cj < G ? ld_last_l2(x + cj) : make_uint4(0, 0, 0, 0);
+    if (HZ) zv[j].u[0] = cj < G ? ld_last_l2(z + cj) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     const int cj = c0 + j * STEP;
     if (cj >= G) continue;
-    Packed16<T, VEC> wp, bp, ov;
-    if (HW) wp.load(static_cast<const T*>(a.weight) + g * G + cj);
-    if (HB) bp.load(static_cast<const T*>(a.bias) + g * G + cj);
+    Packed16<P, VEC> wp, bp;
+    Packed16<T, VEC> ov;
+    if (HW) wp.load(w + cj);
+    if (HB) bp.load(bs + cj);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       A y = to_acc<T>(xv[j].e[i]) * rstd;
-      if (HW) y *= to_acc<T>(wp.e[i]);
-      if (HB) y += to_acc<T>(bp.e[i]);
+      if (HW) y *= (A)to_acc<P>(wp.e[i]);
+      if (HB) y += (A)to_acc<P>(bp.e[i]);
       ov.e[i] = from_acc<T>(HZ ? y * act_fwd(to_acc<T>(zv[j].e[i]), a.cfg.act) : y);
     }
     ov.store(out + cj);
@@ -173,6 +177,13 @@ gn_status launch_l2(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s)
     case 2: return launch_pdl(fwd_block_row_l2<T, true, false, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
     default: return launch_pdl(fwd_block_row_l2<T, true, true, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
   }
+}
+
+template <typename T>
+gn_status launch_l2_fp32_weight(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
+  const dim3 grid((unsigned)a.cfg.rows, (unsigned)(a.cfg.cols / a.cfg.group_size));
+  return launch_pdl(fwd_block_row_l2<T, false, true, true, float>, grid, ROW_BLOCK, 0, s, dev,
+                    "gated_norm forward (block-row, L2) launch", 1, a, row_consts<acc_t<T>>(a.cfg));
 }
 
 template <typename T>
@@ -217,17 +228,20 @@ static bool block_row_on() {
 //   fwd_block_row_l2 (sweep_n16384 0.89 -> 0.98; fwd_block_row 0.93); no gate: the same
 //   kernel without z (rms_noz_16384 0.88 -> 0.92; fwd_block_row 0.79: one block an SM
 //   keeps only x's bytes in flight);
-// - 16-bit rows, fp32 parameters, 1025-2048 vectors, a gate after: fwd_block_row
-//   (mixed_16384 0.88 -> 0.93);
+// - 16-bit rows, fp32 parameters, 1025-2048 vectors, a gate after: a weight alone,
+//   fwd_block_row_l2 (mixed_16384 0.89 -> 0.98; fwd_block_row 0.93); with a bias,
+//   fwd_block_row (not measured apart: ptxas, 61-63 registers, no spills);
 // - 16-bit rows, a gate after, 2049-4096 vectors (16K-32K): fwd_block_row, four vectors a
 //   thread (sweep_n32768 0.86 -> 0.96);
 // - fp32 rows, no gate or a gate after, 1025-4096 vectors (4K-16K): fwd_block_row
 //   (sweep_n8192 / 16384 0.92 / 0.90 -> 0.99; rms_noz_16384 0.89 -> 0.97).
 // Not here (the split path): a gate before the norm (z is in the statistics), what was not
 // measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
-// rows with fp32 parameters at 2049-4096 vectors), and
-// fewer than two waves of (row, group) blocks (the split path spreads a row over a
-// cluster's SMs). Parameters must be 16-byte aligned (whole-vector loads).
+// rows with fp32 parameters at 2049-4096 vectors), and fewer than two waves of (row, group)
+// blocks (the split path spreads a row over a cluster's SMs). Parameters must be 16-byte
+// aligned (whole-vector loads). Tried and dropped: fwd_block_row_l2 at 4-16 vectors a
+// thread (16K-128K 16-bit rows): 0.93 / 0.82 / 0.73 at 32K / 64K / 128K against 0.95 /
+// 0.83 / 0.83.
 gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s, bool* done) {
   *done = false;
   const gn_config& c = a.cfg;
@@ -246,6 +260,9 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   *done = true;
   if (half && !mixed && nv == 2)
     return c.dtype == GN_BFLOAT16 ? launch_l2_gate<__nv_bfloat16>(a, dev, s) : launch_l2_gate<__half>(a, dev, s);
+  if (half && mixed && nv == 2 && a.weight && !a.bias)  // (a gate after: no gate returned above)
+    return c.dtype == GN_BFLOAT16 ? launch_l2_fp32_weight<__nv_bfloat16>(a, dev, s)
+                                  : launch_l2_fp32_weight<__half>(a, dev, s);
   switch (c.dtype) {  // mixed: two vectors a thread (above)
     case GN_BFLOAT16: return mixed ? launch<__nv_bfloat16, float, 2>(a, dev, s) : launch_nv<__nv_bfloat16>(a, nv, dev, s);
     case GN_FLOAT16: return mixed ? launch<__half, float, 2>(a, dev, s) : launch_nv<__half>(a, nv, dev, s);
