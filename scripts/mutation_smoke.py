@@ -113,7 +113,7 @@ MUTANTS = {
                                      "emu"),
     "emu_block_row_writes_past_group": ("csrc/cuda/gated_norm_fwd_row.cu", "if (cj >= G) continue;", "",
                                         "emu:address"),
-    "emu_block_row_l2_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HW) y *= to_acc<T>(wp.e[i]);", "",
+    "emu_block_row_l2_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HW) y *= (A)to_acc<P>(wp.e[i]);", "",
                                         "emu"),
     "emu_block_row_l2_no_gate_reads_z": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HZ) zv[j].u[0]", "zv[j].u[0]",
                                          "emu:address"),
