@@ -35,8 +35,7 @@ union Packed16 {
 };
 
 // MODE: GATE_NONE or GATE_AFTER (plan.h), a template parameter: gate flags cost registers. P:
-// the parameters' dtype (so far T: fp32 parameters beside 16-bit rows, the register path's
-// mixed case, have not run on a GPU here and keep the split path).
+// the parameters' dtype (T, or fp32 beside 16-bit rows).
 // NV: 16-byte vectors a thread (2, or 4 for groups of 2049-4096 vectors: 12 bytes of spills).
 template <typename T, typename P, int MODE, int ROW_NV>
 __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
