@@ -35,24 +35,22 @@ __device__ __forceinline__ void cp_async_small(void* dst, const void* src, bool 
 // eviction_policy: evict_last for data read again soon (a row's x, re-read from L2 for the
 // output), evict_first for its last read, so that rows streaming past do not push the rows
 // still in use out of L2.
-__device__ __forceinline__ uint4 ld_keep_l2(const void* p) {
+template <bool KEEP>
+__device__ __forceinline__ uint4 ld_l2_hint(const void* p) {
   uint4 v;
   unsigned long long pol;
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
+  if constexpr (KEEP) {
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
+  } else {
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  }
   asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p), "l"(pol));
   return v;
 }
-__device__ __forceinline__ uint4 ld_last_l2(const void* p) {
-  uint4 v;
-  unsigned long long pol;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
-  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(pol));
-  return v;
-}
+__device__ __forceinline__ uint4 ld_keep_l2(const void* p) { return ld_l2_hint<true>(p); }
+__device__ __forceinline__ uint4 ld_last_l2(const void* p) { return ld_l2_hint<false>(p); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
