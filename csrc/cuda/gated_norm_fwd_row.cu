@@ -104,10 +104,9 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // SM): x is read twice, kept in L2 by the first read (evict_last) and re-read for the output
 // (evict_first, with z), so no value lives across the sum but the sum itself. One row a block
 // (grid: rows x groups). HB / HW: bias / weight present (template parameters: at 32
-// registers a predicated load still holds its registers). ptxas, sm_90: bf16 and fp16 with
-// a weight and no bias 0 bytes of spills; with a bias 8.
-// HZ: a gate after the norm (else none). P: the parameters' dtype (fp32 beside 16-bit rows:
-// a weight only, ptxas 32 registers, no spills).
+// registers a predicated load still holds its registers). HZ: a gate after the norm (else
+// none). P: the parameters' dtype (fp32 beside 16-bit rows: a weight only). ptxas, sm_90:
+// 24-32 registers, no spills.
 template <typename T, bool HB, bool HW, bool HZ = true, typename P = T>
 __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
