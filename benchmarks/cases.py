@@ -105,8 +105,8 @@ def cuda_cases(quick=False, families=FAMILIES):
         Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
         Case("ln_z_4096", 32768, 4096, rms=False),  # LayerNorm without the bias: what the bias costs
         Case("rms_noz_4096", 32768, 4096, z=False),
-        Case("rms_noz_16384", 4096, 16384, z=False),  # the block-row paths: without a gate,
-        Case("mixed_16384", 4096, 16384, pdtype="fp32"),  # fp32 parameters beside 16-bit rows
+        Case("rms_noz_16384", 4096, 16384, z=False),  # the block-row paths without a gate
+        Case("mixed_16384", 4096, 16384, pdtype="fp32"),  # and with fp32 parameters beside 16-bit rows
         Case("sigmoid_4096", 32768, 4096, act="sigmoid"),
     ]
     rows += [Case(f"sweep_n{n}", (1 << 26) // n, n) for n in SWEEP_NS]

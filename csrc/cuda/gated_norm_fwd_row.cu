@@ -253,8 +253,10 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   if (c.rows * ngroups < 2LL * dev.sms || ngroups > 65535 || c.rows > 0x7fffffff) return GN_OK;
   if ((uintptr_t)a.weight % 16 || (uintptr_t)a.bias % 16) return GN_OK;
   const int nv = nvec <= 2LL * ROW_BLOCK ? 2 : 4;
-  // 16-bit rows without a gate: the L2 kernel only; with fp32 parameters: two vectors only
-  if (half && (gm == GATE_NONE || mixed) && (nv == 4 || (gm == GATE_NONE && mixed))) return GN_OK;
+  // 16-bit rows at four vectors a thread: a gate after and parameters of their dtype only;
+  // without a gate: parameters of their dtype only (the L2 kernel)
+  if (half && nv == 4 && (gm == GATE_NONE || mixed)) return GN_OK;
+  if (half && gm == GATE_NONE && mixed) return GN_OK;
   *done = true;
   if (half && !mixed && nv == 2)
     return c.dtype == GN_BFLOAT16 ? launch_l2_gate<__nv_bfloat16>(a, dev, s) : launch_l2_gate<__half>(a, dev, s);
