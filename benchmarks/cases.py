@@ -104,6 +104,7 @@ def cuda_cases(quick=False, families=FAMILIES):
         Case("rms_z_4096", 32768, 4096),
         Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
         Case("ln_z_4096", 32768, 4096, rms=False),  # LayerNorm without the bias: what the bias costs
+        Case("ln_bias_z_8192", 8192, 8192, rms=False, bias=True),  # a backward ring past shared memory unsplit
         Case("rms_noz_4096", 32768, 4096, z=False),
         Case("rms_noz_16384", 4096, 16384, z=False),  # the block-row paths without a gate
         Case("mixed_16384", 4096, 16384, pdtype="fp32"),  # and with fp32 parameters beside 16-bit rows

@@ -145,6 +145,23 @@ def test_grads_plan_edges_fp32(shape, rms, device):
     grads_vs_reference(shape, torch.float32, device, None, False, rms, "silu", b=False)
 
 
+# fp32 plans whose unsplit layout overflows shared memory (csrc/cuda/plan.cu, make_plan):
+# 8192 with a gate (gate after, RMS; LayerNorm with a bias: 64 KB more), where a 512-thread
+# team's backward ring takes 300 KB, splits the register path over two CTAs; 131072, where
+# the loop path would stage 512 KB of x (forward) / 2 MB of x, dy, z and dw sums
+# (backward) a row, splits it over 4 / 16. 40 rows: more than twice the SMs of the CPU
+# emulator at GN_EMU_SMS=16 (at its default 4 a cluster of 16 does not fit: the unsplit
+# fallback), so there the stage alone splits them, as 300 rows do on an H100 (CUDA only:
+# 157 MB a tensor).
+@pytest.mark.parametrize("shape,rms", [((16, 8192), True), ((16, 8192), False), ((40, 131072), True),
+                                       ((300, 131072), True)],
+                         ids=["16x8192-rms", "16x8192-ln-bias", "40x131072", "300x131072"])
+def test_grads_fp32_smem_split(shape, rms, device):
+    if device == "cpu" and shape[0] > 40:
+        pytest.skip("a CUDA launch-plan case at an H100's SM count; 40x131072 is the same plan on the emulator")
+    grads_vs_reference(shape, torch.float32, device, None, True, rms, "silu", b=not rms)
+
+
 # CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Register
 # path (4096: 16 elements a thread, blocks of 256 walking rows in registers). Loop path
 # (unaligned widths): in shared memory (N = 8191 with z: 48 KB staged + 64 KB of dw/db
@@ -184,6 +201,29 @@ def test_cuda_kernel_paths(shape, kernel):
     if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
         pytest.skip("torch.profiler sees no CUDA kernels in this process")
     assert any(kernel in n for n in names), names
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,fwd,bwd", [((300, 8192), "fwd_block_row<float", "bwd_regs<float"),
+                                           ((300, 131072), "fwd_loop_async<float", "bwd_loop_async<float")],
+                         ids=["8192-split-regs", "131072-split-loop"])
+def test_cuda_fp32_smem_split_paths(shape, fwd, bwd):
+    """test_grads_fp32_smem_split's plans on the GPU: the backward of fp32 8192 with a gate
+    (and the forward and backward of 131072) on a kernel split over a cluster (SPLIT, the
+    last template argument, true), not the loop path (8192) or one CTA a row (131072)."""
+    x, w, b, z = make_inputs(shape, torch.float32, "cuda", bias=False)
+    fn = lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")  # noqa: E731
+    out, mean, rstd = fn()
+    dy = torch.randn_like(out)
+    names = cuda_kernels(fn) + cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True,
+                                                                       True, "silu", False))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    split = lambda n: n.split(">")[0].replace(" ", "").endswith(",true")  # noqa: E731
+    assert any(fwd in n for n in names), names
+    assert any(bwd in n and split(n) for n in names), names
+    if "loop" in fwd:
+        assert any(fwd in n and split(n) for n in names), names
 
 
 # GATEDNORM_FWD_VECS / GATEDNORM_BWD_VECS (read once a process: csrc/cuda/plan.cu, tuning

@@ -134,6 +134,26 @@ def test_mixed_param_dtype_block_row(x_dtype, bias, device):
     check_fwd((270, 12288), x_dtype, device, None, True, True, "silu", True, True, bias, param_dtype=torch.float32)
 
 
+# RMSNorm + gate after, a weight and no bias, groups of 4097-8192 vectors (CUDA:
+# fwd_block_row_l2 over a cluster of four CTAs, a slice of at most 2048 vectors each), rows
+# for two waves of CTAs on an H100 (rows x groups x 4 >= 264). 49152 fp16 and 40000 bf16
+# leave the last threads of each slice a vector (or two) past its end; the 131072 row in
+# two groups puts the cluster on blockIdx.y. Around the range: 32768 bf16 (fwd_block_row,
+# four vectors a thread), 131072 bf16 and 65536 fp32 (the split path).
+@pytest.mark.parametrize("shape,dtype,g", [((134, 32768), torch.bfloat16, None), ((68, 49152), torch.float16, None),
+                                           ((68, 65536), torch.bfloat16, None), ((67, 40000), torch.bfloat16, None),
+                                           ((34, 131072), torch.bfloat16, 65536), ((35, 131072), torch.bfloat16, None),
+                                           ((68, 32768), torch.float32, None), ((68, 24576), torch.float32, None),
+                                           ((35, 65536), torch.float32, None)],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else
+                         (DT_IDS[DTYPES.index(v)] if isinstance(v, torch.dtype) else f"g{v}"))
+def test_block_row_cluster(shape, dtype, g, device):
+    x, w, _, z = make_inputs(shape, dtype, device, bias=False)
+    out, mean, rstd = run_fwd(x, w, None, z, 1e-6, g, True, True, "silu")
+    assert_close(out, ref64(x, w, None, z, 1e-6, g, True, True, "silu"), tol(dtype, g or shape[-1]), "out")
+    assert_close(rstd, stats64(x, z, g, True, True, "silu")[1], tol(torch.float32, g or shape[-1]), "rstd")
+
+
 @pytest.mark.parametrize("shape,g", [((64,), None), ((64,), 16), ((2, 3, 96), 32), ((2, 2, 3, 40), None),
                                      ((1, 1, 5, 48), 24)], ids=["1d", "1d-g", "3d-g", "4d", "4d-unit-dims-g"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -32,18 +32,6 @@ __device__ __forceinline__ void load_weights(const A* sw, const A* sb, int gc0, 
   }
 }
 
-// Bytes of the register path's dynamic shared memory: weight (and bias) as A, then
-// (aligned rows) the cp.async ring: BWD_RING rows of x, dy (and z), one 16-byte
-// slot per (stage, tensor, vector, thread), and the rows' rstd (and mean).
-template <typename A>
-__host__ __device__ inline size_t bwd_params_bytes(int gpb, int64_t G, bool bias) {
-  return ((size_t)gpb * G * sizeof(A) * (bias ? 2 : 1) + 15) / 16 * 16;
-}
-template <typename A>
-inline size_t bwd_ring_bytes(int nv, int threads, bool gate) {
-  return (size_t)BWD_RING * threads * ((gate ? 3 : 2) * nv * 16 + 2 * sizeof(A));
-}
-
 // Register path (plan.h). Aligned rows stream through a cp.async ring in shared
 // memory, BWD_RING - 1 rows ahead (see the forward): x, z, dy are read from it
 // twice, for the group sums and then for the gradients, instead of being held in
@@ -80,7 +68,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
   const int bd = blockDim.x, narr = gate ? 3 : 2;  // ring tensors: x, dy, z
-  uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes<A>(L.gpb, G, want_b));
+  uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes(L.gpb, G, want_b, sizeof(A)));
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
@@ -215,11 +203,14 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   if (SPLIT) cluster_exit(csize);
 }
 
+// The register path stages the bias only where it enters y0 (the kernel's want_b).
+bool bwd_stages_bias(const gn_bwd_args& a) { return a.bias && (a.out || (a.z && a.cfg.norm_before_gate)); }
+
 template <typename T>
 size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
-  const bool want_b = a.bias && (a.out || (a.z && a.cfg.norm_before_gate));
-  return bwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, want_b) +
-         (aligned ? bwd_ring_bytes<acc_t<T>>(p.nv, p.threads, a.z != nullptr) : 0);
+  constexpr size_t acc = sizeof(acc_t<T>);
+  return bwd_params_bytes(p.layout.gpb, a.cfg.group_size / p.layout.csize, bwd_stages_bias(a), acc) +
+         (aligned ? bwd_ring_bytes(p.nv, p.threads, a.z ? 3 : 2, acc) : 0);
 }
 
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
@@ -228,7 +219,7 @@ template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
   const size_t smem = bwd_regs_smem<T>(a, p, ALIGNED);
-  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem, BWD_BLOCK * NV * vec_size<T>() * sizeof(A) + 1024);
+  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem, bwd_fold_bytes(NV, vec_size<T>(), sizeof(A)) + 1024);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
@@ -265,7 +256,7 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned) + BWD_BLOCK * p.nv * vec_size<T>() * sizeof(A), a.cfg,
+  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned) + bwd_fold_bytes(p.nv, vec_size<T>(), sizeof(A)), a.cfg,
                bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {
@@ -306,7 +297,7 @@ gn_status plan_bwd(const gn_config& c, const gn_bwd_args* a, Plan* p) {
     const int64_t strides[6] = {a->x_stride, a->z_stride, a->dy_stride, a->dx_stride, a->dz_stride, a->out_stride};
     aligned = rows_aligned(c, ptrs, strides, 6);
   }
-  *p = make_plan(c, true, a && a->z ? 3 : 2, aligned, dev, true);
+  *p = make_plan(c, true, a && a->z ? 3 : 2, aligned, dev, true, a && bwd_stages_bias(*a));
   return GN_OK;
 }
 
@@ -315,16 +306,21 @@ gn_status plan_bwd(const gn_config& c, const gn_bwd_args* a, Plan* p) {
 
 // One dw and one db partial row per row block. The plan (and so the number of
 // row blocks) depends on the alignment of the pointers, which this query does
-// not see: size for the larger of the two.
+// not see: size for the largest of the plans ...
 extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   if (c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size) return 16;
   gn::DeviceInfo dev;
   if (gn::device_info(&dev) != GN_OK) return 16;
-  size_t parts = 0;
-  // ... and for the loop path a device short of shared memory falls back to (fit_smem).
-  for (const gn::Plan& p : {gn::make_plan(*c, true, 3, false, dev, true), gn::make_plan(*c, true, 3, true, dev, true),
-                            gn::loop_plan(*c, 0, dev)})
-    parts = p.grid.y > parts ? p.grid.y : parts;
+  // ... nor the tensors it stages (with or without z and a bias: the ring's size can send a
+  // group to the split path); and for the loop path a device short of shared memory falls
+  // back to (fit_smem).
+  size_t parts = gn::loop_plan(*c, 0, dev).grid.y;
+  for (int narrays = 2; narrays <= 3; ++narrays)
+    for (const bool aligned : {false, true})
+      for (const bool bias : {false, true}) {
+        const gn::Plan p = gn::make_plan(*c, true, narrays, aligned, dev, true, bias);
+        parts = p.grid.y > parts ? p.grid.y : parts;
+      }
   const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4, partials = 2 * parts * (size_t)c->cols * acc;
   const size_t wide = gn::bwd_wide_workspace_bytes(*c, gn::bwd_wide_layout(*c, dev));
   return partials > wide ? partials : wide;

@@ -1,6 +1,6 @@
 // Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group), a
 // non-persistent grid, for RMSNorm (no gate, or a gate after it) of groups the register path
-// cannot hold: 1025-4096 16-byte vectors (launch_fwd_block_row says which kernel takes what).
+// cannot hold: 1025-8192 16-byte vectors (launch_fwd_block_row says which kernel takes what).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
@@ -10,13 +10,23 @@
 //   stays packed in registers for the output; z and the parameters (L1 / L2 hits) after it.
 //   At 32 registers (two blocks an SM) it spilled 64-112 bytes and reached 0.66.
 // - fwd_block_row_l2: compile's shape, two blocks an SM at 32 registers; x is read twice,
-//   the second time from L2 (0.98 at 16384 where fwd_block_row reaches 0.93).
+//   the second time from L2 (0.98 at 16384 where fwd_block_row reaches 0.93); over a cluster
+//   of four CTAs for groups of 4097-8192 vectors.
+#include "cluster.cuh"
 #include "gated_norm_fwd.cuh"
 
 namespace gn {
 namespace {
 
 constexpr int ROW_BLOCK = 1024;
+
+// CTAs a group of `nvec` vectors takes in fwd_block_row_l2 over a cluster: the fewest (a
+// power of two, for cluster_sum) whose slices fit two vectors a thread.
+__host__ __device__ inline int l2_csize(int64_t nvec) {
+  int c = 1;
+  while ((int64_t)c * 2 * ROW_BLOCK < nvec) c *= 2;
+  return c;
+}
 
 // VEC elements of E as whole 16-byte words.
 template <typename E, int VEC>
@@ -106,35 +116,50 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // (grid: rows x groups). HB / HW: bias / weight present (template parameters: at 32
 // registers a predicated load still holds its registers). HZ: a gate after the norm (else
 // none). P: the parameters' dtype (fp32 beside 16-bit rows: a weight only). ptxas, sm_90:
-// 24-32 registers, no spills.
-template <typename T, bool HB, bool HW, bool HZ = true, typename P = T>
+// 26-32 registers, no spills.
+// CL: a group cut into l2_csize slices (four: try_l2_cluster), one per CTA of a cluster
+// along x (grid: rows x csize, groups), its sum finished by cluster_sum. Each CTA's x in L2 stays one slice (32 KB), as at 16K, where one block
+// over a 64K row (four vectors a thread and more) kept 128 KB a block and reached 0.82.
+template <typename T, bool HB, bool HW, bool HZ = true, typename P = T, bool CL = false>
 __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
   constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC, NV = 2;
   __shared__ TeamScratch<1, A> red;
-  int phase = 0;
-  const int G = (int)a.cfg.group_size;  // the launcher: NV x ROW_BLOCK vectors at most
-  const int64_t r = blockIdx.x, g = blockIdx.y;
+  __shared__ ClusterScratch<1, A> cred;
+  int phase = 0, calls = 0;
+  const int csize = CL ? l2_csize(a.cfg.group_size / VEC) : 1;
+  const int G = (int)(a.cfg.group_size / csize);  // this CTA's columns: NV x ROW_BLOCK vectors at most
+  const int64_t r = CL ? blockIdx.x / csize : blockIdx.x, g = blockIdx.y;
+  const int rank = CL ? (int)(blockIdx.x % csize) : 0;  // clusters run along x
+  const int64_t col0 = g * a.cfg.group_size + (int64_t)rank * G;
   const int c0 = threadIdx.x * VEC;
   pdl_wait();
-  const T* x = static_cast<const T*>(a.x) + r * a.x_stride + g * G;
+  const T* x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
+  Packed16<T, VEC> xs[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+  if (CL) cluster_sum_init(cred, csize);  // under the loads: the CTAs' mbarriers exist before any sends
   A s[1] = {0};
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    Packed16<T, VEC> xv;
-    xv.u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+  for (int j = 0; j < NV; ++j)
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const A v = to_acc<T>(xv.e[i]);
+      const A v = to_acc<T>(xs[j].e[i]);
       s[0] += v * v;
     }
-  }
   team_sum<1>(s, ROW_BLOCK, red, phase);
+  if (CL) {
+    cluster_sum<1>(s, csize, cred, calls);
+    // Nothing addresses another CTA after this (each received every partial): the exit
+    // barrier goes here, before the output's stores, whose completion a barrier at the
+    // end would wait for (barrier.cluster's release: a GPU-wide fence).
+    cluster_exit(csize);
+  }
   const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
-  const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + g * G : nullptr;
-  T* out = static_cast<T*>(a.out) + r * a.out_stride + g * G;
-  const P* w = HW ? static_cast<const P*>(a.weight) + g * G : nullptr;
-  const P* bs = HB ? static_cast<const P*>(a.bias) + g * G : nullptr;
+  const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
+  T* out = static_cast<T*>(a.out) + r * a.out_stride + col0;
+  const P* w = HW ? static_cast<const P*>(a.weight) + col0 : nullptr;
+  const P* bs = HB ? static_cast<const P*>(a.bias) + col0 : nullptr;
   Packed16<T, VEC> xv[NV], zv[NV];
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
@@ -159,7 +184,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     }
     ov.store(out + cj);
   }
-  if (threadIdx.x == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
+  if (threadIdx.x == 0 && rank == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
   pdl_trigger();
 }
 
@@ -182,6 +207,18 @@ gn_status launch_l2_fp32_weight(const gn_fwd_args& a, const DeviceInfo& dev, cud
   const dim3 grid((unsigned)a.cfg.rows, (unsigned)(a.cfg.cols / a.cfg.group_size));
   return launch_pdl(fwd_block_row_l2<T, false, true, true, float>, grid, ROW_BLOCK, 0, s, dev,
                     "gated_norm forward (block-row, L2) launch", 1, a, row_consts<acc_t<T>>(a.cfg));
+}
+
+template <typename T>
+gn_status launch_l2_cluster(const gn_fwd_args& a, int csize, const DeviceInfo& dev, cudaStream_t s) {
+  const dim3 grid((unsigned)(a.cfg.rows * csize), (unsigned)(a.cfg.cols / a.cfg.group_size));
+  return launch_pdl(fwd_block_row_l2<T, false, true, true, T, true>, grid, ROW_BLOCK, 0, s, dev,
+                    "gated_norm forward (block-row, L2, cluster) launch", csize, a, row_consts<acc_t<T>>(a.cfg));
+}
+
+template <typename T>
+bool clusters_fit(int csize) {
+  return resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize) > 0;
 }
 
 template <typename T>
@@ -218,6 +255,33 @@ static bool block_row_on() {
   return on;
 }
 
+static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const DeviceInfo& dev, cudaStream_t s, bool* done) {
+  const gn_config& c = a.cfg;
+  const int vec = 16 / (int)gn_dtype_size(c.dtype), csize = l2_csize(nvec);
+  const int64_t ngroups = c.cols / c.group_size;
+  // four CTAs only: at two (16-bit 16K-32K) fwd_block_row holds the row in registers (0.954
+  // against 0.898), at eight (16-bit 128K, fp32 64K) the split path wins (0.834 / 0.885
+  // against 0.799 / 0.878)
+  if (nvec <= 4LL * ROW_BLOCK || nvec > 8LL * ROW_BLOCK) return GN_OK;
+  if (c.group_size % ((int64_t)csize * vec) || !a.z || !a.weight || a.bias || c.param_dtype != c.dtype) return GN_OK;
+  if (dev.major < 9 || !built_for_clusters() || (uintptr_t)a.weight % 16) return GN_OK;
+  if (c.rows * ngroups * csize < 2LL * dev.sms || ngroups > 65535 || c.rows * csize > 0x7fffffff) return GN_OK;
+  switch (c.dtype) {
+    case GN_BFLOAT16:
+      if (!clusters_fit<__nv_bfloat16>(csize)) return GN_OK;
+      *done = true;
+      return launch_l2_cluster<__nv_bfloat16>(a, csize, dev, s);
+    case GN_FLOAT16:
+      if (!clusters_fit<__half>(csize)) return GN_OK;
+      *done = true;
+      return launch_l2_cluster<__half>(a, csize, dev, s);
+    default:
+      if (!clusters_fit<float>(csize)) return GN_OK;
+      *done = true;
+      return launch_l2_cluster<float>(a, csize, dev, s);
+  }
+}
+
 }  // namespace
 
 // Which groups take which kernel; each range measured on the H100 against the split path
@@ -232,7 +296,10 @@ static bool block_row_on() {
 // - 16-bit rows, a gate after, 2049-4096 vectors (16K-32K): fwd_block_row, four vectors a
 //   thread (sweep_n32768 0.86 -> 0.96);
 // - fp32 rows, no gate or a gate after, 1025-4096 vectors (4K-16K): fwd_block_row
-//   (sweep_n8192 / 16384 0.92 / 0.90 -> 0.99; rms_noz_16384 0.89 -> 0.97).
+//   (sweep_n8192 / 16384 0.92 / 0.90 -> 0.99; rms_noz_16384 0.89 -> 0.97);
+// - a gate after, a weight of the rows' dtype and no bias, 4097-8192 vectors (16-bit
+//   32K-64K, fp32 16K-32K): fwd_block_row_l2 over a cluster of four CTAs (try_l2_cluster;
+//   twenty-fourth session: sweep_n65536 bf16 0.829 -> 0.847, sweep_n32768 fp32 0.875 -> 0.910).
 // Not here (the split path): a gate before the norm (z is in the statistics), what was not
 // measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
 // rows with fp32 parameters at 2049-4096 vectors), and fewer than two waves of (row, group)
@@ -249,6 +316,10 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   const bool mixed = (a.weight || a.bias) && c.param_dtype != c.dtype;
   if (gm == GATE_BEFORE || (mixed && !(half && c.param_dtype == GN_FLOAT32))) return GN_OK;
   const int64_t nvec = c.group_size / (16 / (int64_t)gn_dtype_size(c.dtype)), ngroups = c.cols / c.group_size;
+  if (gm == GATE_AFTER) {
+    const gn_status st = try_l2_cluster(a, nvec, dev, s, done);
+    if (st != GN_OK || *done) return st;
+  }
   if (nvec <= (int64_t)FWD_MAX_TEAM * FWD_MAX_VECS || nvec > 4LL * ROW_BLOCK) return GN_OK;
   if (c.rows * ngroups < 2LL * dev.sms || ngroups > 65535 || c.rows > 0x7fffffff) return GN_OK;
   if ((uintptr_t)a.weight % 16 || (uintptr_t)a.bias % 16) return GN_OK;

@@ -132,21 +132,6 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
   return true;
 }
 
-// The split paths run cluster_sum, which exists only in the kernels' sm_90+ code. A
-// build whose newest target is older (8.0 with PTX, JIT-compiled on an H100) keeps
-// them off: its kernels would sum each slice alone. (__CUDA_ARCH_LIST__: nvcc's list
-// of this build's virtual architectures, the same in every translation unit.)
-#ifdef __CUDA_ARCH_LIST__
-static constexpr int kBuildArchs[] = {__CUDA_ARCH_LIST__};
-#else
-static constexpr int kBuildArchs[] = {0};
-#endif
-static constexpr bool built_for_clusters() {
-  for (int a : kBuildArchs)
-    if (a >= 900) return true;
-  return false;
-}
-
 static int slice_vecs() {
   static const int v = [] {
     const char* e = getenv("GATEDNORM_SLICE_VECS");
@@ -169,31 +154,71 @@ static int loop_cluster_max() {
   return v;
 }
 
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split) {
+// Whether the backward register path's shared memory (plan.h, bwd_params_bytes) fits a
+// block of this device.
+static bool bwd_regs_fit(const Plan& p, const gn_config& cfg, int narrays, bool bias, const DeviceInfo& dev) {
+  const size_t acc = cfg.dtype == GN_FLOAT64 ? 8 : 4;
+  const int vec = 16 / (int)gn_dtype_size(cfg.dtype);
+  const size_t bytes = bwd_params_bytes(p.layout.gpb, cfg.group_size / p.layout.csize, bias, acc) +
+                       (p.layout.aligned ? bwd_ring_bytes(p.nv, p.threads, narrays, acc) : 0) +
+                       bwd_fold_bytes(p.nv, vec, acc);
+  return bytes <= (size_t)dev.max_smem_optin - 1024;
+}
+
+// GATEDNORM_SMEM_SPLIT=0 (read once; for comparisons): groups whose unsplit plan overflows
+// shared memory keep it (the register path's overflow then takes the loop path, the loop
+// path's stages what fits).
+static bool smem_split_on() {
+  static const bool on = [] {
+    const char* e = getenv("GATEDNORM_SMEM_SPLIT");
+    return !(e && atoi(e) == 0);
+  }();
+  return on;
+}
+
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split,
+               bool bwd_bias) {
   Plan p{};
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype);
   const int64_t G = cfg.group_size, ngroups = cfg.cols / G;
   const int64_t nvec = (G + vec - 1) / vec;
   p.layout.aligned = aligned;
   p.layout.csize = 1;
-  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev)) return p;
-  // Too wide for one block: a slice of at most slice_vecs() vectors per CTA of a
-  // cluster (whole vectors: aligned rows only), if the kernel can take the slice.
   split = split && aligned && dev.major >= 9 && built_for_clusters();
+  const bool smem_split = split && smem_split_on();
+  // A backward team whose ring overflows shared memory (fp32 groups of 4097-8192 with a
+  // gate: 300 KB at 512 threads) splits over a cluster, a split one (fp32 131072: 2048
+  // vectors a slice) takes the split loop path below, rather than fit_smem's loop path of
+  // a CTA a row.
+  auto fits = [&] { return !backward || !smem_split || bwd_regs_fit(p, cfg, narrays, bwd_bias, dev); };
+  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev) && fits()) return p;
+  p = Plan{};
+  p.layout.aligned = aligned;
+  p.layout.csize = 1;
+  // Too wide for one block (or its ring): a slice of at most slice_vecs() vectors per CTA
+  // of a cluster (whole vectors: aligned rows only), if the kernel can take the slice.
   if (split) {
     int cs = 2;
     while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
     if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
       p.layout.csize = cs;
-      return p;
+      if (fits()) return p;
     }
     p = Plan{};
   }
   // The loop path; split across a cluster (whole vectors a slice) while the rows alone
   // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
+  // And while a slice's rows (and the backward's dw sums, fp32) overflow shared memory:
+  // the loop kernels re-read from L2 or DRAM what they could not stage (fp32 groups of
+  // 131072: a slice of 16384 or 8192 takes 128-192 KB).
   int cs = 1;
+  auto stage = [&](int k) {
+    return (size_t)(G / k) * (gn_dtype_size(cfg.dtype) * narrays + (backward ? (cfg.dtype == GN_FLOAT64 ? 8 : 4) : 0));
+  };
   if (split) {
-    while (cs < loop_cluster_max() && ngroups * cs * cfg.rows < 2LL * dev.sms && nvec % (2 * cs) == 0) cs <<= 1;
+    while (cs < loop_cluster_max() && nvec % (2 * cs) == 0 &&
+           (ngroups * cs * cfg.rows < 2LL * dev.sms || (smem_split && stage(cs) > (size_t)dev.max_smem_optin - 2048)))
+      cs <<= 1;
   }
   Plan loop = loop_plan(cfg, (size_t)(G / cs) * gn_dtype_size(cfg.dtype) * narrays, dev, cs);
   loop.layout.aligned = aligned;

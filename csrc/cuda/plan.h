@@ -75,6 +75,21 @@ struct DeviceInfo {
 // device moves more bytes per SM cycle, so the forward kernels' per-block costs (staging
 // the weight, filling the cp.async ring) weigh more than the tail of a persistent grid,
 // and launch policies measured on the H100 are wrong there (docs/data/h200_ring_iters.txt).
+// The split paths run cluster_sum, which exists only in the kernels' sm_90+ code. A
+// build whose newest target is older (8.0 with PTX, JIT-compiled on an H100) keeps
+// them off: its kernels would sum each slice alone. (__CUDA_ARCH_LIST__: nvcc's list
+// of this build's virtual architectures, the same in every translation unit.)
+#ifdef __CUDA_ARCH_LIST__
+inline constexpr int kBuildArchs[] = {__CUDA_ARCH_LIST__};
+#else
+inline constexpr int kBuildArchs[] = {0};
+#endif
+inline constexpr bool built_for_clusters() {
+  for (int a : kBuildArchs)
+    if (a >= 900) return true;
+  return false;
+}
+
 inline bool bandwidth_rich(const DeviceInfo& d) { return d.dram_gbps > 30 * d.sms; }
 
 // Queried once per device (cached); -1 device means the current one.
@@ -135,6 +150,18 @@ constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // loop path was the alternative: 0.44-0.56 for groups of 5000-8192.
 constexpr int BWD_WIDE_ELEMS = 16;
 constexpr int LOOP_BLOCK = 512;
+// Shared memory of the backward register path (gated_norm_bwd.cu), `acc` the bytes of its
+// accumulation type. Dynamic: the weight (and bias) of the block's groups (`gpb` of G
+// columns), then, on aligned rows, the cp.async ring: BWD_RING rows of x, dy (and z: `narr`
+// tensors), 16 bytes a (stage, tensor, vector, thread), and the rows' rstd and mean.
+// Static: the fold of the rows' dw/db partials (BWD_BLOCK x the thread's elements).
+__host__ __device__ inline size_t bwd_params_bytes(int gpb, int64_t G, bool bias, size_t acc) {
+  return ((size_t)gpb * G * acc * (bias ? 2 : 1) + 15) / 16 * 16;
+}
+inline size_t bwd_ring_bytes(int nv, int threads, int narr, size_t acc) {
+  return (size_t)BWD_RING * threads * (narr * nv * 16 + 2 * acc);
+}
+inline size_t bwd_fold_bytes(int nv, int vec, size_t acc) { return (size_t)BWD_BLOCK * nv * vec * acc; }
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
 // the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
 // bf16, 2 vectors a thread of 512): H100 forward and forward+backward level with 512
@@ -183,8 +210,11 @@ struct WideBwd {
 };
 WideBwd bwd_wide_layout(const gn_config& cfg, const DeviceInfo& dev);
 
-// `split`: the caller's kernels take the split register path (Layout::csize).
-Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split);
+// `split`: the caller's kernels take the split register path (Layout::csize). `narrays`:
+// the row tensors the loop path stages (the backward: x, dy and z); `bwd_bias`: the
+// backward's register path stages a bias beside the weight.
+Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, const DeviceInfo& dev, bool split,
+               bool bwd_bias = false);
 
 // The loop path alone: a block of LOOP_BLOCK threads per (row, group), staging
 // `stage_bytes` per row in shared memory when they fit; `csize` > 1: per (row, slice
