@@ -139,12 +139,13 @@ def test_mixed_param_dtype_block_row(x_dtype, bias, device):
 # for two waves of CTAs on an H100 (rows x groups x 4 >= 264). 49152 fp16 and 40000 bf16
 # leave the last threads of each slice a vector (or two) past its end; the 131072 row in
 # two groups puts the cluster on blockIdx.y. Around the range: 32768 bf16 (fwd_block_row,
-# four vectors a thread), 131072 bf16 and 65536 fp32 (the split path).
+# four vectors a thread), 131072 bf16 and 65536 fp32 (the split path). 131072 fp32: a cluster
+# of sixteen CTAs (17 rows: 272 CTAs).
 @pytest.mark.parametrize("shape,dtype,g", [((134, 32768), torch.bfloat16, None), ((68, 49152), torch.float16, None),
                                            ((68, 65536), torch.bfloat16, None), ((67, 40000), torch.bfloat16, None),
                                            ((34, 131072), torch.bfloat16, 65536), ((35, 131072), torch.bfloat16, None),
                                            ((68, 32768), torch.float32, None), ((68, 24576), torch.float32, None),
-                                           ((35, 65536), torch.float32, None)],
+                                           ((35, 65536), torch.float32, None), ((17, 131072), torch.float32, None)],
                          ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else
                          (DT_IDS[DTYPES.index(v)] if isinstance(v, torch.dtype) else f"g{v}"))
 def test_block_row_cluster(shape, dtype, g, device):

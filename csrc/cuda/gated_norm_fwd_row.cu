@@ -1,6 +1,7 @@
 // Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group), a
 // non-persistent grid, for RMSNorm (no gate, or a gate after it) of groups the register path
-// cannot hold: 1025-8192 16-byte vectors (launch_fwd_block_row says which kernel takes what).
+// cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768 (launch_fwd_block_row says which
+// kernel takes what).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
@@ -11,7 +12,7 @@
 //   At 32 registers (two blocks an SM) it spilled 64-112 bytes and reached 0.66.
 // - fwd_block_row_l2: compile's shape, two blocks an SM at 32 registers; x is read twice,
 //   the second time from L2 (0.98 at 16384 where fwd_block_row reaches 0.93); over a cluster
-//   of four CTAs for groups of 4097-8192 vectors.
+//   of four CTAs for groups of 4097-8192 vectors, sixteen for fp32 groups of 16385-32768.
 #include "cluster.cuh"
 #include "gated_norm_fwd.cuh"
 
@@ -117,7 +118,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // registers a predicated load still holds its registers). HZ: a gate after the norm (else
 // none). P: the parameters' dtype (fp32 beside 16-bit rows: a weight only). ptxas, sm_90:
 // 26-32 registers, no spills.
-// CL: a group cut into l2_csize slices (four: try_l2_cluster), one per CTA of a cluster
+// CL: a group cut into l2_csize slices (four or sixteen: try_l2_cluster), one per CTA of a cluster
 // along x (grid: rows x csize, groups), its sum finished by cluster_sum. Each CTA's x in L2 stays one slice (32 KB), as at 16K, where one block
 // over a 64K row (four vectors a thread and more) kept 128 KB a block and reached 0.82.
 template <typename T, bool HB, bool HW, bool HZ = true, typename P = T, bool CL = false>
@@ -259,10 +260,14 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
   const gn_config& c = a.cfg;
   const int vec = 16 / (int)gn_dtype_size(c.dtype), csize = l2_csize(nvec);
   const int64_t ngroups = c.cols / c.group_size;
-  // four CTAs only: at two (16-bit 16K-32K) fwd_block_row holds the row in registers (0.954
+  // Four CTAs: at two (16-bit 16K-32K) fwd_block_row holds the row in registers (0.954
   // against 0.898), at eight (16-bit 128K, fp32 64K) the split path wins (0.834 / 0.885
-  // against 0.799 / 0.878)
-  if (nvec <= 4LL * ROW_BLOCK || nvec > 8LL * ROW_BLOCK) return GN_OK;
+  // against 0.799 / 0.878). Sixteen for fp32 16385-32768 vectors (128K), where the split
+  // register path cannot take a slice: 0.802 against the split loop path's 0.695
+  // (16-bit rows of 256K, not measured, stay there).
+  const bool four = nvec > 4LL * ROW_BLOCK && nvec <= 8LL * ROW_BLOCK;
+  const bool sixteen = c.dtype == GN_FLOAT32 && nvec > 16LL * ROW_BLOCK && nvec <= 32LL * ROW_BLOCK;
+  if (!four && !sixteen) return GN_OK;
   if (c.group_size % ((int64_t)csize * vec) || !a.z || !a.weight || a.bias || c.param_dtype != c.dtype) return GN_OK;
   if (dev.major < 9 || !built_for_clusters() || (uintptr_t)a.weight % 16) return GN_OK;
   if (c.rows * ngroups * csize < 2LL * dev.sms || ngroups > 65535 || c.rows * csize > 0x7fffffff) return GN_OK;
@@ -299,7 +304,8 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
 //   (sweep_n8192 / 16384 0.92 / 0.90 -> 0.99; rms_noz_16384 0.89 -> 0.97);
 // - a gate after, a weight of the rows' dtype and no bias, 4097-8192 vectors (16-bit
 //   32K-64K, fp32 16K-32K): fwd_block_row_l2 over a cluster of four CTAs (try_l2_cluster;
-//   twenty-fourth session: sweep_n65536 bf16 0.829 -> 0.847, sweep_n32768 fp32 0.875 -> 0.910).
+//   twenty-fourth session: sweep_n65536 bf16 0.829 -> 0.847, sweep_n32768 fp32 0.875 ->
+//   0.910); fp32, 16385-32768 vectors (128K): over sixteen (sweep_n131072 0.695 -> 0.802).
 // Not here (the split path): a gate before the norm (z is in the statistics), what was not
 // measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
 // rows with fp32 parameters at 2049-4096 vectors), and fewer than two waves of (row, group)
