@@ -208,9 +208,9 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   }
   // The loop path; split across a cluster (whole vectors a slice) while the rows alone
   // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
-  // And while a slice's rows (and the backward's dw sums, fp32) overflow shared memory:
-  // the loop kernels re-read from L2 or DRAM what they could not stage (fp32 groups of
-  // 131072: a slice of 16384 or 8192 takes 128-192 KB).
+  // And while a slice's rows (and the backward's dw sums) overflow shared memory: the loop
+  // kernels re-read from L2 or DRAM what they could not stage (fp32 groups of 131072: four
+  // slices forward, x 128 KB each; sixteen backward, x, dy, z and dw 128 KB each).
   int cs = 1;
   auto stage = [&](int k) {
     return (size_t)(G / k) * (gn_dtype_size(cfg.dtype) * narrays + (backward ? (cfg.dtype == GN_FLOAT64 ? 8 : 4) : 0));
