@@ -118,9 +118,10 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // registers a predicated load still holds its registers). HZ: a gate after the norm (else
 // none). P: the parameters' dtype (fp32 beside 16-bit rows: a weight only). ptxas, sm_90:
 // 26-32 registers, no spills.
-// CL: a group cut into l2_csize slices (four or sixteen: try_l2_cluster), one per CTA of a cluster
-// along x (grid: rows x csize, groups), its sum finished by cluster_sum. Each CTA's x in L2 stays one slice (32 KB), as at 16K, where one block
-// over a 64K row (four vectors a thread and more) kept 128 KB a block and reached 0.82.
+// CL: a group cut into l2_csize slices (four or sixteen: try_l2_cluster), one per CTA of a
+// cluster along x (grid: rows x csize, groups), its sum finished by cluster_sum. Each CTA's x
+// in L2 stays one slice (32 KB), as at 16K, where one block over a 64K row (four vectors a
+// thread and more) kept 128 KB a block and reached 0.82.
 template <typename T, bool HB, bool HW, bool HZ = true, typename P = T, bool CL = false>
 __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
