@@ -75,7 +75,7 @@ inline gn_config plan_config(const gn_addnorm_config& c) {
   return p;
 }
 
-inline size_t acc_size(const gn_addnorm_config& c) { return c.dtype == GN_FLOAT64 ? 8 : 4; }
+inline size_t acc_size(const gn_addnorm_config& c) { return acc_bytes(c.dtype); }
 
 // Register path when the pair has kernels and the row fits; else the loop path,
 // staging `staged_rows` rows of fp32 (fp64) values per block in shared memory.

@@ -311,17 +311,15 @@ extern "C" size_t gn_cuda_bwd_workspace_bytes(const gn_config* c) {
   if (c->rows <= 0 || c->cols <= 0 || c->group_size <= 0 || c->cols % c->group_size) return 16;
   gn::DeviceInfo dev;
   if (gn::device_info(&dev) != GN_OK) return 16;
-  // ... nor the tensors it stages (with or without z and a bias: the ring's size can send a
-  // group to the split path); and for the loop path a device short of shared memory falls
-  // back to (fit_smem).
+  // ... nor, on aligned rows, the tensors it stages (with or without z and a bias: the
+  // ring's size can send a group to the split path; unaligned rows never split); and for
+  // the loop path a device short of shared memory falls back to (fit_smem).
   size_t parts = gn::loop_plan(*c, 0, dev).grid.y;
+  auto take = [&](const gn::Plan& p) { parts = p.grid.y > parts ? p.grid.y : parts; };
+  take(gn::make_plan(*c, true, 3, false, dev, true));
   for (int narrays = 2; narrays <= 3; ++narrays)
-    for (const bool aligned : {false, true})
-      for (const bool bias : {false, true}) {
-        const gn::Plan p = gn::make_plan(*c, true, narrays, aligned, dev, true, bias);
-        parts = p.grid.y > parts ? p.grid.y : parts;
-      }
-  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4, partials = 2 * parts * (size_t)c->cols * acc;
+    for (const bool bias : {false, true}) take(gn::make_plan(*c, true, narrays, true, dev, true, bias));
+  const size_t acc = gn::acc_bytes(c->dtype), partials = 2 * parts * (size_t)c->cols * acc;
   const size_t wide = gn::bwd_wide_workspace_bytes(*c, gn::bwd_wide_layout(*c, dev));
   return partials > wide ? partials : wide;
 }

@@ -225,7 +225,7 @@ gn_status launch_typed(const gn_bwd_args& a, bool aligned, const WideBwd& w, con
 
 size_t bwd_wide_workspace_bytes(const gn_config& c, const WideBwd& w) {
   if (!w.sum_chunks) return 0;
-  const int acc = c.dtype == GN_FLOAT64 ? 8 : 4;
+  const int acc = (int)acc_bytes(c.dtype);
   const int64_t segments = c.rows * (c.cols / c.group_size);
   return (size_t)(merged_offset(w.row_splits, c.cols, segments, w.sum_chunks, acc) + segments * 2) * acc;
 }

@@ -242,6 +242,6 @@ extern "C" size_t gn_cuda_fwd_workspace_bytes(const gn_config* c) {
   gn::DeviceInfo dev;
   if (gn::device_info(&dev) != GN_OK) return 0;
   const int64_t chunks = gn::fwd_wide_chunks(*c, dev);
-  const size_t acc = c->dtype == GN_FLOAT64 ? 8 : 4;
+  const size_t acc = gn::acc_bytes(c->dtype);
   return (size_t)(gn::stats_offset(*c, chunks) + 2 * c->rows * (c->cols / c->group_size)) * acc;
 }

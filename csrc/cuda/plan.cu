@@ -157,7 +157,7 @@ static int loop_cluster_max() {
 // Whether the backward register path's shared memory (plan.h, bwd_params_bytes) fits a
 // block of this device.
 static bool bwd_regs_fit(const Plan& p, const gn_config& cfg, int narrays, bool bias, const DeviceInfo& dev) {
-  const size_t acc = cfg.dtype == GN_FLOAT64 ? 8 : 4;
+  const size_t acc = acc_bytes(cfg.dtype);
   const int vec = 16 / (int)gn_dtype_size(cfg.dtype);
   const size_t bytes = bwd_params_bytes(p.layout.gpb, cfg.group_size / p.layout.csize, bias, acc) +
                        (p.layout.aligned ? bwd_ring_bytes(p.nv, p.threads, narrays, acc) : 0) +
@@ -213,7 +213,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   // slices forward, x 128 KB each; sixteen backward, x, dy, z and dw 128 KB each).
   int cs = 1;
   auto stage = [&](int k) {
-    return (size_t)(G / k) * (gn_dtype_size(cfg.dtype) * narrays + (backward ? (cfg.dtype == GN_FLOAT64 ? 8 : 4) : 0));
+    return (size_t)(G / k) * (gn_dtype_size(cfg.dtype) * narrays + (backward ? acc_bytes(cfg.dtype) : 0));
   };
   if (split) {
     while (cs < loop_cluster_max() && nvec % (2 * cs) == 0 &&

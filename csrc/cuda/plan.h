@@ -92,6 +92,9 @@ inline constexpr bool built_for_clusters() {
 
 inline bool bandwidth_rich(const DeviceInfo& d) { return d.dram_gbps > 30 * d.sms; }
 
+// Bytes of the kernels' accumulation type for rows of dtype t (acc_t: fp64 for fp64, else fp32).
+inline size_t acc_bytes(gn_dtype t) { return t == GN_FLOAT64 ? 8 : 4; }
+
 // Queried once per device (cached); -1 device means the current one.
 gn_status device_info(DeviceInfo* out);
 
