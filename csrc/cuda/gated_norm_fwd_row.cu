@@ -218,9 +218,14 @@ gn_status launch_l2_cluster(const gn_fwd_args& a, int csize, const DeviceInfo& d
                     "gated_norm forward (block-row, L2, cluster) launch", csize, a, row_consts<acc_t<T>>(a.cfg));
 }
 
+// Launches when a cluster of csize fits the device at once (*done), else leaves the group
+// to the split path.
 template <typename T>
-bool clusters_fit(int csize) {
-  return resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize) > 0;
+gn_status launch_l2_cluster_if_fits(const gn_fwd_args& a, int csize, const DeviceInfo& dev, cudaStream_t s,
+                                    bool* done) {
+  if (resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize) == 0) return GN_OK;
+  *done = true;
+  return launch_l2_cluster<T>(a, csize, dev, s);
 }
 
 template <typename T>
@@ -273,18 +278,9 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
   if (dev.major < 9 || !built_for_clusters() || (uintptr_t)a.weight % 16) return GN_OK;
   if (c.rows * ngroups * csize < 2LL * dev.sms || ngroups > 65535 || c.rows * csize > 0x7fffffff) return GN_OK;
   switch (c.dtype) {
-    case GN_BFLOAT16:
-      if (!clusters_fit<__nv_bfloat16>(csize)) return GN_OK;
-      *done = true;
-      return launch_l2_cluster<__nv_bfloat16>(a, csize, dev, s);
-    case GN_FLOAT16:
-      if (!clusters_fit<__half>(csize)) return GN_OK;
-      *done = true;
-      return launch_l2_cluster<__half>(a, csize, dev, s);
-    default:
-      if (!clusters_fit<float>(csize)) return GN_OK;
-      *done = true;
-      return launch_l2_cluster<float>(a, csize, dev, s);
+    case GN_BFLOAT16: return launch_l2_cluster_if_fits<__nv_bfloat16>(a, csize, dev, s, done);
+    case GN_FLOAT16: return launch_l2_cluster_if_fits<__half>(a, csize, dev, s, done);
+    default: return launch_l2_cluster_if_fits<float>(a, csize, dev, s, done);
   }
 }
 
