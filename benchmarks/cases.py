@@ -105,6 +105,8 @@ def cuda_cases(quick=False, families=FAMILIES):
         Case("ln_bias_z_4096", 32768, 4096, rms=False, bias=True),
         Case("ln_z_4096", 32768, 4096, rms=False),  # LayerNorm without the bias: what the bias costs
         Case("ln_bias_z_8192", 8192, 8192, rms=False, bias=True),  # a backward ring past shared memory unsplit
+        Case("ln_bias_z_16384", 4096, 16384, rms=False, bias=True),  # LayerNorm past a block's register path
+        Case("ln_z_32768", 2048, 32768, rms=False),  # and 16-bit LayerNorm at four vectors a thread
         Case("rms_noz_4096", 32768, 4096, z=False),
         Case("rms_noz_16384", 4096, 16384, z=False),  # the block-row paths without a gate
         Case("mixed_16384", 4096, 16384, pdtype="fp32"),  # and with fp32 parameters beside 16-bit rows

@@ -155,6 +155,29 @@ def test_block_row_cluster(shape, dtype, g, device):
     assert_close(rstd, stats64(x, z, g, True, True, "silu")[1], tol(torch.float32, g or shape[-1]), "rstd")
 
 
+# LayerNorm on the block-row path (CUDA: fwd_block_row, the row in registers for the mean and
+# then the variance about it): fp32 groups of 1025-4096 vectors with a gate after or none
+# (8192: two vectors a thread; 12000: four, the last threads' vectors past the group: they
+# must not add (0 - mean)^2), 16-bit groups of 1025-4096 with a gate after (16384, and 32768
+# at four vectors a thread), fp32 parameters beside fp16 rows (a bias too), no weight or
+# bias. x is offset by 4: a kernel that drops the mean, or lets the padding into the
+# variance, is off by far more than the tolerance. Rows for two waves of blocks on an H100.
+# Elsewhere these are the split path's.
+@pytest.mark.parametrize("shape,dtype,z,wb,pdt", [
+    ((270, 8192), torch.float32, True, True, None), ((270, 12000), torch.float32, False, True, None),
+    ((270, 16384), torch.bfloat16, True, True, None), ((140, 32768), torch.float16, True, True, None),
+    ((270, 12288), torch.float16, True, True, torch.float32), ((270, 8192), torch.float32, True, False, None)],
+    ids=["fp32-8192", "fp32-12000-noz", "bf16-16384", "fp16-32768", "fp16-12288-w32", "fp32-8192-now"])
+def test_block_row_layer_norm(shape, dtype, z, wb, pdt, device):
+    x, w, b, zt = make_inputs(shape, dtype, device, z=z, weight=wb, bias=wb, param_dtype=pdt)
+    x = (x.double() + 4).to(dtype)
+    out, mean, rstd = run_fwd(x, w, b, zt, 1e-6, None, True, False, "silu")
+    assert_close(out, ref64(x, w, b, zt, 1e-6, None, True, False, "silu"), tol(dtype, shape[-1]), "out")
+    m64, r64, _ = stats64(x, zt, None, True, False, "silu")
+    assert_close(mean, m64, tol(torch.float32, shape[-1]), "mean")
+    assert_close(rstd, r64, tol(torch.float32, shape[-1]), "rstd")
+
+
 @pytest.mark.parametrize("shape,g", [((64,), None), ((64,), 16), ((2, 3, 96), 32), ((2, 2, 3, 40), None),
                                      ((1, 1, 5, 48), 24)], ids=["1d", "1d-g", "3d-g", "4d", "4d-unit-dims-g"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -315,7 +338,8 @@ def test_differentiable_and_inference_forward_agree(device):
 # (shape, group, dtype, the kernel that must run): which CUDA path serves which width.
 KERNEL_PATHS = [  # (shape, group, dtype, kernel, RMSNorm); all with a gate after the norm
     ((64, 8192), None, torch.bfloat16, "fwd_regs", False),
-    ((600, 32768), None, torch.bfloat16, "fwd_regs", False),  # split across a cluster, many rows a cluster
+    ((600, 65536), None, torch.bfloat16, "fwd_regs", False),  # split across a cluster, many rows a cluster
+    ((600, 32768), None, torch.bfloat16, "fwd_block_row<", False),  # LayerNorm, four vectors a thread
     ((64, 65536), 32768, torch.float16, "fwd_regs", False),  # two groups, each split
     ((600, 32767), None, torch.bfloat16, "fwd_loop", False),  # unaligned: no 16-byte slices; rows for every SM
     ((4, 1 << 20), None, torch.bfloat16, "fwd_wide", False),  # beyond 16 register slices, few rows: wide path

@@ -1,7 +1,7 @@
-// Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group), a
-// non-persistent grid, for RMSNorm (no gate, or a gate after it) of groups the register path
-// cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768 (launch_fwd_block_row says which
-// kernel takes what).
+// Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group) (over a
+// cluster: clusters walking the rows), for RMSNorm and LayerNorm (no gate, or a gate after it) of groups the
+// register path cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768
+// (launch_fwd_block_row says which kernel takes what).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
   const gn_config& c = a.cfg;
   const int G = (int)c.group_size;  // the launcher: ROW_NV x ROW_BLOCK vectors at most
   const int64_t g = blockIdx.x, col0 = g * G;
-  static_assert(MODE == GATE_NONE || MODE == GATE_AFTER, "RMSNorm without a gate or with one after it");
+  const bool ln = !c.is_rms_norm;  // LayerNorm: the mean first, then the variance about it (x in registers)
+  static_assert(MODE == GATE_NONE || MODE == GATE_AFTER, "a norm without a gate or with one after it");
   constexpr bool gate = MODE == GATE_AFTER;
   const int c0 = threadIdx.x * VEC;
   const P* const w = a.weight ? static_cast<const P*>(a.weight) + col0 : nullptr;
@@ -72,14 +73,26 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
     for (int j = 0; j < ROW_NV; ++j) {  // columns past G read as zeros (G % VEC == 0)
       xv[j].u[0] = load_raw<T>(p.x, c0 + j * STEP, G);
     }
+    A mean = 0;
+    if (ln) {
+      A m[1] = {0};
+#pragma unroll
+      for (int j = 0; j < ROW_NV; ++j)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) m[0] += to_acc<T>(xv[j].e[i]);
+      team_sum<1>(m, ROW_BLOCK, red, phase);
+      mean = m[0] * rc.inv_g;
+    }
     A s[1] = {0};
 #pragma unroll
-    for (int j = 0; j < ROW_NV; ++j)
+    for (int j = 0; j < ROW_NV; ++j) {
+      if (c0 + j * STEP >= G) continue;  // the zeros past G are not (0 - mean)^2
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const A v = to_acc<T>(xv[j].e[i]);
+        const A v = to_acc<T>(xv[j].e[i]) - mean;
         s[0] += v * v;
       }
+    }
     team_sum<1>(s, ROW_BLOCK, red, phase);
     const A var = s[0] * rc.inv_g;
     const A rstd = rsqrt_acc(var + rc.eps);
@@ -98,7 +111,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const A az = gate ? act_fwd(to_acc<T>(zv[j].e[i]), c.act) : A(1);
-        const A xi = to_acc<T>(xv[j].e[i]);
+        const A xi = to_acc<T>(xv[j].e[i]) - mean;
         A y = xi * rstd;
         if (w) y *= (A)to_acc<P>(wp.e[i]);
         if (bs) y += (A)to_acc<P>(bp.e[i]);
@@ -106,7 +119,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
       }
       ov.store(p.out + cj);
     }
-    if (threadIdx.x == 0) store_stats<A>(a, g, r, A(0), rstd);
+    if (threadIdx.x == 0) store_stats<A>(a, g, r, mean, rstd);
   }
   pdl_trigger();
 }
@@ -131,62 +144,74 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
   int phase = 0, calls = 0;
   const int csize = CL ? l2_csize(a.cfg.group_size / VEC) : 1;
   const int G = (int)(a.cfg.group_size / csize);  // this CTA's columns: NV x ROW_BLOCK vectors at most
-  const int64_t r = CL ? blockIdx.x / csize : blockIdx.x, g = blockIdx.y;
+  const int64_t g = blockIdx.y;
   const int rank = CL ? (int)(blockIdx.x % csize) : 0;  // clusters run along x
   const int64_t col0 = g * a.cfg.group_size + (int64_t)rank * G;
   const int c0 = threadIdx.x * VEC;
-  pdl_wait();
-  const T* x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
-  Packed16<T, VEC> xs[NV];
-#pragma unroll
-  for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
-  if (CL) cluster_sum_init(cred, csize);  // under the loads: the CTAs' mbarriers exist before any sends
-  A s[1] = {0};
-#pragma unroll
-  for (int j = 0; j < NV; ++j)
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      const A v = to_acc<T>(xs[j].e[i]);
-      s[0] += v * v;
-    }
-  team_sum<1>(s, ROW_BLOCK, red, phase);
-  if (CL) {
-    cluster_sum<1>(s, csize, cred, calls);
-    // Nothing addresses another CTA after this (each received every partial): the exit
-    // barrier goes here, before the output's stores, whose completion a barrier at the
-    // end would wait for (barrier.cluster's release: a GPU-wide fence).
-    cluster_exit(csize);
-  }
-  const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
-  const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
-  T* out = static_cast<T*>(a.out) + r * a.out_stride + col0;
   const P* w = HW ? static_cast<const P*>(a.weight) + col0 : nullptr;
   const P* bs = HB ? static_cast<const P*>(a.bias) + col0 : nullptr;
-  Packed16<T, VEC> xv[NV], zv[NV];
+  pdl_wait();
+  auto row = [&](int64_t r, bool last) {
+    const T* x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
+    Packed16<T, VEC> xs[NV];
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    const int cj = c0 + j * STEP;
-    xv[j].u[0] = cj < G ? ld_last_l2(x + cj) : make_uint4(0, 0, 0, 0);
-    if (HZ) zv[j].u[0] = cj < G ? ld_last_l2(z + cj) : make_uint4(0, 0, 0, 0);
-  }
+    for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
+    // under the first loads: the CTAs' mbarriers exist before any sends
+    if (CL && calls == 0) cluster_sum_init(cred, csize);
+    A s[1] = {0};
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    const int cj = c0 + j * STEP;
-    if (cj >= G) continue;
-    Packed16<P, VEC> wp, bp;
-    Packed16<T, VEC> ov;
-    if (HW) wp.load(w + cj);
-    if (HB) bp.load(bs + cj);
+    for (int j = 0; j < NV; ++j)
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      A y = to_acc<T>(xv[j].e[i]) * rstd;
-      if (HW) y *= (A)to_acc<P>(wp.e[i]);
-      if (HB) y += (A)to_acc<P>(bp.e[i]);
-      ov.e[i] = from_acc<T>(HZ ? y * act_fwd(to_acc<T>(zv[j].e[i]), a.cfg.act) : y);
+      for (int i = 0; i < VEC; ++i) {
+        const A v = to_acc<T>(xs[j].e[i]);
+        s[0] += v * v;
+      }
+    team_sum<1>(s, ROW_BLOCK, red, phase);
+    if (CL) {
+      cluster_sum<1>(s, csize, cred, calls);
+      // After the last sum nothing addresses another CTA (each received every partial): the
+      // exit barrier goes there, before the output's stores, whose completion a barrier at
+      // the end would wait for (barrier.cluster's release: a GPU-wide fence).
+      if (last) cluster_exit(csize);
     }
-    ov.store(out + cj);
+    const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
+    const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
+    T* out = static_cast<T*>(a.out) + r * a.out_stride + col0;
+    Packed16<T, VEC> xv[NV], zv[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int cj = c0 + j * STEP;
+      xv[j].u[0] = cj < G ? ld_last_l2(x + cj) : make_uint4(0, 0, 0, 0);
+      if (HZ) zv[j].u[0] = cj < G ? ld_last_l2(z + cj) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int cj = c0 + j * STEP;
+      if (cj >= G) continue;
+      Packed16<P, VEC> wp, bp;
+      Packed16<T, VEC> ov;
+      if (HW) wp.load(w + cj);
+      if (HB) bp.load(bs + cj);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        A y = to_acc<T>(xv[j].e[i]) * rstd;
+        if (HW) y *= (A)to_acc<P>(wp.e[i]);
+        if (HB) y += (A)to_acc<P>(bp.e[i]);
+        ov.e[i] = from_acc<T>(HZ ? y * act_fwd(to_acc<T>(zv[j].e[i]), a.cfg.act) : y);
+      }
+      ov.store(out + cj);
+    }
+    if (threadIdx.x == 0 && rank == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
+  };
+  if constexpr (CL) {
+    // Clusters walk rows (launch_l2_cluster's persistent grid); cluster_sum alternates its
+    // slot sets call by call, the exit barrier follows each cluster's last sum.
+    const int64_t step = gridDim.x / csize;
+#pragma unroll 1
+    for (int64_t r = blockIdx.x / csize; r < a.cfg.rows; r += step) row(r, r + step >= a.cfg.rows);
+  } else {
+    row(blockIdx.x, true);
   }
-  if (threadIdx.x == 0 && rank == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
   pdl_trigger();
 }
 
@@ -213,7 +238,15 @@ gn_status launch_l2_fp32_weight(const gn_fwd_args& a, const DeviceInfo& dev, cud
 
 template <typename T>
 gn_status launch_l2_cluster(const gn_fwd_args& a, int csize, const DeviceInfo& dev, cudaStream_t s) {
-  const dim3 grid((unsigned)(a.cfg.rows * csize), (unsigned)(a.cfg.cols / a.cfg.group_size));
+  const int64_t ngroups = a.cfg.cols / a.cfg.group_size;
+  // A persistent grid: the clusters resident at once walk the rows. A cluster a row paid
+  // each row a cluster launch (a GPC with csize free CTA slots at once) and the exit
+  // barrier's wait; walking, once a CTA (twenty-fifth session, H100: sweep_n65536 bf16
+  // 0.857 -> 0.912, sweep_n131072 fp32 0.773 -> 0.936).
+  const int64_t resident = resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize);
+  const int64_t per_group = resident / ngroups > 0 ? resident / ngroups : 1;
+  const int64_t clusters = per_group < a.cfg.rows ? per_group : a.cfg.rows;
+  const dim3 grid((unsigned)(clusters * csize), (unsigned)ngroups);
   return launch_pdl(fwd_block_row_l2<T, false, true, true, T, true>, grid, ROW_BLOCK, 0, s, dev,
                     "gated_norm forward (block-row, L2, cluster) launch", csize, a, row_consts<acc_t<T>>(a.cfg));
 }
@@ -303,6 +336,10 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
 //   32K-64K, fp32 16K-32K): fwd_block_row_l2 over a cluster of four CTAs (try_l2_cluster;
 //   twenty-fourth session: sweep_n65536 bf16 0.829 -> 0.847, sweep_n32768 fp32 0.875 ->
 //   0.910); fp32, 16385-32768 vectors (128K): over sixteen (sweep_n131072 0.695 -> 0.802).
+// - LayerNorm, a gate after or none (16-bit rows: after only), 1025-4096 vectors:
+//   fwd_block_row, its two sums (the mean, then the variance about it) over x held in
+//   registers (twenty-fifth session, H100, against the split path: ln_bias_z_16384 fp32
+//   0.885 -> 0.986, bf16 0.826 -> 0.844; ln_bias_z_8192 fp32 0.920 -> 0.931).
 // Not here (the split path): a gate before the norm (z is in the statistics), what was not
 // measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
 // rows with fp32 parameters at 2049-4096 vectors), and fewer than two waves of (row, group)
@@ -313,13 +350,14 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
 gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s, bool* done) {
   *done = false;
   const gn_config& c = a.cfg;
-  if (!block_row_on() || !aligned || !c.is_rms_norm || c.dtype == GN_FLOAT64) return GN_OK;
+  if (!block_row_on() || !aligned || c.dtype == GN_FLOAT64) return GN_OK;
+  const bool ln = !c.is_rms_norm;  // LayerNorm: fwd_block_row only (x in registers for its two sums)
   const GateMode gm = gate_mode(a.z, c.norm_before_gate);
   const bool half = gn_dtype_size(c.dtype) == 2;
   const bool mixed = (a.weight || a.bias) && c.param_dtype != c.dtype;
   if (gm == GATE_BEFORE || (mixed && !(half && c.param_dtype == GN_FLOAT32))) return GN_OK;
   const int64_t nvec = c.group_size / (16 / (int64_t)gn_dtype_size(c.dtype)), ngroups = c.cols / c.group_size;
-  if (gm == GATE_AFTER) {
+  if (gm == GATE_AFTER && !ln) {
     const gn_status st = try_l2_cluster(a, nvec, dev, s, done);
     if (st != GN_OK || *done) return st;
   }
@@ -330,11 +368,11 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   // 16-bit rows at four vectors a thread: a gate after and parameters of their dtype only;
   // without a gate: parameters of their dtype only (the L2 kernel)
   if (half && nv == 4 && (gm == GATE_NONE || mixed)) return GN_OK;
-  if (half && gm == GATE_NONE && mixed) return GN_OK;
+  if (half && gm == GATE_NONE && (mixed || ln)) return GN_OK;  // LayerNorm: one block an SM without z (RMSNorm 0.79)
   *done = true;
-  if (half && !mixed && nv == 2)
+  if (half && !mixed && nv == 2 && !ln)
     return c.dtype == GN_BFLOAT16 ? launch_l2_gate<__nv_bfloat16>(a, dev, s) : launch_l2_gate<__half>(a, dev, s);
-  if (half && mixed && nv == 2 && a.weight && !a.bias)  // (a gate after: no gate returned above)
+  if (half && mixed && nv == 2 && a.weight && !a.bias && !ln)  // (a gate after: no gate returned above)
     return c.dtype == GN_BFLOAT16 ? launch_l2_fp32_weight<__nv_bfloat16>(a, dev, s)
                                   : launch_l2_fp32_weight<__half>(a, dev, s);
   switch (c.dtype) {  // mixed: two vectors a thread (above)
