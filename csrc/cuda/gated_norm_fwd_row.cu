@@ -1,6 +1,6 @@
 // Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group) (over a
-// cluster: clusters walking the rows), for RMSNorm and LayerNorm (no gate, or a gate after it) of groups the
-// register path cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768
+// cluster: clusters walking the rows), for RMSNorm and LayerNorm (no gate, or a gate after
+// it) of groups the register path cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768
 // (launch_fwd_block_row says which kernel takes what).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
@@ -204,8 +204,8 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     if (threadIdx.x == 0 && rank == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
   };
   if constexpr (CL) {
-    // Clusters walk rows (launch_l2_cluster's persistent grid); cluster_sum alternates its
-    // slot sets call by call, the exit barrier follows each cluster's last sum.
+    // Clusters walk rows (launch_l2_cluster_if_fits' persistent grid); cluster_sum
+    // alternates its slot sets call by call, the exit barrier follows each cluster's last sum.
     const int64_t step = gridDim.x / csize;
 #pragma unroll 1
     for (int64_t r = blockIdx.x / csize; r < a.cfg.rows; r += step) row(r, r + step >= a.cfg.rows);
@@ -236,29 +236,24 @@ gn_status launch_l2_fp32_weight(const gn_fwd_args& a, const DeviceInfo& dev, cud
                     "gated_norm forward (block-row, L2) launch", 1, a, row_consts<acc_t<T>>(a.cfg));
 }
 
-template <typename T>
-gn_status launch_l2_cluster(const gn_fwd_args& a, int csize, const DeviceInfo& dev, cudaStream_t s) {
-  const int64_t ngroups = a.cfg.cols / a.cfg.group_size;
-  // A persistent grid: the clusters resident at once walk the rows. A cluster a row paid
-  // each row a cluster launch (a GPC with csize free CTA slots at once) and the exit
-  // barrier's wait; walking, once a CTA (twenty-fifth session, H100: sweep_n65536 bf16
-  // 0.857 -> 0.912, sweep_n131072 fp32 0.773 -> 0.936).
-  const int64_t resident = resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize);
-  const int64_t per_group = resident / ngroups > 0 ? resident / ngroups : 1;
-  const int64_t clusters = per_group < a.cfg.rows ? per_group : a.cfg.rows;
-  const dim3 grid((unsigned)(clusters * csize), (unsigned)ngroups);
-  return launch_pdl(fwd_block_row_l2<T, false, true, true, T, true>, grid, ROW_BLOCK, 0, s, dev,
-                    "gated_norm forward (block-row, L2, cluster) launch", csize, a, row_consts<acc_t<T>>(a.cfg));
-}
-
 // Launches when a cluster of csize fits the device at once (*done), else leaves the group
-// to the split path.
+// to the split path. A persistent grid: the clusters resident at once walk the rows. A
+// cluster a row paid each row a cluster launch (a GPC with csize free CTA slots at once) and
+// the exit barrier's wait; walking, once a CTA (twenty-fifth session, H100: sweep_n65536
+// bf16 0.857 -> 0.912, sweep_n131072 fp32 0.773 -> 0.936).
 template <typename T>
 gn_status launch_l2_cluster_if_fits(const gn_fwd_args& a, int csize, const DeviceInfo& dev, cudaStream_t s,
                                     bool* done) {
-  if (resident_clusters<fwd_block_row_l2<T, false, true, true, T, true>>(ROW_BLOCK, 0, csize) == 0) return GN_OK;
+  constexpr auto kernel = fwd_block_row_l2<T, false, true, true, T, true>;
+  const int64_t resident = resident_clusters<kernel>(ROW_BLOCK, 0, csize);
+  if (resident == 0) return GN_OK;
   *done = true;
-  return launch_l2_cluster<T>(a, csize, dev, s);
+  const int64_t ngroups = a.cfg.cols / a.cfg.group_size;
+  const int64_t per_group = resident / ngroups > 0 ? resident / ngroups : 1;
+  const int64_t clusters = per_group < a.cfg.rows ? per_group : a.cfg.rows;
+  const dim3 grid((unsigned)(clusters * csize), (unsigned)ngroups);
+  return launch_pdl(kernel, grid, ROW_BLOCK, 0, s, dev, "gated_norm forward (block-row, L2, cluster) launch", csize,
+                    a, row_consts<acc_t<T>>(a.cfg));
 }
 
 template <typename T>
