@@ -37,6 +37,15 @@ def cuda_kernels(fn):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+def template_args(name, kernel):
+    """The template arguments of `kernel` in a demangled CUDA kernel name (defaulted ones
+    included, as the demangler prints them), or None when the name is another kernel's."""
+    head = name.split("(", 1)[0]
+    if kernel + "<" not in head:
+        return None
+    return head.split(kernel + "<", 1)[1].rsplit(">", 1)[0].replace(" ", "").split(",")
+
+
 def cuda_warmup(fn, n=3):
     """fn() n times on a side stream before a capture (plan caches, shared-memory opt-ins:
     no first-call work inside the graph)."""

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import torch_ops
 from conftest import (assert_close, assert_normwise, bwd_scales, cuda_kernels, f64, free_nan_block, grad_tol,
-                      make_inputs, ops, poison, reduce_tol, requires_cuda, tol)
+                      make_inputs, ops, poison, reduce_tol, requires_cuda, template_args, tol)
 
 # (group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias) on M=3, N=8
 GRADCHECK_CASES = [
@@ -162,6 +162,17 @@ def test_grads_fp32_smem_split(shape, rms, device):
     grads_vs_reference(shape, torch.float32, device, None, True, rms, "silu", b=not rms)
 
 
+# 16-bit LayerNorm + bias with a gate: the backward register path's slice (ring of x, dy
+# and z, fp32 weight and bias, the dw/db fold) overflows shared memory at the cluster size
+# its width asks for (16384: 272 KB over 2 CTAs; 32768: over 4), so it takes twice the
+# CTAs (CUDA: test_cuda_ln_bias_smem_split_paths), not the loop path. Rows for two waves
+# of blocks on an H100 (fewer take the wide path).
+@pytest.mark.parametrize("shape,dtype", [((300, 16384), torch.bfloat16), ((150, 32768), torch.float16)],
+                         ids=["300x16384-bf16", "150x32768-fp16"])
+def test_grads_ln_bias_smem_split(shape, dtype, device):
+    grads_vs_reference(shape, dtype, device, None, True, False, "silu")
+
+
 # CUDA plans with more rows than blocks, so blocks carry dw/db across rows. Register
 # path (4096: 16 elements a thread, blocks of 256 walking rows in registers). Loop path
 # (unaligned widths): in shared memory (N = 8191 with z: 48 KB staged + 64 KB of dw/db
@@ -203,6 +214,15 @@ def test_cuda_kernel_paths(shape, kernel):
     assert any(kernel in n for n in names), names
 
 
+def split_kernel(name):
+    """Is this a backward kernel split over a cluster (its SPLIT template argument)?"""
+    for kernel, i in (("bwd_regs", 4), ("bwd_loop_async", 1)):
+        args = template_args(name, kernel)
+        if args:
+            return args[i] == "true"
+    return False
+
+
 @requires_cuda
 @pytest.mark.parametrize("shape,fwd,bwd", [((300, 8192), "fwd_block_row<float", "bwd_regs<float"),
                                            ((300, 131072), "fwd_block_row_l2<float", "bwd_loop_async<float")],
@@ -220,11 +240,25 @@ def test_cuda_fp32_smem_split_paths(shape, fwd, bwd):
                                                                        True, "silu", False))
     if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
         pytest.skip("torch.profiler sees no CUDA kernels in this process")
-    split = lambda n: n.split(">")[0].replace(" ", "").endswith(",true")  # noqa: E731
     assert any(fwd in n for n in names), names
-    assert any(bwd in n and split(n) for n in names), names
+    assert any(bwd in n and split_kernel(n) for n in names), names
     if shape[1] == 131072:
-        assert any(fwd in n and split(n) for n in names), names
+        assert any(fwd in n and template_args(n, "fwd_block_row_l2")[-1] == "true" for n in names), names
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape", [(300, 16384), (150, 32768)], ids=lambda s: "x".join(map(str, s)))
+def test_cuda_ln_bias_smem_split_paths(shape):
+    """test_grads_ln_bias_smem_split's plans on the GPU: the register path split over a
+    cluster (its SPLIT template argument true), not the loop path."""
+    x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda")
+    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, False, "silu")
+    dy = torch.randn_like(out)
+    names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, False, "silu",
+                                                    False))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    assert any("bwd_regs<" in n and split_kernel(n) for n in names), names
 
 
 # GATEDNORM_FWD_VECS / GATEDNORM_BWD_VECS (read once a process: csrc/cuda/plan.cu, tuning

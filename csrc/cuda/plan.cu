@@ -200,9 +200,16 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   if (split) {
     int cs = 2;
     while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
-    if (nvec % cs == 0 && regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) {
+    // A backward slice whose ring, staged parameters and dw/db fold overflow shared memory
+    // takes more, smaller slices (16-bit LayerNorm + bias at 16384: 272 KB over 2 CTAs,
+    // 136 KB over 4), rather than the loop path (ln_bias_z_16384 bf16 forward+backward 0.45).
+    for (; cs <= CLUSTER_MAX && nvec % cs == 0; cs <<= 1) {
+      if (!regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) break;
       p.layout.csize = cs;
       if (fits()) return p;
+      p = Plan{};
+      p.layout.aligned = aligned;
+      p.layout.csize = 1;
     }
     p = Plan{};
   }
