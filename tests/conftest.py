@@ -39,11 +39,23 @@ def cuda_kernels(fn):
 
 def template_args(name, kernel):
     """The template arguments of `kernel` in a demangled CUDA kernel name (defaulted ones
-    included, as the demangler prints them), or None when the name is another kernel's."""
-    head = name.split("(", 1)[0]
-    if kernel + "<" not in head:
+    included, as the demangler prints them; spaces removed), or None when the name is
+    another kernel's. Names carry parentheses before the kernel ("gn::(anonymous
+    namespace)::bwd_regs<...>(...)"), so the arguments are matched by bracket depth."""
+    i = name.find(kernel + "<")
+    if i < 0:
         return None
-    return head.split(kernel + "<", 1)[1].rsplit(">", 1)[0].replace(" ", "").split(",")
+    args, cur, depth = [], "", 0
+    for ch in name[i + len(kernel) + 1:]:
+        if ch == ">" and depth == 0:
+            return [a.replace(" ", "") for a in args + [cur]]
+        if ch == "," and depth == 0:
+            args.append(cur)
+            cur = ""
+            continue
+        depth += {"<": 1, ">": -1}.get(ch, 0)
+        cur += ch
+    return None
 
 
 def cuda_warmup(fn, n=3):
