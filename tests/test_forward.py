@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import (assert_close, capture_cuda_graph, cuda_kernels, make_inputs, ops, poison, ref64, requires_cuda,
-                      stats64, tol)
+                      stats64, template_args, tol)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 DT_IDS = ["fp32", "fp16", "bf16", "fp64"]
@@ -333,6 +333,29 @@ def test_differentiable_and_inference_forward_agree(device):
     args = (x, w, b, z, 1e-6, 32, False, False, "sigmoid")
     for a, e in zip(ops.gated_norm(*args), ops.gated_norm_fwd(*args)):
         assert torch.equal(a, e)
+
+
+# LayerNorm + bias at 8192, 16-bit rows (CUDA: fp32 staging of weight and bias, 64 KB, leaves
+# the register path one block an SM, so parameters of the rows' dtype are staged as they are:
+# fwd_regs<..., T>, test_cuda_params_staged_16bit); without z (two blocks an SM with fp32
+# staging) and with fp32 parameters beside the rows, fp32 staging as before. 300 rows:
+# blocks walk several rows.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("z", [True, False], ids=["z", "noz"])
+@pytest.mark.parametrize("pdt", [None, torch.float32], ids=["p_rows", "p_fp32"])
+def test_params_staged_16bit(dtype, z, pdt, device):
+    check_fwd((300, 8192), dtype, device, None, True, False, "silu", z, True, True, param_dtype=pdt)
+
+
+@requires_cuda
+def test_cuda_params_staged_16bit():
+    """test_params_staged_16bit's kernel: the register path with bf16 staging (its last
+    template argument the rows' dtype, not float)."""
+    x, w, b, z = make_inputs((300, 8192), torch.bfloat16, "cuda")
+    names = cuda_kernels(lambda: run_fwd(x, w, b, z, 1e-6, None, True, False, "silu"))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    assert any((template_args(n, "fwd_regs") or [None])[-1] == "__nv_bfloat16" for n in names), names
 
 
 # (shape, group, dtype, the kernel that must run): which CUDA path serves which width.

@@ -8,7 +8,7 @@
 namespace gn {
 namespace {
 
-// Bytes of the register path's dynamic shared memory: weight (and bias) as A for
+// Bytes of the register path's dynamic shared memory: weight (and bias) as staged (SP) for
 // the block's columns, then (aligned rows) the ring of `ring` rows of x (and z),
 // one 16-byte slot per (stage, tensor, vector, thread).
 template <typename A>
@@ -43,7 +43,9 @@ __device__ __forceinline__ void cp_async_wait_upto(int n) {
 // csize of group blockIdx.x / csize, one team a block; sums are finished across the
 // cluster. A template parameter: with the cluster code merely branched around, the
 // other kernels ran 7-14% slower (H100, N = 1024-8192).
-template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
+// SP: the staged parameters' type: fp32 (A), or the rows' 16-bit dtype where launch_regs
+// says (planar fp32 staging, or one 16-byte word a vector, linear).
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = acc_t<T>>
 __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const gn_fwd_args a, const Layout L,
                                                                         const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
@@ -69,13 +71,14 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
     if (SPLIT) cluster_sum<1>(v, csize, cred, cphase);
   };
   const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
-  A* sw = reinterpret_cast<A*>(dyn);
-  A* sb = a.bias ? sw + L.gpb * G : nullptr;
-  const A* tw = sw + gl * G;
-  const A* tb = sb ? sb + gl * G : nullptr;
+  constexpr bool STAGED_T = !std::is_same_v<SP, A>;  // one 16-byte word a vector, linear
+  SP* sw = reinterpret_cast<SP*>(dyn);
+  SP* sb = a.bias ? sw + L.gpb * G : nullptr;
+  const SP* tw = sw + gl * G;
+  const SP* tb = sb ? sb + gl * G : nullptr;
   const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
-  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<A>(L.gpb, G, a.bias != nullptr));
+  uint4* ring = reinterpret_cast<uint4*>(dyn + fwd_params_bytes<SP>(L.gpb, G, a.bias != nullptr));
   const int narr = gate ? 2 : 1;
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * blockDim.x + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
@@ -110,7 +113,7 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   }
   // Staged after the first rows are requested: both are in flight at once (with
   // one row per block, as in decode, this halves the latency).
-  stage_params<A>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
+  stage_params<A, SP>(a.weight, a.bias, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G, (int)(L.gpb * G),
                   sw, sb, ALIGNED ? VEC : 0);
   if (SPLIT) cluster_sum_init(cred, csize);
 
@@ -130,15 +133,18 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
         else load_vec<T, VEC>(p.z, cj, lim, false, zz);  // unaligned rows: read again (L1)
       }
       A wv[VEC], bv[VEC];
-      if (ALIGNED) {
+      if (ALIGNED && STAGED_T) {
+        unpack<T, VEC>(*reinterpret_cast<const uint4*>(tw + cj), wv);
+        if (HB) unpack<T, VEC>(*reinterpret_cast<const uint4*>(tb + cj), bv);
+      } else if (ALIGNED) {
         const int nvt = L.gpb * G / VEC, vi = (gl * G + cj) / VEC;  // planar staging (ParamLayout)
-        load_param_vec<A, VEC>(sw, nvt, vi, wv);
-        if (HB) load_param_vec<A, VEC>(sb, nvt, vi, bv);
+        load_param_vec<A, VEC>(reinterpret_cast<const A*>(sw), nvt, vi, wv);
+        if (HB) load_param_vec<A, VEC>(reinterpret_cast<const A*>(sb), nvt, vi, bv);
       } else {  // unaligned rows: scalar reads, guarded at the row's end
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-          wv[i] = cj + i < lim ? tw[cj + i] : A(0);
-          bv[i] = HB && cj + i < lim ? tb[cj + i] : A(0);
+          wv[i] = cj + i < lim ? (A)to_acc<SP>(tw[cj + i]) : A(0);
+          bv[i] = HB && cj + i < lim ? (A)to_acc<SP>(tb[cj + i]) : A(0);
         }
       }
 #pragma unroll
@@ -224,18 +230,18 @@ __global__ void __launch_bounds__(FWD_MAX_TEAM, FWD_MIN_BLOCKS) fwd_regs(const g
   if (SPLIT) cluster_exit(csize);
 }
 
-template <typename T>
+template <typename T, typename SP = acc_t<T>>
 size_t fwd_regs_smem(const gn_fwd_args& a, const Plan& p, int nv, bool aligned, int ring) {
-  return fwd_params_bytes<acc_t<T>>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
+  return fwd_params_bytes<SP>(p.layout.gpb, a.cfg.group_size / p.layout.csize, a.bias != nullptr) +
          (aligned ? fwd_ring_bytes(nv, p.threads, a.z != nullptr, ring) : 0);
 }
 
-template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = acc_t<T>>
 gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
-  constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
+  constexpr auto kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT, SP>;
   Layout L = p.layout;
   L.ring = default_ring(p);
-  size_t smem = fwd_regs_smem<T>(a, p, NV, ALIGNED, L.ring);
+  size_t smem = fwd_regs_smem<T, SP>(a, p, NV, ALIGNED, L.ring);
   gn_status st = allow_smem<kernel>(smem);  // the largest ring asked for: a shorter one fits too
   if (st != GN_OK) return st;
   DeviceInfo dev;
@@ -262,13 +268,35 @@ gn_status launch_regs(const gn_fwd_args& a, const Plan& p, cudaStream_t s) {
   // H100 only, so not on bandwidth-rich devices). Its occupancy has its own cache slot: no
   // driver query a call.
   if (ALIGNED && !SPLIT && per_sm <= 2 && !bandwidth_rich(dev) && FWD_SHORT_RING < L.ring) {
-    const size_t short_smem = fwd_regs_smem<T>(a, p, NV, ALIGNED, FWD_SHORT_RING);
+    const size_t short_smem = fwd_regs_smem<T, SP>(a, p, NV, ALIGNED, FWD_SHORT_RING);
     const int short_per_sm = resident_blocks<kernel, 1>(p.threads, short_smem);
     if (short_per_sm > per_sm) {
       L.ring = FWD_SHORT_RING;
       smem = short_smem;
       per_sm = short_per_sm;
       resident = (long long)per_sm * dev.sms;
+    }
+  }
+  // Still one block an SM: 16-bit parameters of the rows' dtype staged as they are (half the
+  // bytes, exact), if that fits more. LayerNorm + bias at 8192 (64 KB of fp32 parameters):
+  // two blocks an SM on the short ring, forward bf16 0.852 -> 0.912, fp16 0.855 -> 0.935
+  // (H100, twenty-sixth session; docs/data/h100_2026-12-06_session26.txt). Only there:
+  // staging every 16-bit kernel so lost 1-7 % where two or more blocks fit already
+  // (ln_bias_z_4096 0.993 -> 0.927, odd_n5000 0.894 -> 0.872; twenty-fifth session). Two
+  // vectors a thread and a gate after: the one kernel of 16-bit rows that reaches one block
+  // an SM (without z the ring is half: two fit). GATEDNORM_FWD_PARAMS_T=0 (read once) keeps
+  // fp32 staging, for comparisons.
+  if constexpr (sizeof(T) == 2 && std::is_same_v<SP, acc_t<T>> && ALIGNED && !SPLIT && NV == 2 &&
+                MODE == GATE_AFTER) {
+    static const bool params_t_on = knob_on("GATEDNORM_FWD_PARAMS_T");
+    if (per_sm == 1 && (a.weight || a.bias) && a.cfg.param_dtype == a.cfg.dtype && !bandwidth_rich(dev) &&
+        params_t_on) {
+      // The opt-in first: the occupancy query counts no blocks past a kernel's allowed
+      // dynamic shared memory (48 KB until opted in).
+      constexpr auto t_kernel = fwd_regs<T, NV, ALIGNED, MODE, SPLIT, T>;
+      const size_t t_smem = fwd_regs_smem<T, T>(a, p, NV, ALIGNED, FWD_SHORT_RING);
+      if ((st = allow_smem<t_kernel>(t_smem)) != GN_OK) return st;
+      if (resident_blocks<t_kernel, 1>(p.threads, t_smem) > 1) return launch_regs<T, NV, ALIGNED, MODE, SPLIT, T>(a, p, s);
     }
   }
   if (resident == 0) {

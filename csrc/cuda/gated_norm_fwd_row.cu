@@ -283,10 +283,7 @@ gn_status launch_nv(const gn_fwd_args& a, int nv, const DeviceInfo& dev, cudaStr
 // GATEDNORM_FWD_BLOCK_ROW=0 (read once) sends these groups back to the split path, for
 // comparisons.
 static bool block_row_on() {
-  static const bool on = [] {
-    const char* e = getenv("GATEDNORM_FWD_BLOCK_ROW");
-    return !(e && atoi(e) == 0);
-  }();
+  static const bool on = knob_on("GATEDNORM_FWD_BLOCK_ROW");
   return on;
 }
 

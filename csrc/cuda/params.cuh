@@ -119,12 +119,12 @@ __device__ __forceinline__ void load_param_vec(const A* s, int nvecs, int v, A* 
 }
 
 // Stages parameters p[0..n) (dtype P; absent: `fill`) plus `add` into shared
-// memory as A, zeros in [n, padded). 16-byte loads, two in flight per thread
-// before their stores (a decode-sized launch waits on this), and no unrolled
+// memory as S (A unless a kernel stages 16-bit parameters as they are), zeros in
+// [n, padded). 16-byte loads, two in flight per thread before their stores (a decode-sized launch waits on this), and no unrolled
 // scalar guards: this code's register peak is the kernel's (all four parameter
 // dtypes are compiled in), so it must stay below the main loop's.
-template <typename P, typename A>
-__device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, A* s, ParamLayout pl) {
+template <typename P, typename A, typename S = A>
+__device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fill, A add, S* s, ParamLayout pl) {
   constexpr int V = 16 / (int)sizeof(P);
   const int bd = blockDim.x;
   int done = 0;  // elements [0, done) are staged by the vector loop
@@ -138,46 +138,46 @@ __device__ __forceinline__ void stage_typed(const P* p, int n, int padded, A fil
       const bool two = k + bd < nv;
       u1.u = two ? __ldg(q + k + bd) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-      for (int i = 0; i < V; ++i) s[param_pos<A>(pl, k * V + i)] = (A)to_acc<P>(u0.e[i]) + add;
+      for (int i = 0; i < V; ++i) s[param_pos<S>(pl, k * V + i)] = from_acc<S>((A)to_acc<P>(u0.e[i]) + add);
       if (two) {
 #pragma unroll
-        for (int i = 0; i < V; ++i) s[param_pos<A>(pl, (k + bd) * V + i)] = (A)to_acc<P>(u1.e[i]) + add;
+        for (int i = 0; i < V; ++i) s[param_pos<S>(pl, (k + bd) * V + i)] = from_acc<S>((A)to_acc<P>(u1.e[i]) + add);
       }
     }
     done = nv * V;
   }
 #pragma unroll 1
   for (int k = done + threadIdx.x; k < padded; k += bd)
-    s[param_pos<A>(pl, k)] = k < n ? (p ? (A)to_acc<P>(p[k]) : fill) + add : A(0);
+    s[param_pos<S>(pl, k)] = from_acc<S>(k < n ? (p ? (A)to_acc<P>(p[k]) : fill) + add : A(0));
 }
 
 // stage_typed for a parameter dtype known at run time (p + c0: this block's columns),
 // in layout `vec` (ParamLayout; 0 = linear).
-template <typename A>
+template <typename A, typename S = A>
 __device__ __forceinline__ void stage_param_row(const void* p, gn_dtype t, int64_t c0, int n, int padded, A fill,
-                                                A add, A* s, int vec) {
+                                                A add, S* s, int vec) {
   const ParamLayout pl{vec, vec ? padded / vec : 0};
   switch (t) {
     case GN_FLOAT16:
-      return stage_typed<__half, A>(p ? static_cast<const __half*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
+      return stage_typed<__half, A, S>(p ? static_cast<const __half*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
     case GN_BFLOAT16:
-      return stage_typed<__nv_bfloat16, A>(p ? static_cast<const __nv_bfloat16*>(p) + c0 : nullptr, n, padded, fill,
-                                           add, s, pl);
+      return stage_typed<__nv_bfloat16, A, S>(p ? static_cast<const __nv_bfloat16*>(p) + c0 : nullptr, n, padded,
+                                              fill, add, s, pl);
     case GN_FLOAT64:
-      return stage_typed<double, A>(p ? static_cast<const double*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
+      return stage_typed<double, A, S>(p ? static_cast<const double*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
     default:
-      return stage_typed<float, A>(p ? static_cast<const float*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
+      return stage_typed<float, A, S>(p ? static_cast<const float*>(p) + c0 : nullptr, n, padded, fill, add, s, pl);
   }
 }
 
 // Copies a block's n weight / bias columns starting at column c0 into shared
 // memory in the accumulation type (ones / zeros when absent; sb may be null),
 // in layout `vec` (ParamLayout).
-template <typename A>
-__device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dtype t, int64_t c0, int n, A* sw,
-                                             A* sb, int vec) {
-  stage_param_row<A>(w, t, c0, n, n, A(1), A(0), sw, vec);
-  if (sb) stage_param_row<A>(b, t, c0, n, n, A(0), A(0), sb, vec);
+template <typename A, typename S = A>
+__device__ __forceinline__ void stage_params(const void* w, const void* b, gn_dtype t, int64_t c0, int n, S* sw,
+                                             S* sb, int vec) {
+  stage_param_row<A, S>(w, t, c0, n, n, A(1), A(0), sw, vec);
+  if (sb) stage_param_row<A, S>(b, t, c0, n, n, A(0), A(0), sb, vec);
   __syncthreads();
 }
 

@@ -232,7 +232,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   return loop;
 }
 
-static bool knob_on(const char* name) {
+bool knob_on(const char* name) {
   const char* e = getenv(name);
   return !e || atoi(e) != 0;
 }

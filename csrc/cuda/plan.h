@@ -240,6 +240,9 @@ inline Plan fit_smem(const Plan& p, size_t regs_smem, const gn_config& cfg, size
 // True when every pointer is 16-byte aligned and every row stride keeps it so.
 bool rows_aligned(const gn_config& cfg, const void* const* ptrs, const int64_t* strides, int n);
 
+// A comparison knob (an environment variable): on unless set to 0. Callers read it once.
+bool knob_on(const char* name);
+
 // Per-thread error text for GN_ERR_CUDA.
 gn_status cuda_fail(cudaError_t e, const char* what);
 
