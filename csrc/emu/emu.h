@@ -88,6 +88,11 @@ void* dyn_smem();
 // the kernel's name, grid, block, shared memory, cluster size.
 int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, const std::function<void()>& body);
 const char* last_message();
+// Dynamic shared memory a kernel may launch with: DEFAULT_DYN_SMEM until it opts in
+// (cudaFuncSetAttribute); a launch past it fails and occupancy counts no block, as on a GPU.
+constexpr size_t DEFAULT_DYN_SMEM = 48 * 1024;
+size_t smem_allowed(const void* kernel);
+void set_smem_allowed(const void* kernel, size_t bytes);
 void set_last_error(int e);
 int take_last_error();
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -346,6 +347,28 @@ const Device& device() {
   return d;
 }
 
+// A kernel's dynamic shared memory limit, as cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+// set it: 48 KB until a kernel opts in (the real limit counts its static shared memory
+// too, which is unknown here).
+namespace {
+std::mutex g_optin;
+std::map<const void*, size_t>& optins() {
+  static std::map<const void*, size_t> m;
+  return m;
+}
+}  // namespace
+
+size_t smem_allowed(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_optin);
+  const auto it = optins().find(kernel);
+  return it == optins().end() ? DEFAULT_DYN_SMEM : it->second;
+}
+
+void set_smem_allowed(const void* kernel, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_optin);
+  optins()[kernel] = bytes;
+}
+
 namespace {
 void trace(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize) {
   static const char* path = getenv("GN_EMU_TRACE");
@@ -379,6 +402,7 @@ int launch(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize, co
   if (csize < 1 || csize > MAX_CLUSTER || grid.x % (unsigned)csize) return bad("cluster size");
   if (csize > 1 && device().major < 9) return bad("clusters before sm_90");
   if (smem > (size_t)device().smem_optin) return bad("dynamic shared memory");
+  if (smem > smem_allowed(kernel)) return bad("dynamic shared memory past the kernel's opt-in (cudaFuncSetAttribute)");
   std::lock_guard<std::mutex> serial(g_launch);
   std::string error;
   for (unsigned z = 0; z < grid.z && error.empty(); ++z)

@@ -109,8 +109,10 @@ inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
 
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize, cudaFuncAttributeNonPortableClusterSizeAllowed };
 template <typename F>
-inline cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute a, int v) {
-  if (a == cudaFuncAttributeMaxDynamicSharedMemorySize && v > ::emu::device().smem_optin) return cudaErrorInvalidValue;
+inline cudaError_t cudaFuncSetAttribute(F* k, cudaFuncAttribute a, int v) {
+  if (a != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;
+  if (v < 0 || v > ::emu::device().smem_optin) return cudaErrorInvalidValue;
+  ::emu::set_smem_allowed(reinterpret_cast<const void*>(k), (size_t)v);
   return cudaSuccess;
 }
 
@@ -128,9 +130,10 @@ inline int blocks_per_sm(int threads, size_t smem) {
 }
 }  // namespace emu
 
+// Past the kernel's opt-in: no block (the occupancy calculator's answer on a GPU).
 template <typename F>
-inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F*, int threads, size_t smem) {
-  *n = ::emu::blocks_per_sm(threads, smem);
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, F* k, int threads, size_t smem) {
+  *n = smem > ::emu::smem_allowed(reinterpret_cast<const void*>(k)) ? 0 : ::emu::blocks_per_sm(threads, smem);
   return cudaSuccess;
 }
 
@@ -188,9 +191,11 @@ inline Chevron<K> chevron(K k, dim3 grid, dim3 block, size_t smem = 0, cudaStrea
 }  // namespace emu
 
 template <typename F>
-inline cudaError_t cudaOccupancyMaxActiveClusters(int* n, F*, const cudaLaunchConfig_t* c) {
+inline cudaError_t cudaOccupancyMaxActiveClusters(int* n, F* k, const cudaLaunchConfig_t* c) {
   const int cs = ::emu::cluster_size(c);
-  *n = ::emu::blocks_per_sm((int)c->blockDim.x, c->dynamicSmemBytes) * ::emu::device().sms / (cs > 0 ? cs : 1);
+  *n = c->dynamicSmemBytes > ::emu::smem_allowed(reinterpret_cast<const void*>(k))
+           ? 0
+           : ::emu::blocks_per_sm((int)c->blockDim.x, c->dynamicSmemBytes) * ::emu::device().sms / (cs > 0 ? cs : 1);
   return cudaSuccess;
 }
 
