@@ -58,6 +58,16 @@ def template_args(name, kernel):
     return None
 
 
+def bandwidth_rich():
+    """csrc/cuda/plan.h's bandwidth_rich for GPU 0: more than 30 GB/s of DRAM an SM (the
+    H200; the H100 is not). Launchers tuned on the H100 keep their older choice there.
+    None when this torch does not report the memory bus."""
+    props = torch.cuda.get_device_properties(0)
+    if not hasattr(props, "memory_bus_width"):
+        return None
+    return props.memory_clock_rate * props.memory_bus_width * 2 / 8 / 1e6 > 30 * props.multi_processor_count
+
+
 def cuda_warmup(fn, n=3):
     """fn() n times on a side stream before a capture (plan caches, shared-memory opt-ins:
     no first-call work inside the graph)."""
