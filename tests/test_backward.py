@@ -193,6 +193,19 @@ def test_grads_rows_per_block(shape, rms, device):
 MANY = "many"
 
 
+def bwd_kernel_names(x, w, b, z, rms):
+    """The CUDA kernels of one backward (gate after the norm, SiLU) of the forward of x;
+    skips where torch.profiler sees none (CUPTI missing, as under compute-sanitizer: not a
+    wrong kernel)."""
+    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, rms, "silu")
+    dy = torch.randn_like(out)
+    names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, rms, "silu",
+                                                    False))
+    if not names:
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    return names
+
+
 @requires_cuda
 @pytest.mark.parametrize("shape,kernel", [((64, 4096), "bwd_regs"), ((64, 5120), "bwd_regs"), ((64, 8192), "bwd_regs"),
                                           ((64, 32768), "bwd_regs"), ((MANY, 32767), "bwd_loop"),
@@ -205,12 +218,7 @@ def test_cuda_kernel_paths(shape, kernel):
     if shape[0] == MANY:
         shape = (2 * torch.cuda.get_device_properties(0).multi_processor_count, shape[1])
     x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda", bias=False)  # (a bias: 8192 needs 64 KB more)
-    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")
-    dy = torch.randn_like(out)
-    names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu",
-                                                    False))
-    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
-        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    names = bwd_kernel_names(x, w, b, z, True)
     assert any(kernel in n for n in names), names
 
 
@@ -229,8 +237,8 @@ def split_kernel(name):
                          ids=["8192-split-regs", "131072-split-loop"])
 def test_cuda_fp32_smem_split_paths(shape, fwd, bwd):
     """test_grads_fp32_smem_split's plans on the GPU: the backward of fp32 8192 with a gate
-    (and of 131072) on a kernel split over a cluster (SPLIT, the last template argument,
-    true), not the loop path (8192) or one CTA a row (131072). The forward of 131072 takes
+    (and of 131072) on a kernel split over a cluster (its SPLIT template argument true),
+    not the loop path (8192) or one CTA a row (131072). The forward of 131072 takes
     the L2 block-row kernel over a cluster of sixteen (its CL, last, true as well)."""
     x, w, b, z = make_inputs(shape, torch.float32, "cuda", bias=False)
     fn = lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, True, "silu")  # noqa: E731
@@ -252,12 +260,7 @@ def test_cuda_ln_bias_smem_split_paths(shape):
     """test_grads_ln_bias_smem_split's plans on the GPU: the register path split over a
     cluster (its SPLIT template argument true), not the loop path."""
     x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda")
-    out, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, None, True, False, "silu")
-    dy = torch.randn_like(out)
-    names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, False, "silu",
-                                                    False))
-    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
-        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    names = bwd_kernel_names(x, w, b, z, False)
     assert any("bwd_regs<" in n and split_kernel(n) for n in names), names
 
 
