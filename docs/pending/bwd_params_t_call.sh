@@ -34,3 +34,9 @@ b() {  # csv
 }
 b on; GATEDNORM_BWD_PARAMS_T=0 b off; b on2; el bench
 python3 -m benchmarks.columns off=$OUT/off.csv on=$OUT/on.csv on2=$OUT/on2.csv
+# A knob re-check on the same build (no patch of its own): the split backward's slices of
+# 512 vectors (256-thread CTAs, two an SM) against the default 1024 (512 threads, one an SM
+# by registers); last swept in the sixth session, before most of today's backward.
+R='^sweep_n(16384|32768|65536)$'
+b s1024; GATEDNORM_SLICE_VECS=512 b s512; el slices
+python3 -m benchmarks.columns slice1024=$OUT/s1024.csv slice512=$OUT/s512.csv
