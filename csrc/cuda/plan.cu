@@ -203,15 +203,12 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
     // A backward slice whose ring, staged parameters and dw/db fold overflow shared memory
     // takes more, smaller slices (16-bit LayerNorm + bias at 16384: 272 KB over 2 CTAs,
     // 136 KB over 4), rather than the loop path (ln_bias_z_16384 bf16 forward+backward 0.45).
+    // (regs_layout reads only the alignment and rewrites the rest of the layout each try.)
     for (; cs <= CLUSTER_MAX && nvec % cs == 0; cs <<= 1) {
       if (!regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) break;
       p.layout.csize = cs;
       if (fits()) return p;
-      p = Plan{};
-      p.layout.aligned = aligned;
-      p.layout.csize = 1;
     }
-    p = Plan{};
   }
   // The loop path; split across a cluster (whole vectors a slice) while the rows alone
   // would leave SMs idle: 16 rows of 2^20 made 16 blocks for 132 SMs.
