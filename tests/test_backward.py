@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import torch_ops
-from conftest import (assert_close, assert_normwise, bwd_scales, cuda_kernels, f64, free_nan_block, grad_tol,
-                      make_inputs, ops, poison, reduce_tol, requires_cuda, template_args, tol)
+from conftest import (assert_close, assert_normwise, bandwidth_rich, bwd_scales, cuda_kernels, f64, free_nan_block,
+                      grad_tol, make_inputs, ops, poison, reduce_tol, requires_cuda, template_args, tol)
 
 # (group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias) on M=3, N=8
 GRADCHECK_CASES = [
@@ -186,6 +186,39 @@ def test_grads_rows_per_block(shape, rms, device):
     if device == "cpu":
         pytest.skip("a CUDA launch-plan case (blocks walking several rows); the CPU kernels have no such plan")
     grads_vs_reference(shape, torch.bfloat16, device, None, True, rms, "silu")
+
+
+# LayerNorm + bias + gate after the norm, 16-bit rows, 4096 columns a block or a split
+# slice (CUDA: fp32 weight and bias staging leaves one 256-thread block an SM; split slices
+# then stage parameters of the rows' dtype as they are: bwd_regs<..., T>,
+# test_cuda_bwd_params_staged); unsplit blocks, fp32 parameters beside the rows and no bias
+# stage fp32. 600 x 4096: unsplit blocks walking 2-3 rows (264 resident on an H100); 300 x
+# 8192: slices over two CTAs.
+BWD_STAGED_SHAPES = [((600, 4096), torch.bfloat16), ((300, 8192), torch.float16)]
+
+
+@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES, ids=["600x4096-bf16", "300x8192-fp16"])
+@pytest.mark.parametrize("pdt,b", [(None, True), (torch.float32, True), (None, False)],
+                         ids=["p_rows", "p_fp32", "nobias"])
+def test_grads_params_staged_16bit(shape, dtype, pdt, b, device):
+    grads_vs_reference(shape, dtype, device, None, True, False, "silu", b=b, param_dtype=pdt)
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES + [((300, 16384), torch.bfloat16)],
+                         ids=["600x4096-bf16", "300x8192-fp16", "300x16384-bf16"])
+def test_cuda_bwd_params_staged(shape, dtype):
+    """test_grads_params_staged_16bit's kernel with parameters of the rows' dtype: bwd_regs
+    split at 8192 and 16384 with 16-bit staging (its last template argument the rows' dtype;
+    float on a bandwidth-rich device), unsplit at 4096 with fp32 staging."""
+    rich = bandwidth_rich()
+    if rich is None:
+        pytest.skip("this torch does not report the memory bus width")
+    names = bwd_kernel_names(*make_inputs(shape, dtype, "cuda"), False)
+    split = shape[1] > 4096
+    staged = "float" if rich or not split else {torch.bfloat16: "__nv_bfloat16", torch.float16: "__half"}[dtype]
+    assert any((template_args(n, "bwd_regs") or [None])[-1] == staged and split_kernel(n) == split
+               for n in names), names
 
 
 # Rows of a "many"-row case: (row, group) segments for twice the SMs, which the wide path

@@ -155,6 +155,35 @@ def test_block_row_cluster(shape, dtype, g, device):
     assert_close(rstd, stats64(x, z, g, True, True, "silu")[1], tol(torch.float32, g or shape[-1]), "rstd")
 
 
+# LayerNorm statistics of the block-row path in one reduction (CUDA: fwd_block_row, shifted
+# by K, the mean of the group's first 16-byte vector), and the rows that must fall back to
+# the variance about the mean: every fifth row's first vector is 32 standard deviations
+# out, so (mean - K)^2 is ~700 variances, and E[(x - K)^2] - (mean - K)^2 would lose about
+# ten bits (a relative error of 1e-4 or more in the variance). Those rows' rstd must match
+# fp64 to 1e-5 (the two-pass variance: about 20 fp32 roundings, ~1e-6 relative; the mean's
+# error enters squared). Rows with offsets 0 and 4, scales 0.5-2: an offset of many standard
+# deviations costs every fp32 path (the CPU's too) the mean's rounding in each output.
+@pytest.mark.parametrize("shape,dtype", [((270, 8192), torch.float32), ((270, 16384), torch.bfloat16)],
+                         ids=["fp32-8192", "bf16-16384"])
+def test_block_row_layer_norm_one_pass(shape, dtype, device):
+    m, n = shape
+    vec = 16 // torch.empty((), dtype=dtype).element_size()
+    r = torch.arange(m, dtype=torch.float64)[:, None]
+    scale, offset = 2.0 ** (r % 3 - 1), 4.0 * (r // 3 % 2)
+    x64 = offset + scale * torch.randn(shape, dtype=torch.float64)
+    out_rows = torch.arange(0, m, 5)
+    x64[out_rows, :vec] = (offset + 32 * scale)[out_rows]
+    x = x64.to(dtype).to(device)
+    _, w, b, zt = make_inputs(shape, dtype, device)
+    out, mean, rstd = run_fwd(x, w, b, zt, 1e-6, None, True, False, "silu")
+    assert_close(out, ref64(x, w, b, zt, 1e-6, None, True, False, "silu"), tol(dtype, n), "out")
+    m64, r64, _ = stats64(x, zt, None, True, False, "silu")
+    assert_close(mean, m64, tol(torch.float32, n), "mean")
+    assert_close(rstd, r64, tol(torch.float32, n), "rstd")
+    rel = ((rstd.double().cpu() - r64) / r64).abs()
+    assert rel[out_rows].max().item() <= 1e-5, f"rstd of the fallback rows: relative error {rel[out_rows].max():.2e}"
+
+
 # LayerNorm on the block-row path (CUDA: fwd_block_row, the row in registers for the mean and
 # then the variance about it): fp32 groups of 1025-4096 vectors with a gate after or none
 # (8192: two vectors a thread; 12000: four, the last threads' vectors past the group: they

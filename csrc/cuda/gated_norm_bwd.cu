@@ -12,11 +12,16 @@ namespace {
 
 // Weight and bias of columns cj..cj+VEC of this team's group (its first staged
 // column: gc0) from shared memory (bias 0 when it is not needed); columns past
-// `lim` read as 0. Aligned kernels staged them planar (ParamLayout, nvt vectors).
-template <typename A, int VEC, bool ALIGNED>
-__device__ __forceinline__ void load_weights(const A* sw, const A* sb, int gc0, int nvt, int cj, int lim, A* wv,
+// `lim` read as 0. Aligned kernels staged them planar (ParamLayout, nvt vectors) as A,
+// or as the rows' 16-bit dtype T (SP = T: one 16-byte word a vector, linear).
+template <typename A, typename T, typename SP, int VEC, bool ALIGNED>
+__device__ __forceinline__ void load_weights(const SP* sw, const SP* sb, int gc0, int nvt, int cj, int lim, A* wv,
                                              A* bv) {
-  if (ALIGNED) {
+  if constexpr (!std::is_same_v<SP, A>) {
+    static_assert(ALIGNED && std::is_same_v<SP, T>, "16-bit staging: aligned rows, the rows' dtype");
+    unpack<T, VEC>(*reinterpret_cast<const uint4*>(sw + gc0 + cj), wv);
+    if (sb) unpack<T, VEC>(*reinterpret_cast<const uint4*>(sb + gc0 + cj), bv);
+  } else if (ALIGNED) {
     load_param_vec<A, VEC>(sw, nvt, (gc0 + cj) / VEC, wv);
     if (sb) load_param_vec<A, VEC>(sb, nvt, (gc0 + cj) / VEC, bv);
   } else {
@@ -40,7 +45,9 @@ __device__ __forceinline__ void load_weights(const A* sw, const A* sb, int gc0, 
 // SPLIT (the split register path, L.csize > 1): as in the forward, a slice of a
 // group per CTA of a cluster; dw/db partials are per column, so each CTA writes its
 // own slice's. A template parameter, as in the forward.
-template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
+// SP: the staged parameters' type, fp32 (A) or, where launch_regs says, the rows' 16-bit
+// dtype (as the forward's fwd_regs).
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = acc_t<T>>
 __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_BLOCK)
     bwd_regs(const gn_bwd_args a, const Layout L, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
@@ -63,12 +70,12 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const bool gate = gate_on<MODE>(a.z), after = gate_after<MODE>(a.z, c.norm_before_gate);
   // Bias only enters y0 (gate after the norm, or a recomputed output).
   const bool want_b = a.bias && (a.out || after);
-  A* sw = reinterpret_cast<A*>(dyn);
-  A* sb = want_b ? sw + L.gpb * G : nullptr;
+  SP* sw = reinterpret_cast<SP*>(dyn);
+  SP* sb = want_b ? sw + L.gpb * G : nullptr;
   const int cl = lt * VEC, cs = L.tpg * VEC;  // vector j starts at column cl + j * cs
 
   const int bd = blockDim.x, narr = gate ? 3 : 2;  // ring tensors: x, dy, z
-  uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes(L.gpb, G, want_b, sizeof(A)));
+  uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes(L.gpb, G, want_b, sizeof(SP)));
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
@@ -93,7 +100,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 #pragma unroll
     for (int st = 0; st < S - 1; ++st) issue(rb0 + st * step + rl, st);
   }
-  stage_params<A>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G,
+  stage_params<A, SP>(a.weight, want_b ? a.bias : nullptr, c.param_dtype, SPLIT ? col0 : (int64_t)blockIdx.x * L.gpb * G,
                   (int)(L.gpb * G), sw, sb, ALIGNED ? VEC : 0);
   const int gc0 = gl * G, nvt = L.gpb * G / VEC;
   if (SPLIT) cluster_sum_init(cred, csize);
@@ -143,7 +150,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       if (cj >= lim) continue;
       A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
       row_vec(j, x, dy, z);
-      load_weights<A, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
+      load_weights<A, T, SP, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         if (!ALIGNED && cj + i >= lim) continue;
@@ -166,7 +173,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       if (cj >= lim) continue;
       A x[VEC], dy[VEC], z[VEC], wv[VEC], bv[VEC];
       row_vec(j, x, dy, z);
-      load_weights<A, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
+      load_weights<A, T, SP, VEC, ALIGNED>(sw, sb, gc0, nvt, cj, lim, wv, bv);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         const Elem<A> e = elem_grad<A>(act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
@@ -206,25 +213,50 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 // The register path stages the bias only where it enters y0 (the kernel's want_b).
 bool bwd_stages_bias(const gn_bwd_args& a) { return a.bias && (a.out || (a.z && a.cfg.norm_before_gate)); }
 
-template <typename T>
+template <typename T, typename SP = acc_t<T>>
 size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
   constexpr size_t acc = sizeof(acc_t<T>);
-  return bwd_params_bytes(p.layout.gpb, a.cfg.group_size / p.layout.csize, bwd_stages_bias(a), acc) +
+  return bwd_params_bytes(p.layout.gpb, a.cfg.group_size / p.layout.csize, bwd_stages_bias(a), sizeof(SP)) +
          (aligned ? bwd_ring_bytes(p.nv, p.threads, a.z ? 3 : 2, acc) : 0);
 }
 
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
 // partials) it was launched with.
-template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT>
+template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = acc_t<T>>
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
-  const size_t smem = bwd_regs_smem<T>(a, p, ALIGNED);
-  gn_status st = allow_smem<bwd_regs<T, NV, ALIGNED, MODE, SPLIT>>(smem, bwd_fold_bytes(NV, vec_size<T>(), sizeof(A)) + 1024);
+  constexpr auto kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, SP>;
+  const size_t smem = bwd_regs_smem<T, SP>(a, p, ALIGNED), fold = bwd_fold_bytes(NV, vec_size<T>(), sizeof(A)) + 1024;
+  gn_status st = allow_smem<kernel>(smem, fold);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
-  constexpr auto kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT>;
   const long long resident = resident_total<kernel>(p, smem, dev.sms);
+  // One block an SM: 16-bit weight and bias of the rows' dtype staged as they are (half the
+  // bytes, exact) if that fits more, as the forward does (gated_norm_fwd.cu). LayerNorm +
+  // bias + gate after, split in slices of 4096 columns (ln_bias_z_8192 over 2 CTAs, 16384
+  // over 4): 32 KB of fp32 weight and bias + 78 KB of ring + the 16.5 KB fold leave one
+  // 256-thread block an SM; 16 KB of 16-bit ones two. H100 forward+backward, bf16 / fp16:
+  // ln_bias_z_8192 0.767 -> 0.835 / 0.765 -> 0.850, ln_bias_z_16384 0.697 -> 0.787 / 0.698
+  // -> 0.818. Split slices only: their clusters wait on each other every row, which a second
+  // block an SM hides; the unsplit block at 4096 gained nothing (bf16 +0.9 %, fp16 -1.0 %).
+  // Only LayerNorm + bias + gate after reaches one block with blocks of 256 threads (without
+  // the bias or the gate, or with the gate before, two fit already; 512-thread blocks stay
+  // at one by their registers). GATEDNORM_BWD_PARAMS_T=0 (read once) keeps fp32 staging,
+  // for comparisons.
+  if constexpr (sizeof(T) == 2 && std::is_same_v<SP, A> && ALIGNED && SPLIT && NV == 2 && MODE == GATE_AFTER) {
+    static const bool params_t_on = knob_on("GATEDNORM_BWD_PARAMS_T");
+    if (params_t_on && resident > 0 && resident <= dev.sms && a.bias && a.cfg.param_dtype == a.cfg.dtype &&
+        !bandwidth_rich(dev)) {
+      // The opt-in first: the occupancy query counts no blocks past a kernel's allowed
+      // dynamic shared memory (48 KB until opted in).
+      constexpr auto t_kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, T>;
+      const size_t t_smem = bwd_regs_smem<T, T>(a, p, ALIGNED);
+      if ((st = allow_smem<t_kernel>(t_smem, fold)) != GN_OK) return st;
+      if (resident_total<t_kernel>(p, t_smem, dev.sms) > resident)
+        return launch_regs<T, NV, ALIGNED, MODE, SPLIT, T>(a, p, s, parts);
+    }
+  }
   if (resident == 0) {  // split groups, not one cluster fits (a GPC short of free SMs)
     Plan loop = loop_plan(a.cfg, bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
     loop.layout.aligned = ALIGNED;
