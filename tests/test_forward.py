@@ -139,8 +139,8 @@ def test_mixed_param_dtype_block_row(x_dtype, bias, device):
 # for two waves of CTAs on an H100 (rows x groups x 4 >= 264). 49152 fp16 and 40000 bf16
 # leave the last threads of each slice a vector (or two) past its end; the 131072 row in
 # two groups puts the cluster on blockIdx.y. Around the range: 32768 bf16 (fwd_block_row,
-# four vectors a thread), 131072 bf16 and 65536 fp32 (the split path). 131072 fp32: a cluster
-# of sixteen CTAs (17 rows: 272 CTAs).
+# four vectors a thread). 131072 bf16 and 65536 fp32: a cluster of eight CTAs (35 rows: 280
+# CTAs). 131072 fp32: a cluster of sixteen CTAs (17 rows: 272 CTAs).
 @pytest.mark.parametrize("shape,dtype,g", [((134, 32768), torch.bfloat16, None), ((68, 49152), torch.float16, None),
                                            ((68, 65536), torch.bfloat16, None), ((67, 40000), torch.bfloat16, None),
                                            ((34, 131072), torch.bfloat16, 65536), ((35, 131072), torch.bfloat16, None),
@@ -155,7 +155,24 @@ def test_block_row_cluster(shape, dtype, g, device):
     assert_close(rstd, stats64(x, z, g, True, True, "silu")[1], tol(torch.float32, g or shape[-1]), "rstd")
 
 
-# LayerNorm statistics of the block-row path in one reduction (CUDA: fwd_block_row, shifted
+@requires_cuda
+@pytest.mark.parametrize("shape,dtype", [((68, 65536), torch.bfloat16), ((35, 131072), torch.bfloat16),
+                                         ((35, 131072), torch.float16), ((35, 65536), torch.float32),
+                                         ((17, 131072), torch.float32)],
+                         ids=["bf16-65536", "bf16-131072", "fp16-131072", "fp32-65536", "fp32-131072"])
+def test_cuda_block_row_cluster_paths(shape, dtype):
+    """test_block_row_cluster's groups of 4097-16384 vectors (and fp32's of 16385-32768) on
+    fwd_block_row_l2 over a cluster (its CL, the sixth template argument, true): four CTAs
+    at 4097-8192 vectors, eight at 8193-16384, sixteen for fp32 beyond."""
+    x, w, _, z = make_inputs(shape, dtype, "cuda", bias=False)
+    names = cuda_kernels(lambda: run_fwd(x, w, None, z, 1e-6, None, True, True, "silu"))
+    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
+        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+    assert any((template_args(n, "fwd_block_row_l2") or [None] * 6)[5] == "true" for n in names), names
+
+
+# LayerNorm statistics of the block-row paths in one reduction (CUDA: fwd_block_row and,
+# 16-bit, fwd_block_row_l2, whose fallback re-reads x from L2; shifted
 # by K, the mean of the group's first 16-byte vector), and the rows that must fall back to
 # the variance about the mean: every fifth row's first vector is 32 standard deviations
 # out, so (mean - K)^2 is ~700 variances, and E[(x - K)^2] - (mean - K)^2 would lose about
@@ -184,21 +201,27 @@ def test_block_row_layer_norm_one_pass(shape, dtype, device):
     assert rel[out_rows].max().item() <= 1e-5, f"rstd of the fallback rows: relative error {rel[out_rows].max():.2e}"
 
 
-# LayerNorm on the block-row path (CUDA: fwd_block_row, the row in registers for the mean and
-# then the variance about it): fp32 groups of 1025-4096 vectors with a gate after or none
-# (8192: two vectors a thread; 12000: four, the last threads' vectors past the group: they
-# must not add (0 - mean)^2), 16-bit groups of 1025-4096 with a gate after (16384, and 32768
-# at four vectors a thread), fp32 parameters beside fp16 rows (a bias too), no weight or
-# bias. x is offset by 4: a kernel that drops the mean, or lets the padding into the
-# variance, is off by far more than the tolerance. Rows for two waves of blocks on an H100.
-# Elsewhere these are the split path's.
+# LayerNorm on the block-row paths (CUDA: fwd_block_row, the row in registers for its
+# statistics; 16-bit groups of 1025-2048 vectors with a gate after and a weight of their
+# dtype: fwd_block_row_l2, x re-read from L2): fp32 groups of 1025-4096 vectors with a gate
+# after or none (8192: two vectors a thread; 12000: four, the last threads' vectors past the
+# group: they must not add (0 - mean)^2), 16-bit groups of 1025-4096 with a gate after
+# (16384: the L2 kernel with a weight, with and without a bias, fwd_block_row without a
+# weight; 12288: the L2 kernel with half the threads' second vector past the group; 32768:
+# four vectors a thread), fp32 parameters beside fp16 rows (a bias too), no weight or bias.
+# wb: weight and bias, "w": the weight alone. x is offset by 4: a kernel that drops the mean,
+# or lets the padding into the variance, is off by far more than the tolerance. Rows for two
+# waves of blocks on an H100. Elsewhere these are the split path's.
 @pytest.mark.parametrize("shape,dtype,z,wb,pdt", [
     ((270, 8192), torch.float32, True, True, None), ((270, 12000), torch.float32, False, True, None),
-    ((270, 16384), torch.bfloat16, True, True, None), ((140, 32768), torch.float16, True, True, None),
+    ((270, 16384), torch.bfloat16, True, True, None), ((270, 16384), torch.float16, True, "w", None),
+    ((270, 16384), torch.bfloat16, True, False, None), ((270, 12288), torch.bfloat16, True, True, None),
+    ((140, 32768), torch.float16, True, True, None),
     ((270, 12288), torch.float16, True, True, torch.float32), ((270, 8192), torch.float32, True, False, None)],
-    ids=["fp32-8192", "fp32-12000-noz", "bf16-16384", "fp16-32768", "fp16-12288-w32", "fp32-8192-now"])
+    ids=["fp32-8192", "fp32-12000-noz", "bf16-16384", "fp16-16384-w", "bf16-16384-now", "bf16-12288", "fp16-32768",
+         "fp16-12288-w32", "fp32-8192-now"])
 def test_block_row_layer_norm(shape, dtype, z, wb, pdt, device):
-    x, w, b, zt = make_inputs(shape, dtype, device, z=z, weight=wb, bias=wb, param_dtype=pdt)
+    x, w, b, zt = make_inputs(shape, dtype, device, z=z, weight=bool(wb), bias=wb is True, param_dtype=pdt)
     x = (x.double() + 4).to(dtype)
     out, mean, rstd = run_fwd(x, w, b, zt, 1e-6, None, True, False, "silu")
     assert_close(out, ref64(x, w, b, zt, 1e-6, None, True, False, "silu"), tol(dtype, shape[-1]), "out")
@@ -400,6 +423,7 @@ KERNEL_PATHS = [  # (shape, group, dtype, kernel, RMSNorm); all with a gate afte
     ((600, 32767), None, torch.bfloat16, "fwd_loop", False),  # unaligned: no 16-byte slices; rows for every SM
     ((4, 1 << 20), None, torch.bfloat16, "fwd_wide", False),  # beyond 16 register slices, few rows: wide path
     ((300, 16384), None, torch.bfloat16, "fwd_block_row_l2", True),  # two waves of rows (132 SMs): a block a row
+    ((300, 16384), None, torch.bfloat16, "fwd_block_row_l2", False),  # LayerNorm (+ bias) too
     ((300, 32768), None, torch.bfloat16, "fwd_block_row<", True),  # four vectors a thread
     ((300, 16384), None, torch.float32, "fwd_block_row<", True),
     ((3, 16384), None, torch.bfloat16, "fwd_regs", True),  # the same groups, few rows: split

@@ -166,13 +166,19 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
 // cluster along x (grid: rows x csize, groups), its sum finished by cluster_sum. Each CTA's x
 // in L2 stays one slice (32 KB), as at 16K, where one block over a 64K row (four vectors a
 // thread and more) kept 128 KB a block and reached 0.82.
-template <typename T, bool HB, bool HW, bool HZ = true, typename P = T, bool CL = false>
+// LN: LayerNorm, its mean and variance from one sum of x - K and (x - K)^2 as fwd_block_row's
+// (K the mean of the group's first vector; the fallback to the variance about the mean
+// re-reads x from L2), one block a group (not CL); with a bias 12-16 bytes of spills (ptxas),
+// still two blocks an SM: ln_bias_z_16384 0.84 -> 0.95 against fwd_block_row.
+template <typename T, bool HB, bool HW, bool HZ = true, typename P = T, bool CL = false, bool LN = false>
 __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC, NV = 2;
-  __shared__ TeamScratch<1, A> red;
+  constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC, NV = 2, NS = LN ? 2 : 1;
+  static_assert(!(LN && CL), "LayerNorm: one block a group");
+  __shared__ TeamScratch<NS, A> red;
+  __shared__ TeamScratch<1, A> red1;  // LN's fallback
   __shared__ ClusterScratch<1, A> cred;
-  int phase = 0, calls = 0;
+  int phase = 0, phase1 = 0, calls = 0;
   const int csize = CL ? l2_csize(a.cfg.group_size / VEC) : 1;
   const int G = (int)(a.cfg.group_size / csize);  // this CTA's columns: NV x ROW_BLOCK vectors at most
   const int64_t g = blockIdx.y;
@@ -189,23 +195,56 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
     // under the first loads: the CTAs' mbarriers exist before any sends
     if (CL && calls == 0) cluster_sum_init(cred, csize);
-    A s[1] = {0};
+    A k = 0;
+    if (LN) {
+      Packed16<T, VEC> first;
+      first.load(x);
 #pragma unroll
-    for (int j = 0; j < NV; ++j)
+      for (int i = 0; i < VEC; ++i) k += to_acc<T>(first.e[i]);
+      k *= A(1) / A(VEC);
+    }
+    A s[NS] = {};
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      if (LN && c0 + j * STEP >= G) continue;  // the zeros past G are not x - K
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        const A v = to_acc<T>(xs[j].e[i]);
-        s[0] += v * v;
+        const A v = to_acc<T>(xs[j].e[i]) - k;
+        if (LN) s[0] += v;
+        s[NS - 1] += v * v;
       }
-    team_sum<1>(s, ROW_BLOCK, red, phase);
-    if (CL) {
+    }
+    team_sum<NS>(s, ROW_BLOCK, red, phase);
+    if constexpr (CL) {
       cluster_sum<1>(s, csize, cred, calls);
       // After the last sum nothing addresses another CTA (each received every partial): the
       // exit barrier goes there, before the output's stores, whose completion a barrier at
       // the end would wait for (barrier.cluster's release: a GPU-wide fence).
       if (last) cluster_exit(csize);
     }
-    const A rstd = rsqrt_acc(s[0] * rc.inv_g + rc.eps);
+    A mean = 0, var = s[NS - 1] * rc.inv_g;
+    if (LN) {
+      const A d = s[0] * rc.inv_g;
+      mean = k + d;
+      var -= d * d;
+      if (!(d * d <= A(ONE_PASS_SPREAD) * var)) {  // uniform: every thread holds the same sums
+        A q[1] = {0};
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+          if (c0 + j * STEP >= G) continue;
+          Packed16<T, VEC> xr;
+          xr.u[0] = ld_keep_l2(x + c0 + j * STEP);
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const A v = to_acc<T>(xr.e[i]) - mean;
+            q[0] += v * v;
+          }
+        }
+        team_sum<1>(q, ROW_BLOCK, red1, phase1);
+        var = q[0] * rc.inv_g;
+      }
+    }
+    const A rstd = rsqrt_acc(var + rc.eps);
     const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
     T* out = static_cast<T*>(a.out) + r * a.out_stride + col0;
     Packed16<T, VEC> xv[NV], zv[NV];
@@ -225,14 +264,17 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
       if (HB) bp.load(bs + cj);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
-        A y = to_acc<T>(xv[j].e[i]) * rstd;
+        A y = (to_acc<T>(xv[j].e[i]) - mean) * rstd;
         if (HW) y *= (A)to_acc<P>(wp.e[i]);
         if (HB) y += (A)to_acc<P>(bp.e[i]);
         ov.e[i] = from_acc<T>(HZ ? y * act_fwd(to_acc<T>(zv[j].e[i]), a.cfg.act) : y);
       }
       ov.store(out + cj);
     }
-    if (threadIdx.x == 0 && rank == 0 && a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
+    if (threadIdx.x == 0 && rank == 0) {
+      if (LN) store_stats<A>(a, g, r, mean, rstd);
+      else if (a.rstd) static_cast<A*>(a.rstd)[g * a.cfg.rows + r] = rstd;
+    }
   };
   if constexpr (CL) {
     // Clusters walk rows (launch_l2_cluster_if_fits' persistent grid); cluster_sum
@@ -258,6 +300,16 @@ gn_status launch_l2(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s)
     case 2: return launch_pdl(fwd_block_row_l2<T, true, false, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
     default: return launch_pdl(fwd_block_row_l2<T, true, true, HZ>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
   }
+}
+
+// LayerNorm with a weight and a gate after the norm, with or without a bias.
+template <typename T>
+gn_status launch_l2_ln(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
+  const dim3 grid((unsigned)a.cfg.rows, (unsigned)(a.cfg.cols / a.cfg.group_size));
+  const auto rc = row_consts<acc_t<T>>(a.cfg);
+  const char* what = "gated_norm forward (block-row, L2, LayerNorm) launch";
+  if (a.bias) return launch_pdl(fwd_block_row_l2<T, true, true, true, T, false, true>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  return launch_pdl(fwd_block_row_l2<T, false, true, true, T, false, true>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
 }
 
 template <typename T>
@@ -324,13 +376,16 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
   const int vec = 16 / (int)gn_dtype_size(c.dtype), csize = l2_csize(nvec);
   const int64_t ngroups = c.cols / c.group_size;
   // Four CTAs: at two (16-bit 16K-32K) fwd_block_row holds the row in registers (0.954
-  // against 0.898), at eight (16-bit 128K, fp32 64K) the split path wins (0.834 / 0.885
-  // against 0.799 / 0.878). Sixteen for fp32 16385-32768 vectors (128K), where the split
-  // register path cannot take a slice: 0.802 against the split loop path's 0.695
-  // (16-bit rows of 256K, not measured, stay there).
+  // against 0.898). Eight (16-bit 128K, fp32 64K): a cluster a row lost to the split path
+  // (0.799 / 0.878 against 0.834 / 0.885); on the persistent grid it wins (twenty-seventh
+  // session, H100: sweep_n131072 bf16 0.834 -> 0.898, fp16 0.846 -> 0.908, sweep_n65536
+  // fp32 0.883 -> 0.924). Sixteen for fp32 16385-32768 vectors (128K), where the split
+  // register path cannot take a slice: 0.802 against the split loop path's 0.695 (16-bit
+  // rows of 256K, not measured, stay there).
   const bool four = nvec > 4LL * ROW_BLOCK && nvec <= 8LL * ROW_BLOCK;
+  const bool eight = nvec > 8LL * ROW_BLOCK && nvec <= 16LL * ROW_BLOCK;
   const bool sixteen = c.dtype == GN_FLOAT32 && nvec > 16LL * ROW_BLOCK && nvec <= 32LL * ROW_BLOCK;
-  if (!four && !sixteen) return GN_OK;
+  if (!four && !eight && !sixteen) return GN_OK;
   if (c.group_size % ((int64_t)csize * vec) || !a.z || !a.weight || a.bias || c.param_dtype != c.dtype) return GN_OK;
   if (dev.major < 9 || !built_for_clusters() || (uintptr_t)a.weight % 16) return GN_OK;
   if (c.rows * ngroups * csize < 2LL * dev.sms || ngroups > 65535 || c.rows * csize > 0x7fffffff) return GN_OK;
@@ -359,11 +414,15 @@ static gn_status try_l2_cluster(const gn_fwd_args& a, int64_t nvec, const Device
 // - a gate after, a weight of the rows' dtype and no bias, 4097-8192 vectors (16-bit
 //   32K-64K, fp32 16K-32K): fwd_block_row_l2 over a cluster of four CTAs (try_l2_cluster;
 //   twenty-fourth session: sweep_n65536 bf16 0.829 -> 0.847, sweep_n32768 fp32 0.875 ->
-//   0.910); fp32, 16385-32768 vectors (128K): over sixteen (sweep_n131072 0.695 -> 0.802).
+//   0.910); 8193-16384 vectors (16-bit 64K-128K, fp32 32K-64K): over eight (twenty-seventh
+//   session: sweep_n131072 bf16 0.834 -> 0.898); fp32, 16385-32768 vectors (128K): over
+//   sixteen (sweep_n131072 0.695 -> 0.802).
 // - LayerNorm, a gate after or none (16-bit rows: after only), 1025-4096 vectors:
-//   fwd_block_row, its two sums (the mean, then the variance about it) over x held in
-//   registers (twenty-fifth session, H100, against the split path: ln_bias_z_16384 fp32
-//   0.885 -> 0.986, bf16 0.826 -> 0.844; ln_bias_z_8192 fp32 0.920 -> 0.931).
+//   fwd_block_row, its statistics over x held in registers (twenty-fifth session, H100,
+//   against the split path: ln_bias_z_16384 fp32 0.885 -> 0.986, bf16 0.826 -> 0.844;
+//   ln_bias_z_8192 fp32 0.920 -> 0.931); 16-bit rows of 1025-2048 vectors with a weight of
+//   their dtype: fwd_block_row_l2, two blocks an SM (twenty-seventh session:
+//   ln_bias_z_16384 bf16 0.841 -> 0.951, fp16 0.859 -> 0.948).
 // Not here (the split path): a gate before the norm (z is in the statistics), what was not
 // measured (16-bit rows without a gate: with fp32 parameters, or 2049-4096 vectors; 16-bit
 // rows with fp32 parameters at 2049-4096 vectors), and fewer than two waves of (row, group)
@@ -396,6 +455,8 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   *done = true;
   if (half && !mixed && nv == 2 && !ln)
     return c.dtype == GN_BFLOAT16 ? launch_l2_gate<__nv_bfloat16>(a, dev, s) : launch_l2_gate<__half>(a, dev, s);
+  if (half && !mixed && nv == 2 && ln && gm == GATE_AFTER && a.weight)
+    return c.dtype == GN_BFLOAT16 ? launch_l2_ln<__nv_bfloat16>(a, dev, s) : launch_l2_ln<__half>(a, dev, s);
   if (half && mixed && nv == 2 && a.weight && !a.bias && !ln)  // (a gate after: no gate returned above)
     return c.dtype == GN_BFLOAT16 ? launch_l2_fp32_weight<__nv_bfloat16>(a, dev, s)
                                   : launch_l2_fp32_weight<__half>(a, dev, s);

@@ -132,13 +132,20 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
   return true;
 }
 
-static int slice_vecs() {
-  static const int v = [] {
+// The split register path's slice (16-byte vectors a CTA): CLUSTER_SLICE_VECS, halved for
+// the backward of groups wider than two such slices (bf16 32768 and up, 16-bit ones capped at
+// 16 CTAs): there 256-thread CTAs, two an SM, beat 512-thread ones, one an SM by registers
+// (H100 forward+backward bf16 / fp16: sweep_n32768 0.841 -> 0.868 / 0.838 -> 0.864,
+// sweep_n65536 0.820 -> 0.825 / 0.820 -> 0.835); at 16384 (2 CTAs against 4) they lose
+// (0.901 -> 0.870). GATEDNORM_SLICE_VECS=k (read once) sets every slice, for tuning.
+static int slice_vecs(bool backward, int64_t nvec) {
+  static const int asked = [] {
     const char* e = getenv("GATEDNORM_SLICE_VECS");
     const int k = e ? atoi(e) : 0;
-    return k > 0 ? k : CLUSTER_SLICE_VECS;
+    return k > 0 ? k : 0;
   }();
-  return v;
+  if (asked) return asked;
+  return backward && nvec > 2LL * CLUSTER_SLICE_VECS ? CLUSTER_SLICE_VECS / 2 : CLUSTER_SLICE_VECS;
 }
 
 // The loop path's largest cluster. GATEDNORM_LOOP_CLUSTER=k (1, 2, 4, 8 or 16; read once)
@@ -195,11 +202,11 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   p = Plan{};
   p.layout.aligned = aligned;
   p.layout.csize = 1;
-  // Too wide for one block (or its ring): a slice of at most slice_vecs() vectors per CTA
+  // Too wide for one block (or its ring): a slice of at most slice_vecs vectors per CTA
   // of a cluster (whole vectors: aligned rows only), if the kernel can take the slice.
   if (split) {
     int cs = 2;
-    while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs()) cs <<= 1;
+    while (cs < CLUSTER_MAX && nvec > (int64_t)cs * slice_vecs(backward, nvec)) cs <<= 1;
     // A backward slice whose ring, staged parameters and dw/db fold overflow shared memory
     // takes more, smaller slices (16-bit LayerNorm + bias at 16384: 272 KB over 2 CTAs,
     // 136 KB over 4), rather than the loop path (ln_bias_z_16384 bf16 forward+backward 0.45).

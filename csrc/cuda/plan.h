@@ -168,8 +168,9 @@ inline size_t bwd_fold_bytes(int nv, int vec, size_t acc) { return (size_t)BWD_B
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
 // the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
 // bf16, 2 vectors a thread of 512): H100 forward and forward+backward level with 512
-// (docs/data/h100_row_iters_sweep.txt), with half the CTAs a cluster. GATEDNORM_SLICE_VECS
-// overrides it for tuning (read once).
+// (docs/data/h100_row_iters_sweep.txt), with half the CTAs a cluster; the backward halves it
+// past two slices (plan.cu, slice_vecs). GATEDNORM_SLICE_VECS overrides both for tuning
+// (read once).
 constexpr int CLUSTER_MAX = 16, CLUSTER_SLICE_VECS = 1024;
 
 // Forward wide path (gated_norm_fwd_wide.cu): chunks of WIDE_BLOCK threads x WIDE_VECS
