@@ -434,7 +434,7 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   *done = false;
   const gn_config& c = a.cfg;
   if (!block_row_on() || !aligned || c.dtype == GN_FLOAT64) return GN_OK;
-  const bool ln = !c.is_rms_norm;  // LayerNorm: fwd_block_row only (x in registers for its two sums)
+  const bool ln = !c.is_rms_norm;  // LayerNorm: no cluster (the L2 kernel one block a group, or fwd_block_row)
   const GateMode gm = gate_mode(a.z, c.norm_before_gate);
   const bool half = gn_dtype_size(c.dtype) == 2;
   const bool mixed = (a.weight || a.bias) && c.param_dtype != c.dtype;

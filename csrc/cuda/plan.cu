@@ -133,16 +133,17 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
 }
 
 // The split register path's slice (16-byte vectors a CTA): CLUSTER_SLICE_VECS, halved for
-// the backward of groups wider than two such slices (bf16 32768 and up, 16-bit ones capped at
-// 16 CTAs): there 256-thread CTAs, two an SM, beat 512-thread ones, one an SM by registers
-// (H100 forward+backward bf16 / fp16: sweep_n32768 0.841 -> 0.868 / 0.838 -> 0.864,
-// sweep_n65536 0.820 -> 0.825 / 0.820 -> 0.835); at 16384 (2 CTAs against 4) they lose
-// (0.901 -> 0.870). GATEDNORM_SLICE_VECS=k (read once) sets every slice, for tuning.
+// the backward of groups wider than two such slices (16-bit 32768 and up, fp32 16384 and
+// up; capped at 16 CTAs): there 256-thread CTAs, two an SM, beat 512-thread ones, one an SM
+// by registers (twenty-seventh session, H100 forward+backward: ln_z_32768 bf16 0.814 ->
+// 0.854, sweep_n32768 bf16 0.842 -> 0.855, fp32 sweep_n16384 0.895 -> 0.909); at 16-bit
+// 16384 (2 CTAs against 4) they lose (0.901 -> 0.870). GATEDNORM_SLICE_VECS=k (read once)
+// sets every slice, forward and backward, for tuning.
 static int slice_vecs(bool backward, int64_t nvec) {
   static const int asked = [] {
     const char* e = getenv("GATEDNORM_SLICE_VECS");
     const int k = e ? atoi(e) : 0;
-    return k > 0 ? k : 0;
+    return k > 0 ? k : 0;  // 0: the defaults below
   }();
   if (asked) return asked;
   return backward && nvec > 2LL * CLUSTER_SLICE_VECS ? CLUSTER_SLICE_VECS / 2 : CLUSTER_SLICE_VECS;
