@@ -58,6 +58,29 @@ union Packed16 {
 // ln_bias_z_16384 bf16 forward 0.814 -> 0.841, ln_z_32768 0.920 -> 0.938 (H100).
 constexpr float ONE_PASS_SPREAD = 4.f;
 
+// K of the one-pass statistics: the mean of the group's first 16-byte vector.
+template <typename T, int VEC>
+__device__ __forceinline__ acc_t<T> one_pass_shift(const T* x) {
+  using A = acc_t<T>;
+  Packed16<T, VEC> first;
+  first.load(x);
+  A k = 0;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) k += to_acc<T>(first.e[i]);
+  return k * (A(1) / A(VEC));
+}
+
+// The mean and the variance from the group's sums of x - K (s0) and (x - K)^2 (s1); false
+// where that variance would lose too many bits (ONE_PASS_SPREAD): the caller then sums
+// (x - mean)^2.
+template <typename A>
+__device__ __forceinline__ bool one_pass_moments(A s0, A s1, A k, A inv_g, A& mean, A& var) {
+  const A d = s0 * inv_g;
+  mean = k + d;
+  var = s1 * inv_g - d * d;
+  return d * d <= A(ONE_PASS_SPREAD) * var;
+}
+
 template <typename T, typename P, int MODE, int ROW_NV>
 __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
@@ -87,12 +110,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
     A mean = 0, var = 0;
     bool have_var = false;
     if (ln) {
-      Packed16<T, VEC> first;
-      first.load(p.x);
-      A k = 0;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) k += to_acc<T>(first.e[i]);
-      k *= A(1) / A(VEC);
+      const A k = one_pass_shift<T, VEC>(p.x);
       A m[2] = {0, 0};
 #pragma unroll
       for (int j = 0; j < ROW_NV; ++j) {
@@ -105,9 +123,8 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
         }
       }
       team_sum<2>(m, ROW_BLOCK, red2, phase2);
-      const A d = m[0] * rc.inv_g, v1 = m[1] * rc.inv_g - d * d;
-      mean = k + d;
-      if (d * d <= A(ONE_PASS_SPREAD) * v1) {  // uniform: every thread holds the same sums
+      A v1;
+      if (one_pass_moments(m[0], m[1], k, rc.inv_g, mean, v1)) {  // uniform: the same sums in every thread
         var = v1;
         have_var = true;
       }
@@ -195,14 +212,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
     // under the first loads: the CTAs' mbarriers exist before any sends
     if (CL && calls == 0) cluster_sum_init(cred, csize);
-    A k = 0;
-    if (LN) {
-      Packed16<T, VEC> first;
-      first.load(x);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) k += to_acc<T>(first.e[i]);
-      k *= A(1) / A(VEC);
-    }
+    const A k = LN ? one_pass_shift<T, VEC>(x) : A(0);
     A s[NS] = {};
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -224,10 +234,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     }
     A mean = 0, var = s[NS - 1] * rc.inv_g;
     if (LN) {
-      const A d = s[0] * rc.inv_g;
-      mean = k + d;
-      var -= d * d;
-      if (!(d * d <= A(ONE_PASS_SPREAD) * var)) {  // uniform: every thread holds the same sums
+      if (!one_pass_moments(s[0], s[NS - 1], k, rc.inv_g, mean, var)) {  // uniform: the same sums in every thread
         A q[1] = {0};
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
@@ -308,8 +315,9 @@ gn_status launch_l2_ln(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t
   const dim3 grid((unsigned)a.cfg.rows, (unsigned)(a.cfg.cols / a.cfg.group_size));
   const auto rc = row_consts<acc_t<T>>(a.cfg);
   const char* what = "gated_norm forward (block-row, L2, LayerNorm) launch";
-  if (a.bias) return launch_pdl(fwd_block_row_l2<T, true, true, true, T, false, true>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
-  return launch_pdl(fwd_block_row_l2<T, false, true, true, T, false, true>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+  constexpr auto with_bias = fwd_block_row_l2<T, true, true, true, T, false, true>;
+  constexpr auto no_bias = fwd_block_row_l2<T, false, true, true, T, false, true>;
+  return launch_pdl(a.bias ? with_bias : no_bias, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
 }
 
 template <typename T>
