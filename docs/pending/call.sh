@@ -2,16 +2,17 @@
 # The twenty-eighth session's device calls.
 #   (bash docs/pending/call.sh [all|1|2]: both calls, or one; SHORT=1: without Nsight Compute
 #   and the vecs sweep)
-#   call 1 (bash docs/pending/call.sh 1): build the tree (the backward's dw/db fold now
-#     reuses the ring: plan.h, bwd_stream_bytes); benchmark the rows the backward register
-#     path serves with one vector a thread (16-bit groups <= 2048) and the ln_bias rows whose
-#     16-bit staging the fold's 8-16 KB decided (GATEDNORM_BWD_PARAMS_T=0 against the
-#     default); the GATEDNORM_BWD_VECS sweep the twenty-seventh session left (bf16);
-#     Nsight Compute on qwen3next_prefill's backward. Keeps its default CSV in build/s28
+#   call 1 (bash docs/pending/call.sh 1): main's build first, then the tree with the patch
+#     (the backward's dw/db fold reuses the ring: plan.h, bwd_stream_bytes), on the rows the
+#     backward register path serves with one vector a thread (16-bit groups <= 2048) and the
+#     ln_bias rows whose 16-bit staging the fold's 8-16 KB decided (GATEDNORM_BWD_PARAMS_T=0
+#     against the default); the backward CUDA tests and racecheck on the patched build;
+#     Nsight Compute on qwen3next_prefill's backward. Keeps the patched CSV in build/s28
 #     for call 2 (the machine stays warm 30 s).
 #   call 2 (bash docs/pending/call.sh 2): the same rows built with
 #     -DGN_BWD_NV1_MIN_BLOCKS=3 (one-vector kernels at 80 registers: three 256-thread
-#     blocks an SM instead of two), against call 1's default.
+#     blocks an SM instead of two), against call 1's patched default; then, with time left,
+#     the GATEDNORM_BWD_VECS sweep the twenty-seventh session left (bf16).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT build/s28
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -26,22 +27,27 @@ b() {  # name dtypes rows
 }
 NV1='^(qwen3next_prefill|sweep_n(64|128|256|512|1024|2048)|odd_n1200|mamba2_g1024|ln_bias_z_(4096|8192|16384)|rms_z_4096)$'
 VECS='^(sweep_n(1024|4096|8192)|odd_n1200|odd_n5000|gate_before_5120|(rms|ln_bias)_z_4096|sigmoid_4096|mamba2_g1024)$'
-# main lacks the change while it is pending: apply it (the device tree may have no .git)
-grep -q bwd_stream_bytes csrc/cuda/plan.h || patch -p1 < docs/pending/bwd_fold_in_ring.patch || exit 1
+# main lacks the change while it is pending (the device tree may have no .git: patch, not git)
+patched() { grep -q bwd_stream_bytes csrc/cuda/plan.h; }
 step=${1:-all}
 if [ "$step" = 1 ] || [ "$step" = all ]; then
+  if patched; then patch -R -p1 -s < docs/pending/bwd_fold_in_ring.patch || exit 1; fi
   build ""
-  timeout 120 python3 -m pytest -q -x -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/tests.log 2>&1
+  b m bf16,fp16 "$NV1"
+  patch -p1 -s < docs/pending/bwd_fold_in_ring.patch || exit 1
+  build ""
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/tests.log 2>&1
   echo "backward CUDA tests: exit $? $(tail -1 $OUT/tests.log)"; grep -E "^(FAILED|ERROR)" $OUT/tests.log | head
   el tests
-  timeout 100 compute-sanitizer --tool racecheck --error-exitcode 99 --print-limit 10 python3 -m pytest -q -x \
+  timeout 100 compute-sanitizer --tool racecheck --error-exitcode 99 --print-limit 10 python3 -m pytest -q \
     -p no:cacheprovider -m "not slow" -k "cuda and (staged or rows_per_block or 33x1000 or plan_edges)" \
     tests/test_backward.py > $OUT/racecheck.log 2>&1
   echo "racecheck: exit $? $(grep -E 'passed|failed' $OUT/racecheck.log | tail -1)"; grep -m5 -E "RACECHECK SUMMARY|Race" $OUT/racecheck.log
   el racecheck
   b d bf16,fp16 "$NV1"; cp $OUT/d.csv build/s28/d.csv
   GATEDNORM_BWD_PARAMS_T=0 b pt0 bf16,fp16 '^ln_bias_z_(8192|16384)$'
-  python3 -m benchmarks.columns default=$OUT/d.csv params_t0=$OUT/pt0.csv
+  python3 -m benchmarks.columns main=$OUT/m.csv patched=$OUT/d.csv
+  python3 -m benchmarks.columns patched=$OUT/d.csv params_t0=$OUT/pt0.csv
   el "nv1 rows"
   [ -n "${SHORT:-}" ] || {
     timeout 150 ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats \
@@ -52,6 +58,7 @@ if [ "$step" = 1 ] || [ "$step" = all ]; then
   }
 fi
 if [ "$step" = 2 ] || [ "$step" = all ]; then
+  patched || patch -p1 -s < docs/pending/bwd_fold_in_ring.patch || exit 1
   build "-DGN_BWD_NV1_MIN_BLOCKS=3"
   b n3 bf16,fp16 "$NV1"
   python3 -m benchmarks.columns default=build/s28/d.csv nv1_3blocks=$OUT/n3.csv
