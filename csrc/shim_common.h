@@ -184,7 +184,9 @@ inline OptTensor contiguous_param(const OptTensor& p) {
 
 inline void check_status(gn_status s, bool cuda) {
   if (s == GN_OK) return;
-#ifdef GN_WITH_CUDA
+#if defined(GN_WITH_CUDA) || defined(GN_CUDA_EMU)
+  // Emulator builds: the CPU device's kernels are the emulated CUDA ones; their launch
+  // failures (csrc/emu) are CUDA errors too, not "unsupported".
   if (s == GN_ERR_CUDA) fail("CUDA error: ", gn_cuda_error_string());
 #endif
   (void)cuda;
