@@ -193,11 +193,12 @@ def test_grads_rows_per_block(shape, rms, device):
 # then stage parameters of the rows' dtype as they are: bwd_regs<..., T>,
 # test_cuda_bwd_params_staged); unsplit blocks, fp32 parameters beside the rows and no bias
 # stage fp32. 600 x 4096: unsplit blocks walking 2-3 rows (264 resident on an H100); 300 x
-# 8192: slices over two CTAs.
-BWD_STAGED_SHAPES = [((600, 4096), torch.bfloat16), ((300, 8192), torch.float16)]
+# 16384: slices over four CTAs. (8192 fits one 512-thread block since the dw/db fold reuses
+# the ring, csrc/cuda/plan.h bwd_stream_bytes: unsplit, fp32 staging.)
+BWD_STAGED_SHAPES = [((600, 4096), torch.bfloat16), ((300, 16384), torch.float16)]
 
 
-@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES, ids=["600x4096-bf16", "300x8192-fp16"])
+@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES, ids=["600x4096-bf16", "300x16384-fp16"])
 @pytest.mark.parametrize("pdt,b", [(None, True), (torch.float32, True), (None, False)],
                          ids=["p_rows", "p_fp32", "nobias"])
 def test_grads_params_staged_16bit(shape, dtype, pdt, b, device):
@@ -205,17 +206,17 @@ def test_grads_params_staged_16bit(shape, dtype, pdt, b, device):
 
 
 @requires_cuda
-@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES + [((300, 16384), torch.bfloat16)],
-                         ids=["600x4096-bf16", "300x8192-fp16", "300x16384-bf16"])
+@pytest.mark.parametrize("shape,dtype", BWD_STAGED_SHAPES + [((300, 8192), torch.float16), ((300, 16384), torch.bfloat16)],
+                         ids=["600x4096-bf16", "300x16384-fp16", "300x8192-fp16", "300x16384-bf16"])
 def test_cuda_bwd_params_staged(shape, dtype):
     """test_grads_params_staged_16bit's kernel with parameters of the rows' dtype: bwd_regs
-    split at 8192 and 16384 with 16-bit staging (its last template argument the rows' dtype;
-    float on a bandwidth-rich device), unsplit at 4096 with fp32 staging."""
+    split at 16384 with 16-bit staging (its last template argument the rows' dtype; float on
+    a bandwidth-rich device), unsplit at 4096 and 8192 with fp32 staging."""
     rich = bandwidth_rich()
     if rich is None:
         pytest.skip("this torch does not report the memory bus width")
     names = bwd_kernel_names(*make_inputs(shape, dtype, "cuda"), False)
-    split = shape[1] > 4096
+    split = shape[1] > 8192
     staged = "float" if rich or not split else {torch.bfloat16: "__nv_bfloat16", torch.float16: "__half"}[dtype]
     assert any((template_args(n, "bwd_regs") or [None])[-1] == staged and split_kernel(n) == split
                for n in names), names

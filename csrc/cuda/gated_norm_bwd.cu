@@ -55,7 +55,6 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   __shared__ TeamScratch<2, A> red;
   __shared__ ClusterScratch<2, A> cred;
   int phase = 0, cphase = 0;
-  __shared__ A part[BWD_BLOCK * K];  // cross-row reduction of dw/db inside the block
   GN_DYN_SMEM(unsigned char, dyn);
   const gn_config& c = a.cfg;
   const int team = threadIdx.x / L.tpg, lt = threadIdx.x % L.tpg;
@@ -77,6 +76,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   const int bd = blockDim.x, narr = gate ? 3 : 2;  // ring tensors: x, dy, z
   uint4* ring = reinterpret_cast<uint4*>(dyn + bwd_params_bytes(L.gpb, G, want_b, sizeof(SP)));
   A* rstats = reinterpret_cast<A*>(ring + S * narr * NV * bd);  // [stage][rstd, mean][thread]
+  A* part = reinterpret_cast<A*>(ring);  // after the rows: the cross-row fold of dw/db (plan.h)
   auto slot = [&](int st, int arr, int j) { return ring + ((st * narr + arr) * NV + j) * bd + threadIdx.x; };
   const int64_t step = (int64_t)gridDim.y * L.rpi, rb0 = (int64_t)blockIdx.y * L.rpi;
   auto issue = [&](int64_t rn, int st) {  // one commit group per row, even an empty one
@@ -200,7 +200,10 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       else row(rb, GN_ACT_SILU);
     }
   }
-  if (ALIGNED) cp_async_wait<0>();  // the ring's trailing (empty) groups
+  if (ALIGNED) {
+    cp_async_wait<0>();  // the ring's trailing (empty) groups
+    if (L.rpi > 1) __syncthreads();  // every thread's last row read from the ring the fold reuses
+  }
 
   // Teams of different rows in this block own the same columns: fold them into
   // row 0's team in a fixed order, then write this row block's partial.
@@ -217,7 +220,7 @@ template <typename T, typename SP = acc_t<T>>
 size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
   constexpr size_t acc = sizeof(acc_t<T>);
   return bwd_params_bytes(p.layout.gpb, a.cfg.group_size / p.layout.csize, bwd_stages_bias(a), sizeof(SP)) +
-         (aligned ? bwd_ring_bytes(p.nv, p.threads, a.z ? 3 : 2, acc) : 0);
+         bwd_stream_bytes(aligned, p.nv, p.threads, a.z ? 3 : 2, vec_size<T>(), acc);
 }
 
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
@@ -226,34 +229,37 @@ template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = 
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
   constexpr auto kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, SP>;
-  const size_t smem = bwd_regs_smem<T, SP>(a, p, ALIGNED), fold = bwd_fold_bytes(NV, vec_size<T>(), sizeof(A)) + 1024;
-  gn_status st = allow_smem<kernel>(smem, fold);
+  const size_t smem = bwd_regs_smem<T, SP>(a, p, ALIGNED);
+  gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
   DeviceInfo dev;
   if ((st = device_info(&dev)) != GN_OK) return st;
   const long long resident = resident_total<kernel>(p, smem, dev.sms);
-  // One block an SM: 16-bit weight and bias of the rows' dtype staged as they are (half the
-  // bytes, exact) if that fits more, as the forward does (gated_norm_fwd.cu). LayerNorm +
-  // bias + gate after, split in slices of 4096 columns (ln_bias_z_8192 over 2 CTAs, 16384
-  // over 4): 32 KB of fp32 weight and bias + 78 KB of ring + the 16.5 KB fold leave one
-  // 256-thread block an SM; 16 KB of 16-bit ones two. H100 forward+backward, bf16 / fp16:
-  // ln_bias_z_8192 0.767 -> 0.835 / 0.765 -> 0.850, ln_bias_z_16384 0.697 -> 0.787 / 0.698
-  // -> 0.818. Split slices only: their clusters wait on each other every row, which a second
-  // block an SM hides; the unsplit block at 4096 gained nothing (bf16 +0.9 %, fp16 -1.0 %).
-  // Only LayerNorm + bias + gate after reaches one block with blocks of 256 threads (without
-  // the bias or the gate, or with the gate before, two fit already; 512-thread blocks stay
-  // at one by their registers). GATEDNORM_BWD_PARAMS_T=0 (read once) keeps fp32 staging,
-  // for comparisons.
+  // 16-bit weight and bias of the rows' dtype staged as they are (half the bytes, exact) if
+  // that keeps as many blocks resident, as the forward does (gated_norm_fwd.cu). LayerNorm +
+  // bias + gate after, split in slices of 4096 columns (16384 over 4 CTAs; 8192 over 2 until
+  // the fold moved into the ring and it fit unsplit): 32 KB of fp32 weight and bias + 78 KB
+  // of ring, with the fold then static (16.5 KB), left one 256-thread block an SM; 16 KB of
+  // 16-bit ones two. H100 forward+backward, bf16 / fp16: ln_bias_z_8192 0.767 -> 0.835 /
+  // 0.765 -> 0.850, ln_bias_z_16384 0.697 -> 0.787 / 0.698 -> 0.818. Split slices only:
+  // their clusters wait on each other every row, which a second block an SM hides; the
+  // unsplit block at 4096 gained nothing (bf16 +0.9 %, fp16 -1.0 %). Since the fold reuses
+  // the ring (plan.h, bwd_stream_bytes), fp32 staging fits two such blocks on the H100 (2 x
+  // 113 KB of its 228) and 16-bit staging is kept where it fits as many (ln_bias_z_16384
+  // against fp32 staging: fp16 0.840 -> 0.865, bf16 0.836 -> 0.826). Only LayerNorm + bias +
+  // gate after comes near (without the bias or the gate, or with the gate before, the ring
+  // is smaller; 512-thread blocks stay at one an SM by their registers).
+  // GATEDNORM_BWD_PARAMS_T=0 (read once) keeps fp32 staging, for comparisons.
   if constexpr (sizeof(T) == 2 && std::is_same_v<SP, A> && ALIGNED && SPLIT && NV == 2 && MODE == GATE_AFTER) {
     static const bool params_t_on = knob_on("GATEDNORM_BWD_PARAMS_T");
-    if (params_t_on && resident > 0 && resident <= dev.sms && a.bias && a.cfg.param_dtype == a.cfg.dtype &&
+    if (params_t_on && resident > 0 && a.bias && a.cfg.param_dtype == a.cfg.dtype &&
         !bandwidth_rich(dev)) {
       // The opt-in first: the occupancy query counts no blocks past a kernel's allowed
       // dynamic shared memory (48 KB until opted in).
       constexpr auto t_kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, T>;
       const size_t t_smem = bwd_regs_smem<T, T>(a, p, ALIGNED);
-      if ((st = allow_smem<t_kernel>(t_smem, fold)) != GN_OK) return st;
-      if (resident_total<t_kernel>(p, t_smem, dev.sms) > resident)
+      if ((st = allow_smem<t_kernel>(t_smem)) != GN_OK) return st;
+      if (resident_total<t_kernel>(p, t_smem, dev.sms) >= resident)
         return launch_regs<T, NV, ALIGNED, MODE, SPLIT, T>(a, p, s, parts);
     }
   }
@@ -288,7 +294,7 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned) + bwd_fold_bytes(p.nv, vec_size<T>(), sizeof(A)), a.cfg,
+  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned), a.cfg,
                bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {

@@ -168,8 +168,7 @@ static bool bwd_regs_fit(const Plan& p, const gn_config& cfg, int narrays, bool 
   const size_t acc = acc_bytes(cfg.dtype);
   const int vec = 16 / (int)gn_dtype_size(cfg.dtype);
   const size_t bytes = bwd_params_bytes(p.layout.gpb, cfg.group_size / p.layout.csize, bias, acc) +
-                       (p.layout.aligned ? bwd_ring_bytes(p.nv, p.threads, narrays, acc) : 0) +
-                       bwd_fold_bytes(p.nv, vec, acc);
+                       bwd_stream_bytes(p.layout.aligned, p.nv, p.threads, narrays, vec, acc);
   return bytes <= (size_t)dev.max_smem_optin - 1024;
 }
 

@@ -156,8 +156,11 @@ constexpr int LOOP_BLOCK = 512;
 // Shared memory of the backward register path (gated_norm_bwd.cu), `acc` the bytes of its
 // accumulation type. Dynamic: the weight (and bias) of the block's groups (`gpb` of G
 // columns), then, on aligned rows, the cp.async ring: BWD_RING rows of x, dy (and z: `narr`
-// tensors), 16 bytes a (stage, tensor, vector, thread), and the rows' rstd and mean.
-// Static: the fold of the rows' dw/db partials (BWD_BLOCK x the thread's elements).
+// tensors), 16 bytes a (stage, tensor, vector, thread), and the rows' rstd and mean. The
+// fold of the rows' dw/db partials (BWD_BLOCK x the thread's elements) reuses the ring once
+// the rows are done (bwd_stream_bytes: the larger of the two): a static fold took 8 KB (one
+// bf16 vector a thread) to 16.5 KB of a block, which left LayerNorm + bias + gate after at
+// 2049-4096 columns one 256-thread block an SM (most kernels stop at two by registers).
 __host__ __device__ inline size_t bwd_params_bytes(int gpb, int64_t G, bool bias, size_t acc) {
   return ((size_t)gpb * G * acc * (bias ? 2 : 1) + 15) / 16 * 16;
 }
@@ -165,6 +168,10 @@ inline size_t bwd_ring_bytes(int nv, int threads, int narr, size_t acc) {
   return (size_t)BWD_RING * threads * (narr * nv * 16 + 2 * acc);
 }
 inline size_t bwd_fold_bytes(int nv, int vec, size_t acc) { return (size_t)BWD_BLOCK * nv * vec * acc; }
+inline size_t bwd_stream_bytes(bool aligned, int nv, int threads, int narr, int vec, size_t acc) {
+  const size_t ring = aligned ? bwd_ring_bytes(nv, threads, narr, acc) : 0, fold = bwd_fold_bytes(nv, vec, acc);
+  return ring > fold ? ring : fold;
+}
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
 // the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
 // bf16, 2 vectors a thread of 512): H100 forward and forward+backward level with 512
