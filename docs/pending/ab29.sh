@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The twenty-ninth session's second device call (bash docs/pending/ab29.sh, no carry, ~6 min):
+# the dw/db fold in the ring (on main since cf60363) against the code before it (patch -R of
+# land.diff, that commit's csrc diff), interleaved d1 m1 d2 (m2 with time left); the touched
+# backward tests; GATEDNORM_RED_MAX_SPLIT (red_max_split.patch, applied here) at 32 and 64
+# against the built-in 16, with the per-kernel times of qwen3next_prefill forward+backward.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
+t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+build() { MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }; el build; }
+ROWS='^(qwen3next_prefill|rms_z_4096|ln_bias_z_(4096|8192|16384)|sweep_n(256|1024|2048))$'
+b() { timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 --copy-gib 1 --dtypes bf16,fp16 \
+  --only "$ROWS" --passes fwdbwd --csv $OUT/$1.csv > $OUT/$1.log 2>&1 || { echo "bench $1 failed"; tail -3 $OUT/$1.log; }; el "bench $1"; }
+grep -q GATEDNORM_RED_MAX_SPLIT csrc/cuda/partials.cuh || patch -p1 -s < docs/pending/red_max_split.patch || exit 1
+build
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k "cuda and (params_staged or smem_split or plan_edges)" \
+  tests/test_backward.py > $OUT/t.log 2>&1
+echo "tests: exit $? $(tail -1 $OUT/t.log)"; grep -E "^(FAILED|ERROR)" $OUT/t.log | head
+b d1
+for k in 32 64; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
+  --copy-gib 1 --dtypes bf16 --only '^(qwen3next_prefill|sweep_n(64|128|256))$' --passes fwdbwd --csv $OUT/r$k.csv > $OUT/r$k.log 2>&1; done
+python3 -m benchmarks.columns red16=$OUT/d1.csv red32=$OUT/r32.csv red64=$OUT/r64.csv
+for k in 16 64; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
+el red
+patch -R -p1 -s < docs/pending/land.diff || exit 1
+build; b m1
+patch -p1 -s < docs/pending/land.diff || exit 1
+build; b d2
+if [ $(( $(date +%s) - t0 )) -lt 380 ]; then patch -R -p1 -s < docs/pending/land.diff && build && b m2; fi
+python3 -m benchmarks.columns main1=$OUT/m1.csv patched1=$OUT/d1.csv patched2=$OUT/d2.csv main2=$OUT/m2.csv 2>/dev/null \
+  || python3 -m benchmarks.columns main1=$OUT/m1.csv patched1=$OUT/d1.csv patched2=$OUT/d2.csv
