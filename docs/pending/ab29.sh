@@ -7,6 +7,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+LIMIT=${LIMIT:-560}; left() { [ $(( $(date +%s) - t0 + $1 )) -lt $LIMIT ]; }  # a stage of ~$1 s fits
 build() { MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }; el build; }
 ROWS='^(qwen3next_prefill|rms_z_4096|ln_bias_z_(4096|8192|16384)|sweep_n(256|1024|2048))$'
 b() { timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 --copy-gib 1 --dtypes bf16,fp16 \
@@ -22,10 +23,8 @@ for k in 32 64; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.b
 python3 -m benchmarks.columns red16=$OUT/d1.csv red32=$OUT/r32.csv red64=$OUT/r64.csv
 for k in 16 64; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
 el red
-patch -R -p1 -s < docs/pending/land.diff || exit 1
-build; b m1
-patch -p1 -s < docs/pending/land.diff || exit 1
-build; b d2
-if [ $(( $(date +%s) - t0 )) -lt 300 ]; then patch -R -p1 -s < docs/pending/land.diff && build && b m2; fi
-python3 -m benchmarks.columns main1=$OUT/m1.csv patched1=$OUT/d1.csv patched2=$OUT/d2.csv main2=$OUT/m2.csv 2>/dev/null \
-  || python3 -m benchmarks.columns main1=$OUT/m1.csv patched1=$OUT/d1.csv patched2=$OUT/d2.csv
+left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
+left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
+left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
+cols=(); for f in m1 d1 d2 m2; do [ -s $OUT/$f.csv ] && cols+=("$f=$OUT/$f.csv"); done
+[ ${#cols[@]} -gt 1 ] && python3 -m benchmarks.columns "${cols[@]}"
