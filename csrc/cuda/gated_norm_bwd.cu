@@ -217,10 +217,9 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
 bool bwd_stages_bias(const gn_bwd_args& a) { return a.bias && (a.out || (a.z && a.cfg.norm_before_gate)); }
 
 template <typename T, typename SP = acc_t<T>>
-size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p, bool aligned) {
-  constexpr size_t acc = sizeof(acc_t<T>);
-  return bwd_params_bytes(p.layout.gpb, a.cfg.group_size / p.layout.csize, bwd_stages_bias(a), sizeof(SP)) +
-         bwd_stream_bytes(aligned, p.nv, p.threads, a.z ? 3 : 2, vec_size<T>(), acc);
+size_t bwd_regs_smem(const gn_bwd_args& a, const Plan& p) {
+  return bwd_regs_bytes(p, a.cfg.group_size, bwd_stages_bias(a), sizeof(SP), a.z ? 3 : 2, vec_size<T>(),
+                        sizeof(acc_t<T>));
 }
 
 // Launches the register-path kernel; `parts` gets the number of row blocks (dw/db
@@ -229,7 +228,7 @@ template <typename T, int NV, bool ALIGNED, int MODE, bool SPLIT, typename SP = 
 gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsigned& parts) {
   using A = acc_t<T>;
   constexpr auto kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, SP>;
-  const size_t smem = bwd_regs_smem<T, SP>(a, p, ALIGNED);
+  const size_t smem = bwd_regs_smem<T, SP>(a, p);
   gn_status st = allow_smem<kernel>(smem);
   if (st != GN_OK) return st;
   DeviceInfo dev;
@@ -257,7 +256,7 @@ gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsig
       // The opt-in first: the occupancy query counts no blocks past a kernel's allowed
       // dynamic shared memory (48 KB until opted in).
       constexpr auto t_kernel = bwd_regs<T, NV, ALIGNED, MODE, SPLIT, T>;
-      const size_t t_smem = bwd_regs_smem<T, T>(a, p, ALIGNED);
+      const size_t t_smem = bwd_regs_smem<T, T>(a, p);
       if ((st = allow_smem<t_kernel>(t_smem)) != GN_OK) return st;
       if (resident_total<t_kernel>(p, t_smem, dev.sms) >= resident)
         return launch_regs<T, NV, ALIGNED, MODE, SPLIT, T>(a, p, s, parts);
@@ -294,7 +293,7 @@ gn_status launch_typed(const gn_bwd_args& a, Plan p, cudaStream_t s) {
   DeviceInfo dev;
   gn_status st = device_info(&dev);
   if (st != GN_OK) return st;
-  p = fit_smem(p, bwd_regs_smem<T>(a, p, p.layout.aligned), a.cfg,
+  p = fit_smem(p, bwd_regs_smem<T>(a, p), a.cfg,
                bwd_loop_stage_bytes<T>(a.cfg.group_size, a.z != nullptr), dev);
   unsigned parts = p.grid.y;
   if (p.regs) {

@@ -167,9 +167,7 @@ static int loop_cluster_max() {
 static bool bwd_regs_fit(const Plan& p, const gn_config& cfg, int narrays, bool bias, const DeviceInfo& dev) {
   const size_t acc = acc_bytes(cfg.dtype);
   const int vec = 16 / (int)gn_dtype_size(cfg.dtype);
-  const size_t bytes = bwd_params_bytes(p.layout.gpb, cfg.group_size / p.layout.csize, bias, acc) +
-                       bwd_stream_bytes(p.layout.aligned, p.nv, p.threads, narrays, vec, acc);
-  return bytes <= (size_t)dev.max_smem_optin - 1024;
+  return bwd_regs_bytes(p, cfg.group_size, bias, acc, narrays, vec, acc) <= (size_t)dev.max_smem_optin - 1024;
 }
 
 // GATEDNORM_SMEM_SPLIT=0 (read once; for comparisons): groups whose unsplit plan overflows

@@ -172,6 +172,12 @@ inline size_t bwd_stream_bytes(bool aligned, int nv, int threads, int narr, int 
   const size_t ring = aligned ? bwd_ring_bytes(nv, threads, narr, acc) : 0, fold = bwd_fold_bytes(nv, vec, acc);
   return ring > fold ? ring : fold;
 }
+// A block's whole dynamic shared memory: parameters staged at `param` bytes each, then the stream.
+inline size_t bwd_regs_bytes(const Plan& p, int64_t group_size, bool bias, size_t param, int narr, int vec,
+                             size_t acc) {
+  return bwd_params_bytes(p.layout.gpb, group_size / p.layout.csize, bias, param) +
+         bwd_stream_bytes(p.layout.aligned, p.nv, p.threads, narr, vec, acc);
+}
 // Split register path: at most this many CTAs a group (16 is beyond the portable 8:
 // the kernels opt in), each slice at most CLUSTER_SLICE_VECS 16-byte vectors (8192
 // bf16, 2 vectors a thread of 512): H100 forward and forward+backward level with 512
