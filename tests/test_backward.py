@@ -397,6 +397,26 @@ def test_bwd_optional_results_are_none(device):
     assert dw is None and db is None and dz is None and o is None and dx.shape == x.shape
 
 
+@pytest.mark.parametrize("rms", [True, False], ids=["rms", "ln"])
+def test_backward_runs_only_the_backward_op(rms, device):
+    """The autograd backward runs gated_norm_bwd and allocations, nothing else: no zeros
+    materialized for the unused mean / rstd gradients (an extra fill kernel a step), and
+    the gradients are still those of the op."""
+    from torch.profiler import ProfilerActivity, profile
+    x, w, b, z = (t.requires_grad_() for t in make_inputs((64, 128), torch.float32, device))
+    out = torch_ops.layernorm_fn(x, w, b, z=z, group_size=64, is_rms_norm=rms)
+    dy = torch.randn_like(out)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        grads = torch.autograd.grad(out, (x, w, b, z), dy)
+    aten = {e.name for e in prof.events() if e.name.startswith("aten::")}
+    assert aten <= {"aten::empty", "aten::empty_strided"}, f"backward ran {sorted(aten)}"
+    with torch.no_grad():
+        stats = ops.gated_norm_fwd(x, w, b, z, 1e-6, 64, True, rms, "swish")[1:]
+        want = ops.gated_norm_bwd(dy, x, w, b, z, *stats, 1e-6, 64, True, rms, "swish", False)
+    for g, r in zip(grads, want[:4]):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)  # same op, same inputs: bitwise
+
+
 @pytest.mark.parametrize("nbg", [True, False], ids=["nbg", "gbn"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_bwd_out_strided_views(nbg, dtype, device):
