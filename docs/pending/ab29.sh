@@ -22,8 +22,11 @@ for k in 32 64; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.b
 python3 -m benchmarks.columns red16=$OUT/d1.csv red32=$OUT/r32.csv red64=$OUT/r64.csv
 for k in 16 64; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
 el red
+# set_materialize_grads(False) (no_materialize.diff, on main) against the zeros-filling autograd before it
+patch -R -p1 -s < docs/pending/no_materialize.diff && { ROWS='^(qwen3next_prefill|rms_z_4096)$' b fill1; patch -p1 -s < docs/pending/no_materialize.diff; }
+timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6
 left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
 left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
-cols=(); for f in m1 d1 d2 m2; do [ -s $OUT/$f.csv ] && cols+=("$f=$OUT/$f.csv"); done
+cols=(); for f in fill1 m1 d1 d2 m2; do [ -s $OUT/$f.csv ] && cols+=("$f=$OUT/$f.csv"); done
 [ ${#cols[@]} -gt 1 ] && python3 -m benchmarks.columns "${cols[@]}"
