@@ -25,6 +25,10 @@ el red
 # set_materialize_grads(False) (no_materialize.diff, on main) against the zeros-filling autograd before it
 patch -R -p1 -s < docs/pending/no_materialize.diff && { ROWS='^(qwen3next_prefill|rms_z_4096)$' b fill1; patch -p1 -s < docs/pending/no_materialize.diff; }
 timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6
+# one vector a thread at 4096 (RMSNorm + gate) and two at 1200 (benchmarks.md, twenty-seventh session's note)
+V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
+left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS=2 ROWS=$V b v2;
+  python3 -m benchmarks.columns plan=$OUT/vd.csv vecs1=$OUT/v1.csv vecs2=$OUT/v2.csv; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
 left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
