@@ -17,10 +17,10 @@ build
 timeout 200 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/t.log 2>&1
 echo "tests: exit $? $(tail -1 $OUT/t.log)"; grep -E "^(FAILED|ERROR)" $OUT/t.log | head
 b d1
-for k in 32 64; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
+for k in 64 256; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
   --copy-gib 1 --dtypes bf16 --only '^(qwen3next_prefill|sweep_n(64|128|256))$' --passes fwdbwd --csv $OUT/r$k.csv > $OUT/r$k.log 2>&1; done
-python3 -m benchmarks.columns red16=$OUT/d1.csv red32=$OUT/r32.csv red64=$OUT/r64.csv
-for k in 16 64; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
+python3 -m benchmarks.columns red16=$OUT/d1.csv red64=$OUT/r64.csv red256=$OUT/r256.csv
+for k in 16 256; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
 el red
 # set_materialize_grads(False) (no_materialize.diff, on main) against the zeros-filling autograd before it
 patch -R -p1 -s < docs/pending/no_materialize.diff && { ROWS='^(qwen3next_prefill|rms_z_4096)$' b fill1; patch -p1 -s < docs/pending/no_materialize.diff; }
