@@ -14,7 +14,8 @@ b() { timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --bu
   --only "$ROWS" --passes fwdbwd --csv $OUT/$1.csv > $OUT/$1.log 2>&1 || { echo "bench $1 failed"; tail -3 $OUT/$1.log; }; el "bench $1"; }
 grep -q GATEDNORM_RED_MAX_SPLIT csrc/cuda/partials.cuh || patch -p1 -s < docs/pending/red_max_split.patch || exit 1
 build
-timeout 200 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/t.log 2>&1
+K=cuda; [ $LIMIT -lt 400 ] && K="cuda and (params_staged or ln_bias_smem_split or dw_db_deterministic or runs_only or kernel_paths)"
+timeout $(( LIMIT < 400 ? 90 : 200 )) python3 -m pytest -q -p no:cacheprovider -m "not slow" -k "$K" tests/test_backward.py > $OUT/t.log 2>&1
 echo "tests: exit $? $(tail -1 $OUT/t.log)"; grep -E "^(FAILED|ERROR)" $OUT/t.log | head
 b d1
 for k in 64 256; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
