@@ -17,15 +17,16 @@ build
 K=cuda; [ $LIMIT -lt 400 ] && K="cuda and (params_staged or ln_bias_smem_split or dw_db_deterministic or runs_only or kernel_paths)"
 timeout $(( LIMIT < 400 ? 90 : 200 )) python3 -m pytest -q -p no:cacheprovider -m "not slow" -k "$K" tests/test_backward.py > $OUT/t.log 2>&1
 echo "tests: exit $? $(tail -1 $OUT/t.log)"; grep -E "^(FAILED|ERROR)" $OUT/t.log | head
+Q='^(qwen3next_prefill|sweep_n(64|128|256))$'; KS="64 256"
+[ $LIMIT -lt 400 ] && { ROWS='^(qwen3next_prefill|rms_z_4096|ln_bias_z_8192)$'; Q='^qwen3next_prefill$'; KS=256; }
 b d1
-for k in 64 256; do GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
-  --copy-gib 1 --dtypes bf16 --only '^(qwen3next_prefill|sweep_n(64|128|256))$' --passes fwdbwd --csv $OUT/r$k.csv > $OUT/r$k.log 2>&1; done
+for k in $KS; do left 30 && GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
+  --copy-gib 1 --dtypes bf16 --only "$Q" --passes fwdbwd --csv $OUT/r$k.csv > $OUT/r$k.log 2>&1; done
 python3 -m benchmarks.columns red16=$OUT/d1.csv red64=$OUT/r64.csv red256=$OUT/r256.csv
-for k in 16 256; do echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; done
+for k in 16 256; do left 30 && { echo "RED_MAX_SPLIT=$k"; GATEDNORM_RED_MAX_SPLIT=$k timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6; }; done
 el red
 # set_materialize_grads(False) (no_materialize.diff, on main) against the zeros-filling autograd before it
-patch -R -p1 -s < docs/pending/no_materialize.diff && { ROWS='^(qwen3next_prefill|rms_z_4096)$' b fill1; patch -p1 -s < docs/pending/no_materialize.diff; }
-timeout 60 python3 -m benchmarks.kernel_times qwen3next_prefill --providers ours --pass fwdbwd 2>&1 | tail -6
+left 30 && patch -R -p1 -s < docs/pending/no_materialize.diff && { ROWS='^(qwen3next_prefill|rms_z_4096)$' b fill1; patch -p1 -s < docs/pending/no_materialize.diff; }
 # one vector a thread at 4096 (RMSNorm + gate) and two at 1200 (benchmarks.md, twenty-seventh session's note)
 V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
 left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS=2 ROWS=$V b v2;
