@@ -154,7 +154,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, _dmean, _drstd):
-    if dout is None:  # mean / rstd are not differentiable, so no gradient reached the inputs
+    if dout is None:  # an undefined gradient of out (gradcheck's check_undefined_grad): zero gradients
         return (None,) * 9
     x, weight, bias, z, mean, rstd = ctx.saved_tensors
     need = ctx.needs_input_grad
