@@ -43,8 +43,10 @@ __device__ __forceinline__ void cluster_sum_init(ClusterScratch<NVAL, A>& red, i
 // the next call's partials, which each sent after its last reads of slot p (every
 // thread passed team_sum's barrier: split teams are whole blocks of > 32 threads).
 // Every thread of every CTA makes the same sequence of calls (`calls` starts at 0).
-template <int NVAL, typename A>
-__device__ __forceinline__ void cluster_sum(A (&v)[NVAL], int csize, ClusterScratch<NVAL, A>& red, int& calls) {
+// CAP >= NVAL as team_sum's.
+template <int NVAL, int CAP, typename A>
+__device__ __forceinline__ void cluster_sum(A (&v)[NVAL], int csize, ClusterScratch<CAP, A>& red, int& calls) {
+  static_assert(NVAL <= CAP, "scratch for NVAL values");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int p = calls & 1;
   const unsigned parity = (calls >> 1) & 1;  // uses of slot p so far, mod 2

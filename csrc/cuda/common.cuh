@@ -65,8 +65,11 @@ struct TeamScratch {
 // (whole warps) go through `red`. Every thread of the block must make the same
 // sequence of calls with the same `phase` (a per-thread counter starting at 0):
 // it may hit __syncthreads. All team members get the same, order-fixed result.
-template <int NVAL, typename A>
-__device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<NVAL, A>& red, int& phase) {
+// The scratch may hold more values than a call sums (CAP >= NVAL: one kernel summing two
+// values or one per row, by a literal of its row loop).
+template <int NVAL, int CAP, typename A>
+__device__ __forceinline__ void team_sum(A (&v)[NVAL], int tpg, TeamScratch<CAP, A>& red, int& phase) {
+  static_assert(NVAL <= CAP, "scratch for NVAL values");
   // Unrolled, each step predicated on the (uniform) team width -- a run-time loop costs
   // six instructions a step (SASS), this two or three; the same additions in the same
   // order.

@@ -113,8 +113,13 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   // One row; called with a literal activation, so each inlined copy folds the
   // activation's selects out of both per-element passes (H200 bf16 forward+backward:
   // sigmoid_4096 0.82 -> 0.87 of the copy ceiling, rms_z_4096 0.81 -> 0.84, N = 64..8192
-  // +0.02; docs/data/h200_bwd_lean.txt).
-  auto row = [&](int64_t rb, const gn_act act) {
+  // +0.02; docs/data/h200_bwd_lean.txt), and a literal `rms_no_db` (RMSNorm without db,
+  // LEAN kernels only: below): mean 0 and c2 0 fold away, and neither the group sum of
+  // w * dy0 nor db is kept (a row's loop 1034 -> 900 SASS instructions at 16 elements a
+  // thread, 612 -> 527 at 8).
+  auto row = [&](int64_t rb, const gn_act act, auto rms_no_db) {
+    constexpr bool RMS = decltype(rms_no_db)::value;
+    constexpr int NS = RMS ? 1 : 2;  // group sums: vhat * w * dy0, w * dy0
     const int64_t r = rb + rl;
     const bool ok = team_ok && r < M;
     const BwdRow<T> p = bwd_row<T>(a, ok ? r : 0, col0);
@@ -124,10 +129,11 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);  // refills the slot read last row
       cp_async_wait<S - 1>();
       rstd = rstats[(st * 2) * bd + threadIdx.x];
-      if (!c.is_rms_norm) mean = rstats[(st * 2 + 1) * bd + threadIdx.x];
+      if (!RMS && !c.is_rms_norm) mean = rstats[(st * 2 + 1) * bd + threadIdx.x];
     } else if (ok) {
       load_stats<A>(a, g, r, mean, rstd);
     }
+    if (RMS) mean = 0;
     // x, dy, z of vector j: from the ring, or (unaligned rows) from global memory,
     // where the second read hits L1.
     auto row_vec = [&](int j, A* x, A* dy, A* z) {
@@ -143,7 +149,7 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       }
     };
     // Elements past the group (padding, idle teams) contribute nothing.
-    A s[2] = {0, 0};
+    A s[NS] = {};
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = cl + j * cs;
@@ -156,14 +162,14 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
         if (!ALIGNED && cj + i >= lim) continue;
         const Elem<A> e = elem_grad<A>(act, gate, after, x[i], gate ? z[i] : A(0), dy[i], wv[i], bv[i], mean, rstd);
         s[0] += e.vhat * wv[i] * e.dy0;
-        s[1] += wv[i] * e.dy0;
+        if constexpr (!RMS) s[NS - 1] += wv[i] * e.dy0;
         dw[j * VEC + i] += e.dy0 * e.vhat;
-        db[j * VEC + i] += e.dy0;
+        if constexpr (!RMS) db[j * VEC + i] += e.dy0;
       }
     }
-    team_sum<2>(s, L.tpg, red, phase);
-    if (SPLIT) cluster_sum<2>(s, csize, cred, cphase);
-    const A c1 = s[0] * rc.inv_g, c2 = c.is_rms_norm ? A(0) : s[1] * rc.inv_g;
+    team_sum<NS>(s, L.tpg, red, phase);
+    if (SPLIT) cluster_sum<NS>(s, csize, cred, cphase);
+    const A c1 = s[0] * rc.inv_g, c2 = RMS || c.is_rms_norm ? A(0) : s[NS - 1] * rc.inv_g;
     // Recomputing the per-element terms is cheaper than keeping them in registers (with
     // more than 8 elements a thread; with fewer, keeping them was measured no faster: the
     // H100, 2026-12-05, docs/benchmarks.md).
@@ -189,15 +195,31 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
     }
     st = st + 1 == S ? 0 : st + 1;
   };
+  using general = std::false_type;
+  using lean_t = std::true_type;
+  // The lean copy only where it was measured faster: 16 elements a thread (H100 bf16
+  // forward+backward, GATEDNORM_BWD_LEAN on / off in one call, thirty-first session:
+  // odd_n5000 0.810 -> 0.849, sweep_n16384 0.878 -> 0.912, odd_n1200 0.838 -> 0.874,
+  // rms_z_4096 0.925 -> 0.937, sweep_n4096 0.890 -> 0.903). At 8 (one bf16 vector) it lost
+  // where teams span warps (sweep_n1024 0.935 -> 0.896, its backward kernel 235 -> 251 us;
+  // sweep_n512 and sweep_n2048 alike; mamba2_g1024 0.956 -> 0.949) and was level within a
+  // warp (qwen3next_prefill 0.792 either way): fewer instructions, not a faster kernel.
+  constexpr bool LEAN = K >= 16;
   if constexpr (MODE == GATE_RUNTIME) {  // unaligned rows, fp64: one copy (two spilled 80 bytes)
 #pragma unroll 1
-    for (int64_t rb = rb0; rb < M; rb += step) row(rb, c.act);
+    for (int64_t rb = rb0; rb < M; rb += step) row(rb, c.act, general());
   } else {
-    const bool sg = gate && c.act == GN_ACT_SIGMOID;  // without a gate, one copy
+    const bool sg = gate && c.act == GN_ACT_SIGMOID;  // without a gate, one activation
+    const bool lean = LEAN && L.lean;
 #pragma unroll 1
     for (int64_t rb = rb0; rb < M; rb += step) {
-      if (sg) row(rb, GN_ACT_SIGMOID);
-      else row(rb, GN_ACT_SILU);
+      if constexpr (LEAN) {
+        if (sg) lean ? row(rb, GN_ACT_SIGMOID, lean_t()) : row(rb, GN_ACT_SIGMOID, general());
+        else lean ? row(rb, GN_ACT_SILU, lean_t()) : row(rb, GN_ACT_SILU, general());
+      } else {
+        if (sg) row(rb, GN_ACT_SIGMOID, general());
+        else row(rb, GN_ACT_SILU, general());
+      }
     }
   }
   if (ALIGNED) {
@@ -269,7 +291,12 @@ gn_status launch_regs(const gn_bwd_args& a, const Plan& p, cudaStream_t s, unsig
   }
   const dim3 grid = resident_grid(p.grid, resident);
   parts = grid.y;
-  return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, p.layout,
+  Layout L = p.layout;
+  // The kernel's lean row copy (RMSNorm without db; kernels of 16 elements a thread).
+  // GATEDNORM_BWD_LEAN=0 (read once) keeps the general copy, for comparisons.
+  static const bool lean_on = knob_on("GATEDNORM_BWD_LEAN");
+  L.lean = lean_on && a.cfg.is_rms_norm && !a.db;
+  return launch_ex(kernel, grid, p.threads, smem, s, false, p.layout.csize, "gated_norm backward launch", a, L,
                    row_consts<A>(a.cfg));
 }
 

@@ -34,6 +34,7 @@ struct Layout {
   int acc_smem; // loop-path backward: dw/db sums in shared memory (else in the workspace)
   int csize;    // CTAs of a thread-block cluster that split each group (sm_90+; 1 = none)
   int ring;     // forward register path: rows of its cp.async ring (set by its launcher)
+  int lean;     // backward register path: RMSNorm without db, its lean row copy (set by its launcher)
 };
 
 struct Plan {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Open checks for a later device call (LIMIT=<s> bash docs/pending/ab32.sh, no carry, ~5 min):
+# 1. GATEDNORM_BWD_VECS 1 / 2 against the plan on the 4096 rows and odd_n1200 (the
+#    twenty-seventh session's note: one vector a thread at 4096 for RMSNorm + gate, two at
+#    1200), now that the two-vector kernels carry the lean row copy (design.md);
+# 2. the interleaved A/B of the dw/db fold in the ring (patch -R of land.diff: m1 d2 m2
+#    against d1), whose first measurement sat at the call's noise.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
+t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+LIMIT=${LIMIT:-560}; left() { [ $(( $(date +%s) - t0 + $1 )) -lt $LIMIT ]; }
+build() { MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }; el build; }
+ROWS='^(qwen3next_prefill|rms_z_4096|ln_bias_z_(4096|8192|16384)|sweep_n(256|1024|2048))$'
+b() { timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 --copy-gib 1 --dtypes bf16,fp16 \
+  --only "$ROWS" --passes fwdbwd --csv $OUT/$1.csv > $OUT/$1.log 2>&1 || { echo "bench $1 failed"; tail -3 $OUT/$1.log; }; el "bench $1"; }
+build
+b d1
+V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
+left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS=2 ROWS=$V b v2;
+  python3 -m benchmarks.columns plan=$OUT/vd.csv vecs1=$OUT/v1.csv vecs2=$OUT/v2.csv; }
+left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
+left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
+left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
+cols=(); for f in m1 d1 d2 m2; do [ -s $OUT/$f.csv ] && cols+=("$f=$OUT/$f.csv"); done
+[ ${#cols[@]} -gt 1 ] && python3 -m benchmarks.columns "${cols[@]}"

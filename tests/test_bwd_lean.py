@@ -1,0 +1,66 @@
+"""The backward register kernels' lean row copy (RMSNorm without db, kernels of 16 elements
+a thread: csrc/cuda/gated_norm_bwd.cu) against their general copy, GATEDNORM_BWD_LEAN=0
+(read once a process: a child process). The lean copy drops terms that are exact zeros for
+RMSNorm (the mean, the LayerNorm group term) and the sums it does not need, so the two
+must agree bitwise. On a CPU build the knob has nothing to switch; the test bites on CUDA
+and under the CPU emulator (scripts/emu_check.sh), where these kernels serve "cpu"."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_inputs, ops
+
+# (shape, dtype, group, norm_before_gate, z, weight, bias, activation). bf16 / fp16 rows of
+# 1200-4096 columns and fp32 groups of 4096 take 16 elements a thread (the lean kernels); a
+# bias (db) and 128 columns (one vector a thread) keep the general copy and must agree too.
+CASES = [
+    ((64, 4096), "bfloat16", None, True, True, True, False, "silu"),
+    ((37, 1200), "bfloat16", None, True, True, True, False, "sigmoid"),
+    ((3, 2, 2048), "float16", 1024, False, True, True, False, "silu"),
+    ((48, 4096), "float16", None, True, False, True, False, "silu"),
+    ((24, 4096), "bfloat16", None, True, True, False, False, "silu"),
+    ((16, 8192), "float32", 4096, True, True, True, False, "sigmoid"),
+    ((40, 4096), "bfloat16", None, True, True, True, True, "silu"),
+    ((40, 128), "bfloat16", None, True, True, True, False, "silu"),
+]
+
+_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import test_bwd_lean
+torch.save(test_bwd_lean.run_all({device!r}), {path!r})
+"""
+
+
+def run_all(device):
+    """dx, dw, db, dz of every case (seeded inputs), in this process's setting of the knob."""
+    out = []
+    for i, (shape, dt, g, nbg, has_z, has_w, has_b, act) in enumerate(CASES):
+        torch.manual_seed(i)
+        x, w, b, z = make_inputs(shape, getattr(torch, dt), device, z=has_z, weight=has_w, bias=has_b)
+        y, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, True, act)
+        dy = torch.randn_like(y)
+        out.append(ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, g, nbg, True, act, False))
+    return [[t.cpu() if t is not None else None for t in grads] for grads in out]
+
+
+def test_lean_copy_matches_general_bitwise(device, tmp_path):
+    path = str(tmp_path / "general.pt")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, GATEDNORM_BWD_LEAN="0")
+    r = subprocess.run([sys.executable, "-c", _SCRIPT.format(tests=tests, device=device, path=path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    general = torch.load(path)
+    lean = run_all(device)
+    for case, g_grads, l_grads in zip(CASES, general, lean):
+        for name, g_t, l_t in zip(("dx", "dw", "db", "dz", "out"), g_grads, l_grads):
+            assert (g_t is None) == (l_t is None), (case, name)
+            if g_t is not None:
+                assert not torch.isnan(l_t).any(), (case, name)
+                assert torch.equal(g_t, l_t), (case, name, (g_t.float() - l_t.float()).abs().max().item())
