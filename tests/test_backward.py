@@ -122,12 +122,14 @@ def test_grads_flag_combinations(device, m, n_g, dtype, nbg, rms, act, z, w, b, 
 
 # Widths at the edges of the CUDA launch plans: 2048 bf16 (8 elements a thread, 256
 # threads), 2056 (16 a thread, past 256 threads at 8), 4096 and 8192 (16 a thread),
-# 3000 unaligned (one vector a thread, 375 threads), 16384 and 65536 (split across 2
-# and 16 CTAs of a cluster: slices of 1024 and 512 vectors, csrc/cuda/plan.cu slice_vecs),
+# 3000 unaligned (one vector a thread, 375 threads), 16384, 32768 and 65536 (split across
+# 2, 8 and 8 CTAs of a cluster: slices of 1024, 512 and 1024 vectors, csrc/cuda/plan.cu
+# slice_vecs),
 # 16383 (unaligned: the loop path, staged in shared memory), 2^18 with few rows (the
 # loop path split across 16 CTAs, blocks walking two rows).
-PLAN_EDGE_CASES = [((4, 2048), None), ((4, 2056), None), ((5, 3000), None), ((4, 4096), None), ((4, 8192), None), ((3, 16384), None), ((2, 65536), None),
-                   ((3, 8192), 1024), ((3, 16383), None), ((20, 1 << 18), None)]
+PLAN_EDGE_CASES = [((4, 2048), None), ((4, 2056), None), ((5, 3000), None), ((4, 4096), None), ((4, 8192), None),
+                   ((3, 16384), None), ((2, 32768), None), ((2, 65536), None), ((3, 8192), 1024), ((3, 16383), None),
+                   ((20, 1 << 18), None)]
 
 
 @pytest.mark.parametrize("case", PLAN_EDGE_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-g{c[1]}")

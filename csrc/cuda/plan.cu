@@ -133,11 +133,14 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
 }
 
 // The split register path's slice (16-byte vectors a CTA): CLUSTER_SLICE_VECS, halved for
-// the backward of groups wider than two such slices (16-bit 32768 and up, fp32 16384 and
-// up; capped at 16 CTAs): there 256-thread CTAs, two an SM, beat 512-thread ones, one an SM
-// by registers (twenty-seventh session, H100 forward+backward: ln_z_32768 bf16 0.814 ->
-// 0.854, sweep_n32768 bf16 0.842 -> 0.855, fp32 sweep_n16384 0.895 -> 0.909); at 16-bit
-// 16384 (2 CTAs against 4) they lose (0.901 -> 0.870). GATEDNORM_SLICE_VECS=k (read once)
+// the backward of groups of three to four such slices (16-bit 32768, fp32 16384: eight
+// CTAs, not four): there 256-thread CTAs, two an SM, beat 512-thread ones, one an SM by
+// registers (twenty-seventh session, H100 forward+backward: ln_z_32768 bf16 0.814 -> 0.854,
+// sweep_n32768 bf16 0.842 -> 0.855, fp32 sweep_n16384 0.895 -> 0.909); at 16-bit 16384 (2
+// CTAs against 4) they lose (0.901 -> 0.870), and so do they past four slices, where halving
+// doubles a cluster of eight to sixteen (thirty-first session, two runs each: sweep_n65536
+// bf16 0.833 -> 0.840, fp16 0.842 -> 0.860, fp32 sweep_n32768 0.894 -> 0.905; past eight
+// slices sixteen CTAs take 1024 vectors either way). GATEDNORM_SLICE_VECS=k (read once)
 // sets every slice, forward and backward, for tuning.
 static int slice_vecs(bool backward, int64_t nvec) {
   static const int asked = [] {
@@ -146,7 +149,8 @@ static int slice_vecs(bool backward, int64_t nvec) {
     return k > 0 ? k : 0;  // 0: the defaults below
   }();
   if (asked) return asked;
-  return backward && nvec > 2LL * CLUSTER_SLICE_VECS ? CLUSTER_SLICE_VECS / 2 : CLUSTER_SLICE_VECS;
+  const bool halve = backward && nvec > 2LL * CLUSTER_SLICE_VECS && nvec <= 4LL * CLUSTER_SLICE_VECS;
+  return halve ? CLUSTER_SLICE_VECS / 2 : CLUSTER_SLICE_VECS;
 }
 
 // The loop path's largest cluster. GATEDNORM_LOOP_CLUSTER=k (1, 2, 4, 8 or 16; read once)

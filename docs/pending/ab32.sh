@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Open checks for a later device call (LIMIT=<s> bash docs/pending/ab32.sh, no carry, ~5 min):
+# Open checks for a later device call (LIMIT=<s> bash docs/pending/ab32.sh, no carry, ~6 min):
+# 0. the thirty-first session's built-in slice rule (plan.cu slice_vecs), measured then only
+#    through GATEDNORM_SLICE_VECS: the backward CUDA tests, and the rows it changed against
+#    the halved slices (GATEDNORM_SLICE_VECS=512 reproduces them on those rows);
 # 1. GATEDNORM_BWD_VECS 1 / 2 against the plan on the 4096 rows and odd_n1200 (the
 #    twenty-seventh session's note: one vector a thread at 4096 for RMSNorm + gate, two at
 #    1200), now that the two-vector kernels carry the lean row copy (design.md);
@@ -14,6 +17,12 @@ ROWS='^(qwen3next_prefill|rms_z_4096|ln_bias_z_(4096|8192|16384)|sweep_n(256|102
 b() { timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 --copy-gib 1 --dtypes bf16,fp16 \
   --only "$ROWS" --passes fwdbwd --csv $OUT/$1.csv > $OUT/$1.log 2>&1 || { echo "bench $1 failed"; tail -3 $OUT/$1.log; }; el "bench $1"; }
 build
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py tests/test_bwd_lean.py > $OUT/t.log 2>&1
+echo "tests: exit $? $(tail -1 $OUT/t.log)"; grep -E "^(FAILED|ERROR)" $OUT/t.log | head
+W='^(sweep_n32768|sweep_n65536)$'
+for k in 0 512 0 512; do GATEDNORM_SLICE_VECS=$k timeout 40 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
+  --copy-gib 1 --dtypes fp32,bf16,fp16 --only "$W" --passes fwdbwd --csv $OUT/w$k.$RANDOM.csv > /dev/null 2>&1; done
+python3 -m benchmarks.columns $(for f in $OUT/w0.*.csv $OUT/w512.*.csv; do echo "$(basename $f .csv)=$f"; done)
 b d1
 V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
 left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS=2 ROWS=$V b v2;
