@@ -7,7 +7,7 @@
 #    twenty-seventh session's note: one vector a thread at 4096 for RMSNorm + gate, two at
 #    1200), now that the two-vector kernels carry the lean row copy (design.md);
 # 2. the interleaved A/B of the dw/db fold in the ring (patch -R of land.diff: m1 d2 m2
-#    against d1), whose first measurement sat at the call's noise.
+#    against d1), whose first measurement sat at the call's noise (last: its lowest value);
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -27,6 +27,12 @@ b d1
 V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
 left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS=2 ROWS=$V b v2;
   python3 -m benchmarks.columns plan=$OUT/vd.csv vecs1=$OUT/v1.csv vecs2=$OUT/v2.csv; }
+# 3. bwd_lean_warp.patch: the lean copy for one-vector kernels whose teams fit a warp
+#    (sweep_n64-256, qwen3next_prefill), GATEDNORM_BWD_LEAN on / off interleaved on one build
+left 120 && { patch -p1 -s < docs/pending/bwd_lean_warp.patch || exit 1; build
+  for k in 1 0 1 0; do ROWS='^(qwen3next_prefill|sweep_n(64|128|256|1024))$' GATEDNORM_BWD_LEAN=$k b lw$k.$RANDOM; done
+  python3 -m benchmarks.columns $(for f in $OUT/lw1.*.csv $OUT/lw0.*.csv; do echo "$(basename $f .csv)=$f"; done)
+  patch -R -p1 -s < docs/pending/bwd_lean_warp.patch; build; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
 left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
