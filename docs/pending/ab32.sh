@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Open checks for a later device call (LIMIT=<s> bash docs/pending/ab32.sh, no carry, ~6 min):
+# Open checks for a later device call (LIMIT=<s> bash docs/pending/ab32.sh, carry .whl optional;
+# ~8 min: give it two calls, or skip stages by LIMIT):
 # 0. the thirty-first session's built-in slice rule (plan.cu slice_vecs), measured then only
 #    through GATEDNORM_SLICE_VECS: the backward CUDA tests, and the rows it changed against
 #    the halved slices (GATEDNORM_SLICE_VECS=512 reproduces them on those rows);
@@ -33,6 +34,19 @@ left 120 && { patch -p1 -s < docs/pending/bwd_lean_warp.patch || exit 1; build
   for k in 1 0 1 0; do ROWS='^(qwen3next_prefill|sweep_n(64|128|256|1024))$' GATEDNORM_BWD_LEAN=$k b lw$k.$RANDOM; done
   python3 -m benchmarks.columns $(for f in $OUT/lw1.*.csv $OUT/lw0.*.csv; do echo "$(basename $f .csv)=$f"; done)
   patch -R -p1 -s < docs/pending/bwd_lean_warp.patch; build; }
+# 4. fwd_small.patch: the forward's small-block kernel for RMSNorm groups of 128-1024 vectors
+#    (GATEDNORM_FWD_SMALL=1 against the register path, interleaved; its test on CUDA first).
+#    With .whl carried (fla-core, einops) fng runs beside it.
+left 120 && { patch -p1 -s < docs/pending/fwd_small.patch || exit 1; build
+  [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_fwd_small.py 2>&1 | tail -2
+  S='^(odd_n(1200|5000)|sweep_n(1024|2048|4096|8192)|rms_z_4096|sigmoid_4096|rms_noz_4096|mamba2_g1024)$'
+  for k in 0 1 0 1; do GATEDNORM_FWD_SMALL=$k timeout 60 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 \
+    --copy-gib 1 --dtypes bf16 --only "$S" --passes fwd --csv $OUT/fs$k.$RANDOM.csv > /dev/null 2>&1; done
+  python3 -m benchmarks.columns $(for f in $OUT/fs0.*.csv $OUT/fs1.*.csv; do echo "$(basename $f .csv)=$f"; done)
+  [ -d /tmp/site ] && GATEDNORM_FWD_SMALL=1 timeout 90 python3 -m benchmarks.bench --providers ours,fng --no-compile --budget 0.25 \
+    --copy-gib 1 --dtypes bf16 --only "$S" --passes fwd 2>&1 | grep -B2 -A14 "^row" | head -20
+  patch -R -p1 -s < docs/pending/fwd_small.patch; build; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff || exit 1; build; b m1; }
 left 70 && { patch -p1 -s < docs/pending/land.diff || exit 1; build; b d2; }
 left 70 && { patch -R -p1 -s < docs/pending/land.diff && build && b m2; }
