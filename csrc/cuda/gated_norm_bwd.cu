@@ -129,11 +129,11 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
       issue(rb + (S - 1) * step + rl, st == 0 ? S - 1 : st - 1);  // refills the slot read last row
       cp_async_wait<S - 1>();
       rstd = rstats[(st * 2) * bd + threadIdx.x];
-      if (!RMS && !c.is_rms_norm) mean = rstats[(st * 2 + 1) * bd + threadIdx.x];
+      if (!c.is_rms_norm) mean = rstats[(st * 2 + 1) * bd + threadIdx.x];
     } else if (ok) {
       load_stats<A>(a, g, r, mean, rstd);
     }
-    if (RMS) mean = 0;
+    if (RMS) mean = 0;  // a literal: the loads above are dead in this copy
     // x, dy, z of vector j: from the ring, or (unaligned rows) from global memory,
     // where the second read hits L1.
     auto row_vec = [&](int j, A* x, A* dy, A* z) {
@@ -199,11 +199,11 @@ __global__ void __launch_bounds__(BWD_MAX_TEAM > BWD_BLOCK ? BWD_MAX_TEAM : BWD_
   using lean_t = std::true_type;
   // The lean copy only where it was measured faster: 16 elements a thread (H100 bf16
   // forward+backward, GATEDNORM_BWD_LEAN on / off in one call, thirty-first session:
-  // odd_n5000 0.810 -> 0.849, sweep_n16384 0.878 -> 0.912, odd_n1200 0.838 -> 0.874,
-  // rms_z_4096 0.925 -> 0.937, sweep_n4096 0.890 -> 0.903). At 8 (one bf16 vector) it lost
-  // where teams span warps (sweep_n1024 0.935 -> 0.896, its backward kernel 235 -> 251 us;
-  // sweep_n512 and sweep_n2048 alike; mamba2_g1024 0.956 -> 0.949) and was level within a
-  // warp (qwen3next_prefill 0.792 either way): fewer instructions, not a faster kernel.
+  // odd_n5000 0.810 -> 0.849, sweep_n16384 0.878 -> 0.912, rms_z_4096 0.925 -> 0.937,
+  // sweep_n4096 0.890 -> 0.903). At 8 (one bf16 vector) it was mixed: lost with teams of
+  // 64-256 threads (sweep_n1024 0.935 -> 0.896, its backward kernel 235 -> 251 us; sweep_n512,
+  // sweep_n2048, mamba2_g1024 alike), level within a warp (qwen3next_prefill 0.792 either
+  // way), and won with odd_n1200's 160 (0.838 -> 0.874): no rule yet (docs/pending).
   constexpr bool LEAN = K >= 16;
   if constexpr (MODE == GATE_RUNTIME) {  // unaligned rows, fp64: one copy (two spilled 80 bytes)
 #pragma unroll 1

@@ -31,7 +31,7 @@ left 90 && { ROWS=$V b vd; GATEDNORM_BWD_VECS=1 ROWS=$V b v1; GATEDNORM_BWD_VECS
 # 3. bwd_lean_warp.patch: the lean copy for one-vector kernels whose teams fit a warp
 #    (sweep_n64-256, qwen3next_prefill), GATEDNORM_BWD_LEAN on / off interleaved on one build
 left 120 && { patch -p1 -s < docs/pending/bwd_lean_warp.patch || exit 1; build
-  for k in 1 0 1 0; do ROWS='^(qwen3next_prefill|sweep_n(64|128|256|1024))$' GATEDNORM_BWD_LEAN=$k b lw$k.$RANDOM; done
+  for k in 1 0 1 0; do ROWS='^(qwen3next_prefill|sweep_n(64|128|256|1024)|odd_n1200)$' GATEDNORM_BWD_LEAN=$k b lw$k.$RANDOM; done
   python3 -m benchmarks.columns $(for f in $OUT/lw1.*.csv $OUT/lw0.*.csv; do echo "$(basename $f .csv)=$f"; done)
   patch -R -p1 -s < docs/pending/bwd_lean_warp.patch; build; }
 # 4. fwd_small.patch: the forward's small-block kernel for RMSNorm groups of 128-1024 vectors
