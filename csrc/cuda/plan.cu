@@ -140,8 +140,10 @@ static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nv
 // CTAs against 4) they lose (0.901 -> 0.870), and so do they past four slices, where halving
 // doubles a cluster of eight to sixteen (thirty-first session, two runs each: sweep_n65536
 // bf16 0.833 -> 0.840, fp16 0.842 -> 0.860, fp32 sweep_n32768 0.894 -> 0.905; past eight
-// slices sixteen CTAs take 1024 vectors either way). GATEDNORM_SLICE_VECS=k (read once)
-// sets every slice, forward and backward, for tuning.
+// slices sixteen CTAs take 1024 vectors either way; the rule as built in, against
+// GATEDNORM_SLICE_VECS=512, thirty-second session: sweep_n65536 bf16 0.832 -> 0.839, fp16 0.842
+// -> 0.868, fp32 sweep_n32768 0.893 -> 0.907). GATEDNORM_SLICE_VECS=k (read once) sets every
+// slice, forward and backward, for tuning.
 static int slice_vecs(bool backward, int64_t nvec) {
   static const int asked = [] {
     const char* e = getenv("GATEDNORM_SLICE_VECS");
