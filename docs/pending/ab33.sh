@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device checks by stage (STAGES="lean vecs"; LIMIT=<s> skips what would not fit; ~5 min, no
+# Device checks by stage (STAGES="lean vecs" by default, "lean vecs land" for all; LIMIT=<s> skips what would not fit; ~5 min, no
 # carry). The thirty-second session ran its other two stages (the slice rule on the GPU, the
 # small-block forward: docs/data/h100_2026-12-07_session32.txt); ab33c.sh measures the latter as
 # it would land.
@@ -17,12 +17,12 @@ bench() {  # bench NAME DTYPES PASSES ROWS [extra args]
   local n=$1 d=$2 p=$3 r=$4; shift 4
   timeout 120 python3 -m benchmarks.bench --providers ours --no-compile --budget 0.25 --copy-gib 1 --dtypes $d \
     --only "$r" --passes $p --csv $OUT/$n.csv "$@" > $OUT/$n.log 2>&1 || { echo "bench $n failed"; tail -3 $OUT/$n.log; }; }
-cols() { local p=$1; shift; python3 -m benchmarks.columns $(for f in "$@"; do echo "$(basename $f .csv)=$f"; done) | grep -v "^$" ; }
+cols() { python3 -m benchmarks.columns $(for f in "$@"; do echo "$(basename $f .csv)=$f"; done) | grep -v "^$" ; }
 build
 for st in ${STAGES:-lean vecs}; do case $st in
 lean) left 200 lean && { patch -p1 -s < docs/pending/bwd_lean_warp.patch || exit 1; build
   for k in 1 0 1 0; do GATEDNORM_BWD_LEAN=$k bench lw$k.$RANDOM bf16,fp16 fwdbwd '^(qwen3next_prefill|sweep_n(64|128|256|1024)|odd_n1200)$'; done
-  el lean; cols x $OUT/lw1.*.csv $OUT/lw0.*.csv
+  el lean; cols $OUT/lw1.*.csv $OUT/lw0.*.csv
   patch -R -p1 -s < docs/pending/bwd_lean_warp.patch; } ;;
 vecs) left 120 vecs && { build; V='^(rms_z_4096|sigmoid_4096|sweep_n4096|ln_bias_z_4096|odd_n1200)$'
   bench vd bf16,fp16 fwdbwd "$V"; GATEDNORM_BWD_VECS=1 bench v1 bf16,fp16 fwdbwd "$V"; GATEDNORM_BWD_VECS=2 bench v2 bf16,fp16 fwdbwd "$V"
