@@ -44,7 +44,7 @@ echo "== building the CUDA kernels for the CPU emulator in $dir ${GATEDNORM_NVCC
   || { tail -40 "$dir/build_emu.log" >&2; echo "emulator build failed: $dir/build_emu.log" >&2; exit 1; }
 default=0
 [ $# -eq 0 ] && default=1 && set -- -q -m "not slow" -k cpu tests/test_forward.py tests/test_backward.py \
-  tests/test_add_rms_norm.py tests/test_inplace_out.py tests/test_bwd_lean.py
+  tests/test_add_rms_norm.py tests/test_inplace_out.py tests/test_bwd_lean.py tests/test_fwd_small.py
 echo "== the CUDA kernels on the CPU emulator: pytest $*"
 cd "$dir"
 if [ -z "$san" ]; then

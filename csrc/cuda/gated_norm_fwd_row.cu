@@ -1,7 +1,8 @@
 // Gated norm forward, block-row paths: a block of ROW_BLOCK threads a (row, group) (over a
 // cluster: clusters walking the rows), for RMSNorm and LayerNorm (no gate, or a gate after
 // it) of groups the register path cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768
-// (launch_fwd_block_row says which kernel takes what).
+// (launch_fwd_block_row says which kernel takes what); and fwd_block_row in small blocks for
+// 16-bit RMSNorm groups of 128-1024 vectors (launch_small).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
@@ -20,6 +21,7 @@ namespace gn {
 namespace {
 
 constexpr int ROW_BLOCK = 1024;
+constexpr int SMALL_SLOTS = 4 * 32;  // launch_small: the vectors a warp holds
 
 // CTAs a group of `nvec` vectors takes in fwd_block_row_l2 over a cluster: the fewest (a
 // power of two, for cluster_sum) whose slices fit two vectors a thread.
@@ -81,10 +83,15 @@ __device__ __forceinline__ bool one_pass_moments(A s0, A s1, A k, A inv_g, A& me
   return d * d <= A(ONE_PASS_SPREAD) * var;
 }
 
-template <typename T, typename P, int MODE, int ROW_NV>
-__global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
+// TB < ROW_BLOCK (launch_small): blocks of blockDim.x <= TB threads (whole warps), MINB of
+// them an SM, for 16-bit RMSNorm groups of 128-1024 vectors: FLA's fused_norm_gate shape (a
+// row a program of <= 8 warps, held in registers).
+template <typename T, typename P, int MODE, int ROW_NV, int TB = ROW_BLOCK, int MINB = 1>
+__global__ void __launch_bounds__(TB, MINB) fwd_block_row(const gn_fwd_args a, const RowConsts<acc_t<T>> rc) {
   using A = acc_t<T>;
-  constexpr int VEC = vec_size<T>(), STEP = ROW_BLOCK * VEC;  // vector j of a thread: column c0 + j * STEP
+  constexpr int VEC = vec_size<T>();
+  const int nthr = TB == ROW_BLOCK ? ROW_BLOCK : (int)blockDim.x;
+  const int STEP = nthr * VEC;  // vector j of a thread: column c0 + j * STEP
   __shared__ TeamScratch<1, A> red;
   __shared__ TeamScratch<2, A> red2;
   int phase = 0, phase2 = 0;
@@ -122,7 +129,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
           m[1] += v * v;
         }
       }
-      team_sum<2>(m, ROW_BLOCK, red2, phase2);
+      team_sum<2>(m, nthr, red2, phase2);
       A v1;
       if (one_pass_moments(m[0], m[1], k, rc.inv_g, mean, v1)) {  // uniform: the same sums in every thread
         var = v1;
@@ -140,7 +147,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 1) fwd_block_row(const gn_fwd_args 
           s[0] += v * v;
         }
       }
-      team_sum<1>(s, ROW_BLOCK, red, phase);
+      team_sum<1>(s, nthr, red, phase);
       var = s[0] * rc.inv_g;
     }
     const A rstd = rsqrt_acc(var + rc.eps);
@@ -352,19 +359,54 @@ gn_status launch_l2_gate(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream
   return a.z ? launch_l2<T, true>(a, dev, s) : launch_l2<T, false>(a, dev, s);
 }
 
-template <typename T, typename P, int NV>
-gn_status launch(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s) {
+// Blocks of ROW_BLOCK threads, or (launch_small) `threads` of at most TB, MINB an SM.
+template <typename T, typename P, int NV, int TB = ROW_BLOCK, int MINB = 1>
+gn_status launch(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s, int threads = ROW_BLOCK) {
   const int64_t ngroups = a.cfg.cols / a.cfg.group_size;
   const dim3 grid((unsigned)ngroups, (unsigned)(a.cfg.rows < 65535 ? a.cfg.rows : 65535));
   const auto rc = row_consts<acc_t<T>>(a.cfg);
-  const char* what = "gated_norm forward (block-row) launch";
+  const char* what = TB == ROW_BLOCK ? "gated_norm forward (block-row) launch"
+                                     : "gated_norm forward (block-row, small blocks) launch";
   if (a.z)
-    return launch_pdl(fwd_block_row<T, P, GATE_AFTER, NV>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
-  if constexpr (sizeof(T) == 2) {  // 16-bit rows without a gate take fwd_block_row_l2
+    return launch_pdl(fwd_block_row<T, P, GATE_AFTER, NV, TB, MINB>, grid, threads, 0, s, dev, what, 1, a, rc);
+  if constexpr (sizeof(T) == 2 && TB == ROW_BLOCK) {  // 16-bit rows without a gate take fwd_block_row_l2
     return GN_ERR_UNSUPPORTED;
   } else {
-    return launch_pdl(fwd_block_row<T, P, GATE_NONE, NV>, grid, ROW_BLOCK, 0, s, dev, what, 1, a, rc);
+    return launch_pdl(fwd_block_row<T, P, GATE_NONE, NV, TB, MINB>, grid, threads, 0, s, dev, what, 1, a, rc);
   }
+}
+
+// Four vectors a thread, blocks of up to 256 threads, four an SM: a block a (row, group),
+// as FLA's fused_norm_gate runs them. The register path it replaces there packs a team of
+// up to 8 warps a row and loops over rows on a persistent grid; here the hardware's block
+// scheduler keeps more rows in flight. H100 forward as landed, GATEDNORM_FWD_SMALL 1 / 0
+// interleaved, two runs each (thirty-third session, docs/data/h100_2026-12-07_session33.txt):
+// odd_n5000 bf16 0.893 -> 0.929, fp16 0.894 -> 0.930 (its 625 vectors made a 320-thread team,
+// one row a block, two blocks an SM), sweep_n1024 - n8192 +0.1-0.7 %, rms_noz_4096 level.
+// One vector a thread (blocks of 160 threads for odd_n1200's 150 vectors) lost: 0.92 -> 0.72.
+template <typename T>
+gn_status launch_small(const gn_fwd_args& a, int64_t nvec, const DeviceInfo& dev, cudaStream_t s) {
+  return launch<T, T, 4, 256, 4>(a, dev, s, (int)((nvec + SMALL_SLOTS - 1) / SMALL_SLOTS) * 32);
+}
+
+// Whether launch_small takes these groups: 16-bit RMSNorm, a gate after or none, parameters
+// of the rows' dtype (16-byte aligned), 128-1024 vectors that leave less than a warp's vector
+// of the block's four-a-thread slots empty (more idle a warp on its last vectors: odd_n1200's
+// 150 vectors in 256 slots lost, 0.923 -> 0.908), two waves of blocks. fp32 won when forced
+// (rms_z_4096 1.011 -> 1.021, sweep_n4096 0.996 -> 1.008, odd_n1200 0.980 -> 0.990) but keeps
+// the register path until its rule has run on a GPU (docs/pending/fwd_small_fp32.diff). GATEDNORM_FWD_SMALL (read once): 0
+// keeps the register path everywhere, 2 takes fp32 and any fill too, for comparisons.
+static bool small_fits(const gn_fwd_args& a, int64_t nvec, int64_t ngroups, bool mixed, const DeviceInfo& dev) {
+  static const int mode = [] {
+    const char* e = getenv("GATEDNORM_FWD_SMALL");
+    return e ? atoi(e) : 1;
+  }();
+  const gn_config& c = a.cfg;
+  const int64_t empty = (nvec + SMALL_SLOTS - 1) / SMALL_SLOTS * SMALL_SLOTS - nvec;
+  const bool measured = gn_dtype_size(c.dtype) == 2 && empty < 32;
+  return (mode == 2 || (mode == 1 && measured)) && c.is_rms_norm && !mixed && nvec >= 128 && nvec <= 1024 &&
+         c.rows * ngroups >= 2LL * dev.sms && ngroups <= 65535 && (uintptr_t)a.weight % 16 == 0 &&
+         (uintptr_t)a.bias % 16 == 0;
 }
 
 template <typename T>
@@ -448,6 +490,14 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
   const bool mixed = (a.weight || a.bias) && c.param_dtype != c.dtype;
   if (gm == GATE_BEFORE || (mixed && !(half && c.param_dtype == GN_FLOAT32))) return GN_OK;
   const int64_t nvec = c.group_size / (16 / (int64_t)gn_dtype_size(c.dtype)), ngroups = c.cols / c.group_size;
+  if (small_fits(a, nvec, ngroups, mixed, dev)) {
+    *done = true;
+    switch (c.dtype) {
+      case GN_BFLOAT16: return launch_small<__nv_bfloat16>(a, nvec, dev, s);
+      case GN_FLOAT16: return launch_small<__half>(a, nvec, dev, s);
+      default: return launch_small<float>(a, nvec, dev, s);  // GATEDNORM_FWD_SMALL=2 only
+    }
+  }
   if (gm == GATE_AFTER && !ln) {
     const gn_status st = try_l2_cluster(a, nvec, dev, s, done);
     if (st != GN_OK || *done) return st;
