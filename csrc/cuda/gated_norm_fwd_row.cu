@@ -394,8 +394,9 @@ gn_status launch_small(const gn_fwd_args& a, int64_t nvec, const DeviceInfo& dev
 // of the block's four-a-thread slots empty (more idle a warp on its last vectors: odd_n1200's
 // 150 vectors in 256 slots lost, 0.923 -> 0.908), two waves of blocks. fp32 won when forced
 // (rms_z_4096 1.011 -> 1.021, sweep_n4096 0.996 -> 1.008, odd_n1200 0.980 -> 0.990) but keeps
-// the register path until its rule has run on a GPU (docs/pending/fwd_small_fp32.diff). GATEDNORM_FWD_SMALL (read once): 0
-// keeps the register path everywhere, 2 takes fp32 and any fill too, for comparisons.
+// the register path until its rule has run on a GPU (docs/pending/fwd_small_fp32.diff).
+// GATEDNORM_FWD_SMALL (read once): 0 keeps the register path everywhere, 2 takes fp32 and any
+// fill too, for comparisons.
 static bool small_fits(const gn_fwd_args& a, int64_t nvec, int64_t ngroups, bool mixed, const DeviceInfo& dev) {
   static const int mode = [] {
     const char* e = getenv("GATEDNORM_FWD_SMALL");
