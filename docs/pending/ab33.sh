@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device checks by stage (STAGES="lean vecs" by default, "lean vecs land" for all; LIMIT=<s> skips what would not fit; ~5 min, no
 # carry). The thirty-second session ran its other two stages (the slice rule on the GPU, the
-# small-block forward: docs/data/h100_2026-12-07_session32.txt); ab33c.sh measures the latter as
-# it would land.
+# small-block forward: docs/data/h100_2026-12-07_session32.txt), the latter landed in the
+# thirty-third session.
 #  lean   bwd_lean_warp.patch: the lean copy for one-vector kernels whose teams fit a warp,
 #         GATEDNORM_BWD_LEAN on / off interleaved on one build;
 #  vecs   GATEDNORM_BWD_VECS 1 / 2 against the plan on the 4096 rows and odd_n1200;
