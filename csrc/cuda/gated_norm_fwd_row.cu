@@ -384,9 +384,20 @@ gn_status launch(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s, in
 // odd_n5000 bf16 0.893 -> 0.929, fp16 0.894 -> 0.930 (its 625 vectors made a 320-thread team,
 // one row a block, two blocks an SM), sweep_n1024 - n8192 +0.1-0.7 %, rms_noz_4096 level.
 // One vector a thread (blocks of 160 threads for odd_n1200's 150 vectors) lost: 0.92 -> 0.72.
+static int small_threads(int64_t nvec) { return (int)((nvec + SMALL_SLOTS - 1) / SMALL_SLOTS) * 32; }
+
 template <typename T>
 gn_status launch_small(const gn_fwd_args& a, int64_t nvec, const DeviceInfo& dev, cudaStream_t s) {
-  return launch<T, T, 4, 256, 4>(a, dev, s, (int)((nvec + SMALL_SLOTS - 1) / SMALL_SLOTS) * 32);
+  return launch<T, T, 4, 256, 4>(a, dev, s, small_threads(nvec));
+}
+
+// Where fwd_block_row's grid (x: the groups, y: the rows, a block a (row, group)) fits and
+// pays: two waves of blocks (fewer: the split path spreads a row over a cluster's SMs), and
+// parameters whole-vector loads can read (16-byte aligned).
+static bool block_grid_fits(const gn_fwd_args& a, int64_t ngroups, const DeviceInfo& dev) {
+  const gn_config& c = a.cfg;
+  return c.rows * ngroups >= 2LL * dev.sms && ngroups <= 65535 && c.rows <= 0x7fffffff &&
+         (uintptr_t)a.weight % 16 == 0 && (uintptr_t)a.bias % 16 == 0;
 }
 
 // Whether launch_small takes these groups: 16-bit RMSNorm, a gate after or none, parameters
@@ -403,11 +414,10 @@ static bool small_fits(const gn_fwd_args& a, int64_t nvec, int64_t ngroups, bool
     return e ? atoi(e) : 1;
   }();
   const gn_config& c = a.cfg;
-  const int64_t empty = (nvec + SMALL_SLOTS - 1) / SMALL_SLOTS * SMALL_SLOTS - nvec;
+  const int64_t empty = 4LL * small_threads(nvec) - nvec;
   const bool measured = gn_dtype_size(c.dtype) == 2 && empty < 32;
   return (mode == 2 || (mode == 1 && measured)) && c.is_rms_norm && !mixed && nvec >= 128 && nvec <= 1024 &&
-         c.rows * ngroups >= 2LL * dev.sms && ngroups <= 65535 && (uintptr_t)a.weight % 16 == 0 &&
-         (uintptr_t)a.bias % 16 == 0;
+         block_grid_fits(a, ngroups, dev);
 }
 
 template <typename T>
@@ -504,8 +514,7 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
     if (st != GN_OK || *done) return st;
   }
   if (nvec <= (int64_t)FWD_MAX_TEAM * FWD_MAX_VECS || nvec > 4LL * ROW_BLOCK) return GN_OK;
-  if (c.rows * ngroups < 2LL * dev.sms || ngroups > 65535 || c.rows > 0x7fffffff) return GN_OK;
-  if ((uintptr_t)a.weight % 16 || (uintptr_t)a.bias % 16) return GN_OK;
+  if (!block_grid_fits(a, ngroups, dev)) return GN_OK;
   const int nv = nvec <= 2LL * ROW_BLOCK ? 2 : 4;
   // 16-bit rows at four vectors a thread: a gate after and parameters of their dtype only;
   // without a gate: parameters of their dtype only (the L2 kernel)
