@@ -26,12 +26,15 @@ SMALL = [
     ((270, 8192), torch.bfloat16, 8192, "swish", True, False, False),
     ((300, 4096), torch.bfloat16, 1024, "silu", True, True, True),
     ((3, 100, 2048), torch.float16, None, "sigmoid", True, True, False),
+    ((300, 2048), torch.float32, None, "silu", True, True, False),
+    ((300, 1200), torch.float32, None, "silu", True, True, True),
 ]
-# Groups the kernel leaves to other paths: 150 vectors in 256 slots (1200 fp16), fp32, a gate
-# before the norm, LayerNorm, fp32 parameters beside bf16 rows, too few rows.
+# Groups the kernel leaves to other paths: 150 vectors in 256 slots (1200 fp16), fp32 with more
+# than a quarter of its slots empty (516: 129 vectors in 256), a gate before the norm,
+# LayerNorm, fp32 parameters beside bf16 rows, too few rows.
 OTHER = [
     ((280, 1200), torch.float16, None, "silu", True, True, True),
-    ((300, 2048), torch.float32, None, "silu", True, True, False),
+    ((300, 516), torch.float32, None, "silu", True, True, False),
 ]
 
 
@@ -73,8 +76,8 @@ for shape, dt, g, act, has_z, has_w, has_b in t.OTHER + t.FP32:
     t._check(x, w, b, z, g, act)
 print("ok")
 """
-# fp32 groups the kernel takes under GATEDNORM_FWD_SMALL=2 only: 128 vectors (512), 1024 (4096,
-# groups of it), 1000 with a bias.
+# More fp32 groups (the kernel takes them by default too): 128 vectors (512), 1024 (4096, groups
+# of it), 1000 with a bias.
 FP32 = [
     ((300, 512), torch.float32, None, "silu", True, True, False),
     ((300, 8192), torch.float32, 4096, "sigmoid", True, True, False),

@@ -403,19 +403,19 @@ static bool block_grid_fits(const gn_fwd_args& a, int64_t ngroups, const DeviceI
 // Whether launch_small takes these groups: 16-bit RMSNorm, a gate after or none, parameters
 // of the rows' dtype (16-byte aligned), 128-1024 vectors that leave less than a warp's vector
 // of the block's four-a-thread slots empty (more idle a warp on its last vectors: odd_n1200's
-// 150 vectors in 256 slots lost, 0.923 -> 0.908), two waves of blocks. fp32 won when forced
-// (rms_z_4096 1.011 -> 1.021, sweep_n4096 0.996 -> 1.008, odd_n1200 0.980 -> 0.990) but keeps
-// the register path until its rule has run on a GPU (docs/pending/fwd_small_fp32.diff).
-// GATEDNORM_FWD_SMALL (read once): 0 keeps the register path everywhere, 2 takes fp32 and any
-// fill too, for comparisons.
+// 150 vectors in 256 slots lost, 0.923 -> 0.908), two waves of blocks; fp32 at three quarters
+// of its slots filled or more (forced, thirty-third session: rms_z_4096 1.011 -> 1.021,
+// sweep_n4096 0.996 -> 1.008, odd_n1200's 300 vectors in 384 slots 0.980 -> 0.990).
+// GATEDNORM_FWD_SMALL (read once): 0 keeps the register path everywhere, 2 takes any fill too,
+// for comparisons.
 static bool small_fits(const gn_fwd_args& a, int64_t nvec, int64_t ngroups, bool mixed, const DeviceInfo& dev) {
   static const int mode = [] {
     const char* e = getenv("GATEDNORM_FWD_SMALL");
     return e ? atoi(e) : 1;
   }();
   const gn_config& c = a.cfg;
-  const int64_t empty = 4LL * small_threads(nvec) - nvec;
-  const bool measured = gn_dtype_size(c.dtype) == 2 && empty < 32;
+  const int64_t slots = 4LL * small_threads(nvec), empty = slots - nvec;
+  const bool measured = gn_dtype_size(c.dtype) == 2 ? empty < 32 : 4 * empty <= slots;
   return (mode == 2 || (mode == 1 && measured)) && c.is_rms_norm && !mixed && nvec >= 128 && nvec <= 1024 &&
          block_grid_fits(a, ngroups, dev);
 }
@@ -506,7 +506,7 @@ gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceI
     switch (c.dtype) {
       case GN_BFLOAT16: return launch_small<__nv_bfloat16>(a, nvec, dev, s);
       case GN_FLOAT16: return launch_small<__half>(a, nvec, dev, s);
-      default: return launch_small<float>(a, nvec, dev, s);  // GATEDNORM_FWD_SMALL=2 only
+      default: return launch_small<float>(a, nvec, dev, s);
     }
   }
   if (gm == GATE_AFTER && !ln) {
