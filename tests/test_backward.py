@@ -95,6 +95,10 @@ BWD_CASES = [
     ((4, 3, 160), 32, False, False, "swish", True, True, True),
     ((5, 1), None, True, True, "silu", True, True, False),
     ((3, 5120), 1024, False, True, "silu", True, True, False),
+    # Gated RMSNorm of 2049-4096 columns: 16-bit takes 8 elements a thread in teams of up to
+    # 512 threads (csrc/cuda/plan.cu, bwd_rms_teams); 3000 with a bias: 384 threads and db.
+    ((7, 4096), None, True, True, "silu", True, True, False),
+    ((5, 2, 3000), None, False, True, "sigmoid", True, True, True),
 ]
 
 
@@ -256,6 +260,21 @@ def test_cuda_kernel_paths(shape, kernel):
     x, w, b, z = make_inputs(shape, torch.bfloat16, "cuda", bias=False)  # (a bias: 8192 needs 64 KB more)
     names = bwd_kernel_names(x, w, b, z, True)
     assert any(kernel in n for n in names), names
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,rms,gate,vecs", [(torch.bfloat16, True, True, 1), (torch.float16, True, True, 1),
+                                                 (torch.bfloat16, True, False, 2), (torch.bfloat16, False, True, 2),
+                                                 (torch.float32, True, True, 4)],
+                         ids=["bf16-rms", "fp16-rms", "bf16-rms-nogate", "bf16-ln", "fp32-rms"])
+def test_cuda_bwd_rms_teams(dtype, rms, gate, vecs):
+    """Groups of 4096: 16-bit gated RMSNorm keeps 8 elements a thread in a 512-thread team,
+    the rest take 16 in a 256-thread one (csrc/cuda/plan.cu, bwd_rms_teams): the register
+    kernel's vectors, its second template argument."""
+    x, w, b, z = make_inputs((64, 4096), dtype, "cuda", bias=False, z=gate)
+    names = bwd_kernel_names(x, w, b, z, rms)
+    got = {template_args(n, "bwd_regs")[1].replace("(int)", "") for n in names if "bwd_regs<" in n}
+    assert got == {str(vecs)}, names
 
 
 def split_kernel(name):

@@ -13,22 +13,25 @@ import sys
 import pytest
 import torch
 
-from conftest import make_inputs, ops
+from conftest import make_inputs, ops, requires_cuda
 
-# (shape, dtype, group, norm_before_gate, z, weight, bias, activation). 16-bit groups of
-# more than 256 vectors (2056-4096 columns) and fp32 groups of 4096 take 16 elements a thread
-# (the lean kernels); a bias (db) and 128 columns (one vector a thread) keep the general
-# copy and must agree too.
+# (shape, dtype, group, norm_before_gate, z, weight, bias, activation). RMSNorm groups of
+# 16-bit 4104-8192 columns and fp32 4100-8192 unsplit take 16 elements a thread (the lean
+# kernels; so do 2056-4096 without a gate, and fp32: gated 16-bit ones there keep 8 in teams
+# of up to 512 threads, csrc/cuda/plan.cu, bwd_rms_teams); a bias (db) and 128 columns (one
+# vector a thread) keep the general copy and must agree too.
 CASES = [
-    ((64, 4096), "bfloat16", None, True, True, True, False, "silu"),
-    ((37, 2056), "bfloat16", None, True, True, True, False, "sigmoid"),
-    ((3, 2, 4096), "float16", None, False, True, True, False, "silu"),
-    ((48, 4096), "float16", None, True, False, True, False, "silu"),
-    ((24, 4096), "bfloat16", None, True, True, False, False, "silu"),
-    ((16, 8192), "float32", 4096, True, True, True, False, "sigmoid"),
-    ((40, 4096), "bfloat16", None, True, True, True, True, "silu"),
+    ((64, 8192), "bfloat16", None, True, True, True, False, "silu"),
+    ((37, 4104), "bfloat16", None, True, True, True, False, "sigmoid"),
+    ((3, 2, 5000), "float16", None, False, True, True, False, "silu"),
+    ((48, 6144), "float16", None, True, False, True, False, "silu"),
+    ((24, 8192), "bfloat16", None, True, True, False, False, "silu"),
+    ((16, 12288), "float32", 6144, True, False, True, False, "sigmoid"),
+    ((40, 5000), "bfloat16", None, True, True, True, True, "silu"),
     ((40, 128), "bfloat16", None, True, True, True, False, "silu"),
 ]
+LEAN = 6  # the first six take the lean copy
+
 
 _SCRIPT = """
 import sys, torch
@@ -65,3 +68,20 @@ def test_lean_copy_matches_general_bitwise(device, tmp_path):
             if g_t is not None:
                 assert not torch.isnan(l_t).any(), (case, name)
                 assert torch.equal(g_t, l_t), (case, name, (g_t.float() - l_t.float()).abs().max().item())
+
+
+@requires_cuda
+def test_cuda_lean_cases_take_16_elements():
+    """The cases meant for the lean copy run a register kernel of 16 elements a thread (its
+    vectors, the second template argument: 2 at 16-bit, 4 at fp32), else the test above
+    compares the general copy with itself."""
+    from conftest import cuda_kernels, template_args
+    for shape, dt, g, nbg, has_z, has_w, has_b, act in CASES[:LEAN]:
+        x, w, b, z = make_inputs(shape, getattr(torch, dt), "cuda", z=has_z, weight=has_w, bias=has_b)
+        y, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, True, act)
+        dy = torch.randn_like(y)
+        names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, g, nbg, True, act, False))
+        if not names:  # CUPTI missing (as under compute-sanitizer), not a wrong kernel
+            pytest.skip("torch.profiler sees no CUDA kernels in this process")
+        vecs = {template_args(n, "bwd_regs")[1].replace("(int)", "") for n in names if "bwd_regs<" in n}
+        assert vecs == {"2" if dt != "float32" else "4"}, (shape, dt, names)

@@ -89,15 +89,31 @@ static int vecs_override(bool backward) {
   return backward ? bwd : fwd;
 }
 
+// Aligned 16-bit gated RMSNorm backward groups of up to BWD_MAX_TEAM vectors (2049-4096
+// columns) keep BWD_MAX_ELEMS a thread in teams of up to 512 threads, not BWD_WIDE_ELEMS in
+// teams of up to 256 (plan.h). H100 forward+backward, thirty-fourth session, on / off
+// interleaved (docs/data/h100_2026-12-07_session34.txt): rms_z_4096 bf16 0.939 -> 0.960, fp16
+// 0.940 -> 0.972, sigmoid_4096 bf16 0.941 -> 0.974, fp16 0.944 -> 0.984, sweep_n4096 bf16 0.901
+// -> 0.929, fp16 0.897 -> 0.943. Without a gate they lost far (rms_noz_4096 bf16 0.944 ->
+// 0.845: the 16-element kernels' lean copy), fp32 by 0.3-0.6 %, and LayerNorm (ln_bias_z_4096
+// bf16 0.920 -> 0.903 under GATEDNORM_BWD_VECS=1): those keep the wide elements.
+// GATEDNORM_BWD_RMS_TEAMS=0 (read once) keeps them everywhere, for comparisons.
+static bool bwd_rms_teams() {
+  static const bool on = knob_on("GATEDNORM_BWD_RMS_TEAMS");
+  return on;
+}
+
 // The register-path layout of groups of `nvec` vectors (`ngroups` of them; `split`:
 // a slice per CTA, one team a block): false when a team would exceed the kernel's.
-static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int64_t nvec, int64_t ngroups, bool split,
-                        const DeviceInfo& dev) {
+static bool regs_layout(Plan& p, const gn_config& cfg, bool backward, int narrays, int64_t nvec, int64_t ngroups,
+                        bool split, const DeviceInfo& dev) {
   const int64_t vec = 16 / (int64_t)gn_dtype_size(cfg.dtype), M = cfg.rows;
   int max_nv = backward ? (int)(BWD_MAX_ELEMS / vec) : FWD_MAX_VECS;
   // plan.h, BWD_WIDE_ELEMS: aligned groups wider than a BWD_BLOCK team at BWD_MAX_ELEMS
-  // (unaligned ones take one vector a thread, up to BWD_MAX_TEAM threads).
-  const int narrow_team = p.layout.aligned ? BWD_BLOCK : BWD_MAX_TEAM;
+  // (unaligned ones take one vector a thread, up to BWD_MAX_TEAM threads; so do aligned
+  // 16-bit gated RMSNorm groups: bwd_rms_teams).
+  const bool rms_teams = cfg.is_rms_norm && narrays == 3 && gn_dtype_size(cfg.dtype) == 2 && bwd_rms_teams();
+  const int narrow_team = p.layout.aligned && !rms_teams ? BWD_BLOCK : BWD_MAX_TEAM;
   if (backward && (split || nvec > (int64_t)narrow_team * max_nv)) max_nv = (int)(BWD_WIDE_ELEMS / vec);
   const int max_team = backward ? BWD_MAX_TEAM : FWD_MAX_TEAM;
   const int block = backward ? BWD_BLOCK : FWD_BLOCK;
@@ -202,7 +218,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
   // vectors a slice) takes the split loop path below, rather than fit_smem's loop path of
   // a CTA a row.
   auto fits = [&] { return !backward || !smem_split || bwd_regs_fit(p, cfg, narrays, bwd_bias, dev); };
-  if (regs_layout(p, cfg, backward, nvec, ngroups, false, dev) && fits()) return p;
+  if (regs_layout(p, cfg, backward, narrays, nvec, ngroups, false, dev) && fits()) return p;
   p = Plan{};
   p.layout.aligned = aligned;
   p.layout.csize = 1;
@@ -216,7 +232,7 @@ Plan make_plan(const gn_config& cfg, bool backward, int narrays, bool aligned, c
     // 136 KB over 4), rather than the loop path (ln_bias_z_16384 bf16 forward+backward 0.45).
     // (regs_layout reads only the alignment and rewrites the rest of the layout each try.)
     for (; cs <= CLUSTER_MAX && nvec % cs == 0; cs <<= 1) {
-      if (!regs_layout(p, cfg, backward, nvec / cs, ngroups * cs, true, dev)) break;
+      if (!regs_layout(p, cfg, backward, narrays, nvec / cs, ngroups * cs, true, dev)) break;
       p.layout.csize = cs;
       if (fits()) return p;
     }

@@ -151,7 +151,9 @@ constexpr int BWD_MAX_ELEMS = 8, BWD_MAX_TEAM = 512, BWD_BLOCK = 256;
 // LayerNorm with bias 0.79 -> 0.85 (512-thread teams at 8 elements, one block an SM, vs
 // 256 at 16; deeper rings or 64-register kernels did not help: see
 // docs/data/h100_row_iters_sweep.txt). Past 512 threads at 8 elements (8192 bf16) the
-// loop path was the alternative: 0.44-0.56 for groups of 5000-8192.
+// loop path was the alternative: 0.44-0.56 for groups of 5000-8192. Since the thirty-fourth
+// session gated 16-bit RMSNorm keeps 8 elements up to 512 threads (plan.cu, bwd_rms_teams):
+// with the kernels as they are now, those teams won there by 2-5 %.
 constexpr int BWD_WIDE_ELEMS = 16;
 constexpr int LOOP_BLOCK = 512;
 // Shared memory of the backward register path (gated_norm_bwd.cu), `acc` the bytes of its
