@@ -61,14 +61,17 @@ case "$cmd" in
     install_test_deps
     build
     if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@" tests; fi
-    "$PY" -m pytest -q -m "not slow" tests
+    # The elapsed time after each step and the slowest tests: what to trim when CI grows.
+    echo "== setup and build done after ${SECONDS}s"
+    "$PY" -m pytest -q -m "not slow" --durations=15 tests
+    echo "== CPU tests done after ${SECONDS}s"
     # Without a GPU the CUDA kernels run on the CPU emulator (csrc/emu) instead:
     # GATEDNORM_EMU=1 forces that step, =0 skips it.
     emu="${GATEDNORM_EMU:-auto}"
     if [ "$emu" = auto ]; then
       "$PY" -c "import torch, sys; sys.exit(torch.cuda.is_available())" && emu=1 || emu=0
     fi
-    if [ "$emu" = 1 ]; then PYTHON="$PY" bash scripts/emu_check.sh; fi
+    if [ "$emu" = 1 ]; then PYTHON="$PY" bash scripts/emu_check.sh; echo "== emulator done after ${SECONDS}s"; fi
     ;;
   *)
     echo "usage: bash run.sh demo|test [args]" >&2

@@ -43,7 +43,7 @@ echo "== building the CUDA kernels for the CPU emulator in $dir ${GATEDNORM_NVCC
 (cd "$dir" && GATEDNORM_CUDA_EMU=1 GATEDNORM_EMU_SANITIZER="$san" MAX_JOBS="${MAX_JOBS:-2}" "$PY" setup.py -q build_ext --inplace > build_emu.log 2>&1) \
   || { tail -40 "$dir/build_emu.log" >&2; echo "emulator build failed: $dir/build_emu.log" >&2; exit 1; }
 default=0
-[ $# -eq 0 ] && default=1 && set -- -q -m "not slow" -k cpu tests/test_forward.py tests/test_backward.py \
+[ $# -eq 0 ] && default=1 && set -- -q -m "not slow" -k cpu --durations=15 tests/test_forward.py tests/test_backward.py \
   tests/test_add_rms_norm.py tests/test_inplace_out.py tests/test_bwd_lean.py tests/test_fwd_small.py
 echo "== the CUDA kernels on the CPU emulator: pytest $*"
 cd "$dir"
