@@ -400,11 +400,11 @@ static bool block_grid_fits(const gn_fwd_args& a, int64_t ngroups, const DeviceI
          (uintptr_t)a.weight % 16 == 0 && (uintptr_t)a.bias % 16 == 0;
 }
 
-// Whether launch_small takes these groups: 16-bit RMSNorm, a gate after or none, parameters
-// of the rows' dtype (16-byte aligned), 128-1024 vectors that leave less than a warp's vector
-// of the block's four-a-thread slots empty (more idle a warp on its last vectors: odd_n1200's
-// 150 vectors in 256 slots lost, 0.923 -> 0.908), two waves of blocks; fp32 at three quarters
-// of its slots filled or more (forced, thirty-third session: rms_z_4096 1.011 -> 1.021,
+// Whether launch_small takes these groups: RMSNorm, a gate after or none, parameters of the
+// rows' dtype (16-byte aligned), two waves of blocks, 128-1024 vectors that leave (16-bit)
+// less than a warp's vector of the block's four-a-thread slots empty (more idle a warp on its
+// last vectors: odd_n1200's 150 vectors in 256 slots lost, 0.923 -> 0.908), or (fp32) fill
+// three quarters of them or more (forced, thirty-third session: rms_z_4096 1.011 -> 1.021,
 // sweep_n4096 0.996 -> 1.008, odd_n1200's 300 vectors in 384 slots 0.980 -> 0.990).
 // GATEDNORM_FWD_SMALL (read once): 0 keeps the register path everywhere, 2 takes any fill too,
 // for comparisons.
