@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Next device call (~8 min, carry .whl for the peers stage; LIMIT=<s> skips what would not fit).
+#  rule   v34.sh: the landed bwd_rms_teams rule in its final form (16-bit gated RMSNorm
+#         groups of 2049-4096 columns in teams of up to 512 threads at 8 elements), whose GPU
+#         run the thirty-fourth session could not get: its plan tests and the backward CUDA tests.
+#  lean   bwd_lean_teams.patch: the lean copy in the 8-element kernels for teams of more than
+#         256 threads (the rule's teams): test_bwd_lean on CUDA, memcheck over the 4096
+#         reference cases, GATEDNORM_BWD_LEAN 1 / 0 interleaved on the gated 4096 rows; and
+#         GATEDNORM_BWD_RMS_TEAMS=2 (every RMSNorm group: no gate, fp32) against 1, the lean
+#         copy on, where the rule without it lost (rms_noz_4096 bf16 0.944 -> 0.845, fp32 -0.5 %).
+#  peers  ours against FLA's fused_norm_gate on the rows the session changed (needs .whl).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
+t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+LIMIT=${LIMIT:-570}; left() { [ $(( $(date +%s) - t0 + $1 )) -lt $LIMIT ] || { el "skip: $2"; false; }; }
+build() { MAX_JOBS=16 python3 -m pip install -q --no-build-isolation --no-deps --no-index -e . > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }; el build; }
+bench() {  # bench NAME DTYPES PASSES ROWS [extra args]
+  local n=$1 d=$2 p=$3 r=$4; shift 4
+  timeout 120 python3 -m benchmarks.bench --no-compile --budget 0.25 --copy-gib 1 --dtypes $d --only "$r" \
+    --passes $p --csv $OUT/$n.csv "$@" > $OUT/$n.log 2>&1 || { echo "bench $n failed"; tail -3 $OUT/$n.log; }; }
+cols() { python3 -m benchmarks.columns $(for f in "$@"; do echo "$(basename $f .csv)=$f"; done) | grep -v "^$"; }
+build
+for st in ${STAGES:-rule lean peers}; do case $st in
+rule) timeout 60 python3 -m pytest -q -p no:cacheprovider -k "cuda and (rms_teams or lean or 4096 or 3000)" \
+    tests/test_backward.py tests/test_bwd_lean.py 2>&1 | grep -E "passed|failed|^FAILED|^ERROR" | head
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/tb.log 2>&1
+  echo "test_backward: exit $? $(tail -1 $OUT/tb.log)"; grep -E "^(FAILED|ERROR)" $OUT/tb.log | head; el rule ;;
+lean) left 240 lean && { patch -p1 -s < docs/pending/bwd_lean_teams.patch || exit 1; build
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_bwd_lean.py 2>&1 | grep -E "passed|failed|^FAILED" | head
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 python3 -m pytest -q -p no:cacheprovider \
+    -k "cuda and grads_match and 4096" tests/test_backward.py > $OUT/san.log 2>&1
+  echo "memcheck: exit $? $(grep -E 'passed|failed' $OUT/san.log | tail -1)"; grep -m1 "ERROR SUMMARY" $OUT/san.log; el lean-tests
+  G='^(rms_z_4096|sigmoid_4096|sweep_n4096)$'
+  for k in 1 0 1 0; do GATEDNORM_BWD_LEAN=$k bench ln$k.$RANDOM bf16,fp16 fwdbwd "$G" --providers ours; done
+  cols $OUT/ln1.*.csv $OUT/ln0.*.csv
+  N='^(rms_noz_4096|rms_z_4096|sweep_n4096)$'
+  for k in 2 1 2 1; do GATEDNORM_BWD_RMS_TEAMS=$k bench rt$k.$RANDOM bf16,fp32 fwdbwd "$N" --providers ours; done
+  cols $OUT/rt2.*.csv $OUT/rt1.*.csv; el lean
+  patch -R -p1 -s < docs/pending/bwd_lean_teams.patch; } ;;
+peers) left 150 peers && [ -d .whl ] && { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  build; PYTHONPATH=/tmp/site bench peers bf16 fwd,fwdbwd '^(rms_z_4096|sweep_n4096|odd_n5000|odd_n1200|qwen3next_prefill)$' --providers ours,fng
+  grep -v "^WARNING" $OUT/peers.log | tail -30; el peers; } ;;
+esac; done
