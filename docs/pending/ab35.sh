@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Next device call (~8 min, carry .whl for the peers stage; LIMIT=<s> skips what would not fit).
-#  rule   v34.sh: the landed bwd_rms_teams rule in its final form (16-bit gated RMSNorm
+#  rule   the landed bwd_rms_teams rule in its final form (16-bit gated RMSNorm
 #         groups of 2049-4096 columns in teams of up to 512 threads at 8 elements), whose GPU
 #         run the thirty-fourth session could not get: its plan tests and the backward CUDA tests.
 #  lean   bwd_lean_teams.patch: the lean copy in the 8-element kernels for teams of more than
