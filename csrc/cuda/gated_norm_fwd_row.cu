@@ -2,7 +2,7 @@
 // cluster: clusters walking the rows), for RMSNorm and LayerNorm (no gate, or a gate after
 // it) of groups the register path cannot hold: 1025-8192 16-byte vectors, fp32 up to 32768
 // (launch_fwd_block_row says which kernel takes what); and fwd_block_row in small blocks for
-// 16-bit RMSNorm groups of 128-1024 vectors (launch_small).
+// RMSNorm groups of 128-1024 vectors (launch_small).
 //
 // Why: at N = 16384 the split register path (a cluster of two 512-thread CTAs a row, a
 // cp.async ring, a cluster barrier a row) reached 0.90 of the copy ceiling on the H100 and
