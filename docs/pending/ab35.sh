@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Next device call (~8 min, carry .whl for the peers stage; LIMIT=<s> skips what would not fit).
+# Next device calls (carry .whl for the peers stage; LIMIT=<s> skips what would not fit).
 #  rule   the landed bwd_rms_teams rule in its final form (16-bit gated RMSNorm
 #         groups of 2049-4096 columns in teams of up to 512 threads at 8 elements), whose GPU
 #         run the thirty-fourth session could not get: its plan tests and the backward CUDA tests.
@@ -8,7 +8,12 @@
 #         reference cases, GATEDNORM_BWD_LEAN 1 / 0 interleaved on the gated 4096 rows; and
 #         GATEDNORM_BWD_RMS_TEAMS=2 (every RMSNorm group: no gate, fp32) against 1, the lean
 #         copy on, where the rule without it lost (rms_noz_4096 bf16 0.944 -> 0.845, fp32 -0.5 %).
+#  zearly fwd_small_z_early.patch: the small-block forward loads z with x, before the sum
+#         (more bytes in flight a block; fng is ahead by 1-2 % on these rows): its tests
+#         and memcheck under GATEDNORM_FWD_Z_EARLY=1, then 1 / 0 interleaved, forward.
 #  peers  ours against FLA's fused_norm_gate on the rows the session changed (needs .whl).
+# Two calls: `bash docs/pending/ab35.sh` (rule lean, ~7 min), then
+# `STAGES="zearly peers" bash docs/pending/ab35.sh` (~6 min, carry .whl).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 OUT=${OUT:-/tmp/o}; mkdir -p $OUT
 t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -20,7 +25,7 @@ bench() {  # bench NAME DTYPES PASSES ROWS [extra args]
     --passes $p --csv $OUT/$n.csv "$@" > $OUT/$n.log 2>&1 || { echo "bench $n failed"; tail -3 $OUT/$n.log; }; }
 cols() { python3 -m benchmarks.columns $(for f in "$@"; do echo "$(basename $f .csv)=$f"; done) | grep -v "^$"; }
 build
-for st in ${STAGES:-rule lean peers}; do case $st in
+for st in ${STAGES:-rule lean}; do case $st in
 rule) timeout 60 python3 -m pytest -q -p no:cacheprovider -k "cuda and (rms_teams or lean or 4096 or 3000)" \
     tests/test_backward.py tests/test_bwd_lean.py 2>&1 | grep -E "passed|failed|^FAILED|^ERROR" | head
   timeout 150 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k cuda tests/test_backward.py > $OUT/tb.log 2>&1
@@ -37,6 +42,15 @@ lean) left 240 lean && { patch -p1 -s < docs/pending/bwd_lean_teams.patch || exi
   for k in 2 1 2 1; do GATEDNORM_BWD_RMS_TEAMS=$k bench rt$k.$RANDOM bf16,fp32 fwdbwd "$N" --providers ours; done
   cols $OUT/rt2.*.csv $OUT/rt1.*.csv; el lean
   patch -R -p1 -s < docs/pending/bwd_lean_teams.patch; } ;;
+zearly) left 200 zearly && { patch -p1 -s < docs/pending/fwd_small_z_early.patch || exit 1; build
+  GATEDNORM_FWD_Z_EARLY=1 timeout 60 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_fwd_small.py 2>&1 | grep -E "passed|failed|^FAILED" | head
+  GATEDNORM_FWD_Z_EARLY=1 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 python3 -m pytest -q \
+    -p no:cacheprovider -k "cuda and match" tests/test_fwd_small.py > $OUT/san_ze.log 2>&1
+  echo "memcheck: exit $? $(grep -E 'passed|failed' $OUT/san_ze.log | tail -1)"; grep -m1 "ERROR SUMMARY" $OUT/san_ze.log
+  Z='^(sweep_n(1024|2048|4096|8192)|rms_z_4096|sigmoid_4096|odd_n5000)$'
+  for k in 1 0 1 0; do GATEDNORM_FWD_Z_EARLY=$k bench ze$k.$RANDOM bf16,fp16,fp32 fwd "$Z" --providers ours; done
+  cols $OUT/ze1.*.csv $OUT/ze0.*.csv; el zearly
+  patch -R -p1 -s < docs/pending/fwd_small_z_early.patch; } ;;
 peers) left 150 peers && [ -d .whl ] && { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   build; PYTHONPATH=/tmp/site bench peers bf16 fwd,fwdbwd '^(rms_z_4096|sweep_n4096|odd_n5000|odd_n1200|qwen3next_prefill)$' --providers ours,fng
   grep -v "^WARNING" $OUT/peers.log | tail -30; el peers; } ;;
