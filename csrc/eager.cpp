@@ -273,7 +273,9 @@ PyMethodDef methods[] = {
 
 }  // namespace
 
-// `built_with_cuda` tells Python whether the CUDA kernels are in this build.
+// `built_with_cuda` tells Python whether the CUDA kernels are in this build,
+// `built_for_emulator` whether they are, compiled for the CPU emulator (a test build:
+// they serve "cpu"; the tests name its kernels from its launch trace).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* m = PyModule_Create(&def);
@@ -282,7 +284,13 @@ PyMODINIT_FUNC PyInit__C(void) {
 #else
   const long with_cuda = 0;
 #endif
-  if (m && PyModule_AddIntConstant(m, "built_with_cuda", with_cuda) < 0) {
+#ifdef GN_CUDA_EMU
+  const long for_emulator = 1;
+#else
+  const long for_emulator = 0;
+#endif
+  if (m && (PyModule_AddIntConstant(m, "built_with_cuda", with_cuda) < 0 ||
+            PyModule_AddIntConstant(m, "built_for_emulator", for_emulator) < 0)) {
     Py_DECREF(m);
     return nullptr;
   }

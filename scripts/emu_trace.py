@@ -18,14 +18,26 @@ def symbols(lib):
     return table
 
 
-def main(trace, lib):
+def launches(trace, lib):
+    """(kernel name with its template arguments, cluster) of each launch in the trace."""
     names = symbols(lib)
-    counts = collections.Counter()
+    out = []
     for line in open(trace):
         off, grid, block, smem, cluster = line.rstrip("\n").split("\t")
-        name = names.get(int(off, 16), off)
-        name = name.replace("(anonymous namespace)::", "")
-        counts[(name[: name.find("(")] if "(" in name else name, cluster)] += 1
+        name = names.get(int(off, 16), off).replace("(anonymous namespace)::", "")
+        depth = 0  # cut the parameter list: the first "(" outside the template arguments
+        for i, ch in enumerate(name):
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "(" and depth == 0 and i > 0:
+                name = name[:i]
+                break
+        out.append((name, cluster))
+    return out
+
+
+def main(trace, lib):
+    counts = collections.Counter(launches(trace, lib))
     for (name, cluster), n in sorted(counts.items()):
         print(f"{n:6d}  {cluster:10s}  {name}")
 

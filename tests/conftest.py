@@ -37,6 +37,48 @@ def cuda_kernels(fn):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+# The CPU-emulator test build (scripts/emu_check.sh): its CUDA kernels serve "cpu".
+EMU = bool(getattr(torch_ops._C, "built_for_emulator", 0))
+
+
+def emu_kernels(fn):
+    """Names of the kernels fn() launches on the CPU emulator: its launch trace
+    (GN_EMU_TRACE, read at each launch: csrc/emu) named from the library's symbols
+    (scripts/emu_trace.py)."""
+    import importlib.util
+    import os
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("emu_trace", os.path.join(root, "scripts", "emu_trace.py"))
+    emu_trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emu_trace)
+    fd, path = tempfile.mkstemp(suffix=".trace")
+    os.close(fd)
+    os.environ["GN_EMU_TRACE"] = path
+    try:
+        fn()
+    finally:
+        del os.environ["GN_EMU_TRACE"]
+    try:
+        return [name for name, _ in emu_trace.launches(path, torch_ops._C.__file__)]
+    finally:
+        os.remove(path)
+
+
+def kernel_names(fn, device):
+    """Names of the CUDA kernels fn() launches: torch.profiler on "cuda", the emulator's
+    trace on "cpu" under the emulator build; skips where neither can name them (a CPU build,
+    or CUPTI missing, as under compute-sanitizer: not a wrong kernel)."""
+    if device == "cuda":
+        names = cuda_kernels(fn)
+        if not names:
+            pytest.skip("torch.profiler sees no CUDA kernels in this process")
+        return names
+    if not EMU:
+        pytest.skip("a CPU build has no CUDA kernels to name (the emulator build has: scripts/emu_check.sh)")
+    return emu_kernels(fn)
+
+
 def template_args(name, kernel):
     """The template arguments of `kernel` in a demangled CUDA kernel name (defaulted ones
     included, as the demangler prints them; spaces removed), or None when the name is

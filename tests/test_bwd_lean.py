@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import make_inputs, ops, requires_cuda
+from conftest import make_inputs, ops
 
 # (shape, dtype, group, norm_before_gate, z, weight, bias, activation). RMSNorm groups of
 # 16-bit 4104-8192 columns and fp32 4100-8192 unsplit take 16 elements a thread (the lean
@@ -70,18 +70,16 @@ def test_lean_copy_matches_general_bitwise(device, tmp_path):
                 assert torch.equal(g_t, l_t), (case, name, (g_t.float() - l_t.float()).abs().max().item())
 
 
-@requires_cuda
-def test_cuda_lean_cases_take_16_elements():
+def test_lean_cases_take_16_elements(device):
     """The cases meant for the lean copy run a register kernel of 16 elements a thread (its
     vectors, the second template argument: 2 at 16-bit, 4 at fp32), else the test above
-    compares the general copy with itself."""
-    from conftest import cuda_kernels, template_args
+    compares the general copy with itself. On CUDA and the emulator."""
+    from conftest import kernel_names, template_args
     for shape, dt, g, nbg, has_z, has_w, has_b, act in CASES[:LEAN]:
-        x, w, b, z = make_inputs(shape, getattr(torch, dt), "cuda", z=has_z, weight=has_w, bias=has_b)
+        x, w, b, z = make_inputs(shape, getattr(torch, dt), device, z=has_z, weight=has_w, bias=has_b)
         y, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, True, act)
         dy = torch.randn_like(y)
-        names = cuda_kernels(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, g, nbg, True, act, False))
-        if not names:  # CUPTI missing (as under compute-sanitizer), not a wrong kernel
-            pytest.skip("torch.profiler sees no CUDA kernels in this process")
+        names = kernel_names(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, g, nbg, True, act, False),
+                             device)
         vecs = {template_args(n, "bwd_regs")[1].replace("(int)", "") for n in names if "bwd_regs<" in n}
         assert vecs == {"2" if dt != "float32" else "4"}, (shape, dt, names)

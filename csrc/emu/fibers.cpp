@@ -376,7 +376,7 @@ void set_smem_allowed(const void* kernel, size_t bytes) {
 
 namespace {
 void trace(const void* kernel, dim3 grid, dim3 block, size_t smem, int csize) {
-  static const char* path = getenv("GN_EMU_TRACE");
+  const char* path = getenv("GN_EMU_TRACE");  // at each launch: tests set it around a call
   if (!path || !*path) return;
   // Kernels are local symbols (dladdr cannot name them): the offset in the library,
   // which `nm -C` of the library names (scripts/emu_trace.py).
