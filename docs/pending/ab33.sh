@@ -5,7 +5,6 @@
 # bwd_lean_warp.patch level, dropped; GATEDNORM_BWD_VECS=1 won at 4096, now plan.cu
 # bwd_rms_teams.)
 . "$(dirname "$0")/common.sh"
-build
 for st in ${STAGES:-land}; do case $st in
 land) left 300 land && { R='^(qwen3next_prefill|rms_z_4096|ln_bias_z_(4096|8192|16384)|sweep_n(256|1024|2048))$'
   build; bench d1 bf16,fp16 fwdbwd "$R" --providers ours
