@@ -65,6 +65,15 @@ def emu_kernels(fn):
         os.remove(path)
 
 
+def device_sms(device):
+    """SMs of the device whose kernels serve `device`: the GPU's, or the emulated one's
+    (GN_EMU_SMS, default 4: csrc/emu)."""
+    import os
+    if device == "cuda":
+        return torch.cuda.get_device_properties(0).multi_processor_count
+    return int(os.environ.get("GN_EMU_SMS", "4"))
+
+
 def kernel_names(fn, device):
     """Names of the CUDA kernels fn() launches: torch.profiler on "cuda", the emulator's
     trace on "cpu" under the emulator build; skips where neither can name them (a CPU build,
