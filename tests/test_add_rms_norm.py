@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import torch_ops
-from conftest import (assert_close, assert_normwise, capture_cuda_graph, cuda_kernels, f64, grad_tol, poison,
+from conftest import (assert_close, assert_normwise, capture_cuda_graph, f64, grad_tol, kernel_names, poison,
                       reduce_tol, requires_cuda, tol)
 from torch_ops.add_rms_norm import add_rms_norm_ref, rms_norm_ref
 
@@ -31,7 +31,7 @@ def expected(x, r, w, eps, residual_in_fp32=False, gemma=False):
 # 64 x 128, 33 x 1000, 4 x 5120 ...), the streaming register path with 1 and 2
 # vectors per thread (more rows than one wave: 20000 x 256, 600 x 5120), unaligned
 # rows (33, 1), the loop path staged in shared memory (12288 in half types, 65537)
-# and many rows per persistent team (20000 x 256). test_cuda_kernel_paths checks
+# and many rows per persistent team (20000 x 256). test_kernel_paths checks
 # which kernel a shape takes.
 SHAPES = [(64, 128), (33, 1000), (5, 3, 96), (7, 1), (3, 33), (2, 65537), (4, 5120), (3, 12288), (4099, 256),
           (20000, 256), (600, 5120)]
@@ -328,7 +328,6 @@ def test_cuda_current_stream():
     assert_close(x.cpu(), e_out, tol(torch.bfloat16, 2048), "input")
 
 
-@needs_cuda
 @pytest.mark.parametrize("shape,dtype,w_dtype,kernel", [
     ((1, 2048), torch.bfloat16, torch.bfloat16, "an_fwd_decode"),
     ((64, 8192), torch.bfloat16, torch.float32, "an_fwd_decode"),  # fp32 weight: two words a vector
@@ -338,12 +337,11 @@ def test_cuda_current_stream():
     ((4, 16384), torch.bfloat16, torch.bfloat16, "an_fwd_loop"),  # longer than one vector a thread
     ((4, 4096), torch.float32, torch.float16, "an_fwd_regs"),  # fp16 weight: 8 bytes a vector
 ], ids=["m1", "w32", "many-rows", "many-short-rows", "w16-bf16", "long-row", "w16-fp32"])
-def test_cuda_kernel_paths(shape, dtype, w_dtype, kernel):
-    """The decode kernel serves exactly the shapes it is meant for (and is correct there)."""
-    x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device="cuda")
-    names = cuda_kernels(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False))
-    if not names:  # not a wrong kernel: none at all is CUPTI missing (as under compute-sanitizer)
-        pytest.skip("torch.profiler sees no CUDA kernels in this process")
+def test_kernel_paths(shape, dtype, w_dtype, kernel, device):
+    """The decode kernel serves exactly the shapes it is meant for (and is correct there).
+    On CUDA and the emulator."""
+    x, r, w = inputs(shape, dtype, w_dtype=w_dtype, device=device)
+    names = kernel_names(lambda: ops.add_rms_norm(x, r, w, 1e-6, False, False), device)
     assert any(kernel in n for n in names), names
     out, res, _ = ops.add_rms_norm(x, r, w, 1e-6, False, False)
     e_out, e_res = expected(x, r, w, 1e-6)
