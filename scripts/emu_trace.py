@@ -4,10 +4,12 @@ their launches by kernel and cluster size: which kernel paths a test run reached
     python scripts/emu_trace.py TRACE LIB      # LIB: the emulator build's torch_ops/_C*.so
 """
 import collections
+import functools
 import subprocess
 import sys
 
 
+@functools.lru_cache(maxsize=None)  # a library's table once a process (the tests name many traces)
 def symbols(lib):
     out = subprocess.run(["nm", "-C", "--defined-only", lib], capture_output=True, text=True, check=True).stdout
     table = {}

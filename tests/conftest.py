@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -41,17 +42,24 @@ def cuda_kernels(fn):
 EMU = bool(getattr(torch_ops._C, "built_for_emulator", 0))
 
 
+@functools.lru_cache(maxsize=None)
+def _emu_trace():
+    """scripts/emu_trace.py (not a package: loaded from its path)."""
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("emu_trace", os.path.join(root, "scripts", "emu_trace.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def emu_kernels(fn):
     """Names of the kernels fn() launches on the CPU emulator: its launch trace
     (GN_EMU_TRACE, read at each launch: csrc/emu) named from the library's symbols
     (scripts/emu_trace.py)."""
-    import importlib.util
     import os
     import tempfile
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("emu_trace", os.path.join(root, "scripts", "emu_trace.py"))
-    emu_trace = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(emu_trace)
     fd, path = tempfile.mkstemp(suffix=".trace")
     os.close(fd)
     os.environ["GN_EMU_TRACE"] = path
@@ -60,7 +68,7 @@ def emu_kernels(fn):
     finally:
         del os.environ["GN_EMU_TRACE"]
     try:
-        return [name for name, _ in emu_trace.launches(path, torch_ops._C.__file__)]
+        return [name for name, _ in _emu_trace().launches(path, torch_ops._C.__file__)]
     finally:
         os.remove(path)
 
@@ -86,6 +94,12 @@ def kernel_names(fn, device):
     if not EMU:
         pytest.skip("a CPU build has no CUDA kernels to name (the emulator build has: scripts/emu_check.sh)")
     return emu_kernels(fn)
+
+
+def regs_vecs(names, kernel):
+    """The vectors a thread (the second template argument) of each launch of the register
+    kernel `kernel` ("bwd_regs", "fwd_regs") among the kernel names, as a set of ints."""
+    return {int(template_args(n, kernel)[1].replace("(int)", "")) for n in names if kernel + "<" in n}
 
 
 def template_args(name, kernel):

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import torch_ops
 from conftest import (assert_close, assert_normwise, bandwidth_rich, bwd_scales, cuda_kernels, device_sms, f64,
-                      free_nan_block, grad_tol, kernel_names, make_inputs, ops, poison, reduce_tol, requires_cuda,
-                      template_args, tol)
+                      free_nan_block, grad_tol, kernel_names, make_inputs, ops, poison, reduce_tol, regs_vecs,
+                      requires_cuda, template_args, tol)
 
 # (group_size, norm_before_gate, is_rms_norm, activation, z, weight, bias) on M=3, N=8
 GRADCHECK_CASES = [
@@ -271,8 +271,7 @@ def test_bwd_rms_teams(dtype, rms, gate, vecs, device):
     kernel's vectors, its second template argument. On CUDA and the emulator."""
     x, w, b, z = make_inputs((64, 4096), dtype, device, bias=False, z=gate)
     names = bwd_kernel_names(x, w, b, z, rms)
-    got = {template_args(n, "bwd_regs")[1].replace("(int)", "") for n in names if "bwd_regs<" in n}
-    assert got == {str(vecs)}, names
+    assert regs_vecs(names, "bwd_regs") == {vecs}, names
 
 
 def split_kernel(name):
@@ -322,9 +321,9 @@ def test_cuda_ln_bias_smem_split_paths(shape):
 # correct, including teams of a few threads sharing a block (64 x 256 at 2 vectors: teams
 # of 16) and groups.
 _VECS_SCRIPT = """
-import re, sys, torch
+import sys, torch
 sys.path.insert(0, {tests!r})
-from conftest import cuda_kernels, make_inputs, ops
+from conftest import cuda_kernels, make_inputs, ops, regs_vecs
 from test_backward import grads_vs_reference
 from test_forward import check_fwd
 for shape, dt, g, nbg, rms, act in {cases!r}:
@@ -337,8 +336,7 @@ for kernel, fn in [("fwd", lambda: ops.gated_norm_fwd(x, w, b, z, 1e-6, None, Tr
                    ("bwd", lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, None, True, True, "silu",
                                                       False))]:
     names = cuda_kernels(fn)
-    pat = kernel + r"_regs<__nv_bfloat16, (?:\\(int\\))?(\\d+)"
-    print(kernel, sorted({{int(m.group(1)) for n in names for m in [re.search(pat, n)] if m}}))
+    print(kernel, sorted(regs_vecs(names, kernel + "_regs")))
 """
 
 

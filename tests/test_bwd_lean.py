@@ -74,12 +74,11 @@ def test_lean_cases_take_16_elements(device):
     """The cases meant for the lean copy run a register kernel of 16 elements a thread (its
     vectors, the second template argument: 2 at 16-bit, 4 at fp32), else the test above
     compares the general copy with itself. On CUDA and the emulator."""
-    from conftest import kernel_names, template_args
+    from conftest import kernel_names, regs_vecs
     for shape, dt, g, nbg, has_z, has_w, has_b, act in CASES[:LEAN]:
         x, w, b, z = make_inputs(shape, getattr(torch, dt), device, z=has_z, weight=has_w, bias=has_b)
         y, mean, rstd = ops.gated_norm_fwd(x, w, b, z, 1e-6, g, nbg, True, act)
         dy = torch.randn_like(y)
         names = kernel_names(lambda: ops.gated_norm_bwd(dy, x, w, b, z, mean, rstd, 1e-6, g, nbg, True, act, False),
                              device)
-        vecs = {template_args(n, "bwd_regs")[1].replace("(int)", "") for n in names if "bwd_regs<" in n}
-        assert vecs == {"2" if dt != "float32" else "4"}, (shape, dt, names)
+        assert regs_vecs(names, "bwd_regs") == {4 if dt == "float32" else 2}, (shape, dt, names)
