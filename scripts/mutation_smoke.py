@@ -107,15 +107,15 @@ MUTANTS = {
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
-    # the block-row forward (gated_norm_fwd_row.cu): the weight, and the guard of a thread's
+    # the block-row forward (gated_norm_fwd_row.cu, gated_norm_fwd_l2.cu): the weight, and the guard of a thread's
     # second vector past the group's end (12288 = 1.5 x 1024 x 8)
     "emu_block_row_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (w) y *= (A)to_acc<P>(wp.e[i]);", "",
                                      "emu"),
     "emu_block_row_writes_past_group": ("csrc/cuda/gated_norm_fwd_row.cu", "if (cj >= G) continue;", "",
                                         "emu:address"),
-    "emu_block_row_l2_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HW) y *= (A)to_acc<P>(wp.e[i]);", "",
+    "emu_block_row_l2_ignores_weight": ("csrc/cuda/gated_norm_fwd_l2.cu", "if (HW) y *= (A)to_acc<P>(wp.e[i]);", "",
                                         "emu"),
-    "emu_block_row_l2_no_gate_reads_z": ("csrc/cuda/gated_norm_fwd_row.cu", "if (HZ) zv[j].u[0]", "zv[j].u[0]",
+    "emu_block_row_l2_no_gate_reads_z": ("csrc/cuda/gated_norm_fwd_l2.cu", "if (HZ) zv[j].u[0]", "zv[j].u[0]",
                                          "emu:address"),
     # the chunk kernels' (chunks, groups, rows) grid: a segment's workspace slot
     "emu_wide_segment_ignores_groups": ("csrc/cuda/gated_norm_fwd_wide.cu", "k.s = k.r * ngroups + k.g;",

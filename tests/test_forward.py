@@ -64,7 +64,7 @@ CASES = [
     ((3, 16384), 8192, False, True, "sigmoid", True, True, False),
     ((2, 131072), None, False, True, "silu", True, True, False),
     ((2, 16383), None, True, False, "swish", True, True, True),
-    # CUDA block-row paths (gated_norm_fwd_row.cu, launch_fwd_block_row): RMSNorm of groups
+    # CUDA block-row paths (gated_norm_fwd_row.cu / _l2.cu, launch_fwd_block_row): RMSNorm of groups
     # of 1025-4096 vectors, two waves of rows on an H100 (132 SMs). 16-bit 12288 / 16384,
     # a gate after or none: fwd_block_row_l2 (each bias / weight combination), 12288 leaving
     # half the threads' second vector past the end; 24576 with a gate: fwd_block_row, four

@@ -45,8 +45,9 @@ size_t fwd_loop_stage_bytes(const gn_fwd_args& a) {
 // of blocks) the caller launches its own kernel.
 gn_status launch_fwd_decode(const gn_fwd_args& a, const Plan& p, const DeviceInfo& dev, cudaStream_t s, bool* done);
 
-// The block-row paths (gated_norm_fwd_row.cu): a block of 1024 threads a (row, group) of
-// 1025-4096 vectors, RMSNorm without a gate before it. Sets *done when it launched.
+// The block-row paths (gated_norm_fwd_row.cu, its L2 kernel in gated_norm_fwd_l2.cu): a block
+// of 1024 threads a (row, group) of 1025-4096 vectors, wider over a cluster, and small blocks
+// of 128-1024; RMSNorm or LayerNorm without a gate before it. Sets *done when it launched.
 gn_status launch_fwd_block_row(const gn_fwd_args& a, bool aligned, const DeviceInfo& dev, cudaStream_t s, bool* done);
 
 // The loop path (groups too wide for the register path, or unaligned and wider than
