@@ -58,14 +58,14 @@ __device__ __forceinline__ bool one_pass_moments(A s0, A s1, A k, A inv_g, A& me
   return d * d <= A(ONE_PASS_SPREAD) * var;
 }
 
-// fwd_block_row_l2 (gated_norm_fwd_l2.cu), RMSNorm or LayerNorm with a weight of the rows'
-// dtype, 16-bit rows of 1025-2048 vectors a group; launch_fwd_block_row says which takes
-// what. Each returns the launch's status.
-// launch_l2_rms: a gate after the norm or none, any bias / weight.
+// The launchers of fwd_block_row_l2 (gated_norm_fwd_l2.cu), each returning the launch's status;
+// launch_fwd_block_row says which groups take which. The first three: 16-bit rows of
+// 1025-2048 vectors a group, one block a (row, group).
+// launch_l2_rms: RMSNorm, parameters of the rows' dtype, a gate after the norm or none.
 gn_status launch_l2_rms(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s);
-// launch_l2_ln: LayerNorm with a weight and a gate after the norm, with or without a bias.
+// launch_l2_ln: LayerNorm, a weight of the rows' dtype and a gate after the norm, a bias or none.
 gn_status launch_l2_ln(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s);
-// launch_l2_fp32_weight: RMSNorm, a gate after it, a weight in fp32 and no bias.
+// launch_l2_fp32_weight: RMSNorm, a gate after it, an fp32 weight and no bias.
 gn_status launch_l2_fp32_weight(const gn_fwd_args& a, const DeviceInfo& dev, cudaStream_t s);
 // try_l2_cluster: RMSNorm with a gate after it and a weight of the rows' dtype, no bias, groups
 // of 4097-16384 vectors (fp32: to 32768) over a cluster; sets *done when it launched.
