@@ -18,7 +18,7 @@ __host__ __device__ inline int l2_csize(int64_t nvec) {
   return c;
 }
 
-// The same rows at two blocks an SM, as torch.compile's kernel (32 registers, 64 warps an
+// Groups of 1025-2048 vectors at two blocks an SM, as torch.compile's kernel (32 registers, 64 warps an
 // SM): x is read twice, kept in L2 by the first read (evict_last) and re-read for the output
 // (evict_first, with z), so no value lives across the sum but the sum itself. One row a block
 // (grid: rows x groups). HB / HW: bias / weight present (template parameters: at 32
