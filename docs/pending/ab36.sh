@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Next device call (~8 min, no carry; LIMIT=<s> skips what would not fit):
+# Next device calls: `bash docs/pending/ab36.sh` (plain, ~9 min, no carry), `STAGES=ncu bash
+# docs/pending/ab36.sh` (~3 min, carry .whl); LIMIT=<s> skips what would not fit.
 #  plain  ldg_plain.patch: the kernels' 16-byte loads of read-only data as plain ld.global
 #         (LDG.E.128, as FLA's fused_norm_gate issues them: its PTX compiled offline for sm_90,
 #         docs/pending/README.md) instead of ld.global.nc (__ldg: LDG.E.128.CONSTANT). The patch
@@ -8,6 +9,10 @@
 #         (d: main's loads, p: plain), forward on the rows that load with it (the small-block
 #         and block-row forward, the decode kernel under graph replay), forward+backward on one;
 #         then the CUDA forward tests on the plain build. fng leads our forward by 1-3 % there.
+#  ncu    (STAGES=ncu, carry .whl, ~3 min) ours beside fng under Nsight Compute, forward, on
+#         sweep_n4096 (our small-block kernel, fng's row kernel) and qwen3next_prefill (our
+#         register path, fng's tile kernel): time, DRAM bytes and throughput, L1 / L2 hit rates,
+#         occupancy, registers, instructions: where fng's 1-3 % is.
 . "$(dirname "$0")/common.sh"
 for st in ${STAGES:-plain}; do case $st in
 plain) left 420 plain && { patch -p1 -s < docs/pending/ldg_plain.patch || exit 1
@@ -27,4 +32,26 @@ plain) left 420 plain && { patch -p1 -s < docs/pending/ldg_plain.patch || exit 1
     tests/test_forward.py tests/test_fwd_small.py > $OUT/tp.log 2>&1
   echo "plain build, test_forward + test_fwd_small: exit $? $(tail -1 $OUT/tp.log)"; grep -E "^(FAILED|ERROR)" $OUT/tp.log | head
   unset GATEDNORM_NVCC_FLAGS; patch -R -p1 -s < docs/pending/ldg_plain.patch; el plain; } ;;
+ncu) left 150 ncu && [ -d .whl ] && { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  build
+  S="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section InstructionStats"
+  PYTHONPATH=/tmp/site timeout 120 ncu --profile-from-start off --csv $S --metrics dram__bytes_read.sum,dram__bytes_write.sum python3 -m benchmarks.ncu_rows \
+    sweep_n4096 qwen3next_prefill --providers ours,fng > $OUT/ncu.csv 2> $OUT/ncu.err
+  python3 - $OUT/ncu.csv <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if not rows:
+    sys.exit("ncu wrote no metrics: " + open(sys.argv[1].replace(".csv", ".err")).read()[-1500:])
+head, body = rows[0], rows[1:]
+k, m, v = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value")
+seen = {}
+for r in body:
+    keep = ("Duration", "Throughput", "Hit Rate", "Occupancy", "Registers", "Block Size", "Grid Size",
+            "Executed Instructions", "dram__bytes", "Waves Per SM", "Mem Busy", "Max Bandwidth")
+    if any(x in r[m] for x in keep):
+        seen.setdefault((r[head.index("ID")], r[k][:40]), {})[r[m]] = r[v]
+for (i, name), ms in seen.items():
+    print(i, name); [print(f"    {a:60} {b}") for a, b in sorted(ms.items())]
+PY
+  el ncu; } ;;
 esac; done
