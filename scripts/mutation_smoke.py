@@ -107,8 +107,8 @@ MUTANTS = {
     "emu_wide_merge_drops_between_chunks": ("csrc/cuda/gated_norm_fwd_wide.cu",
                                             "q[0] += part[i * np + 1] + n * d * d;", "q[0] += part[i * np + 1];",
                                             "emu"),
-    # the block-row forward (gated_norm_fwd_row.cu, gated_norm_fwd_l2.cu): the weight, and the guard of a thread's
-    # second vector past the group's end (12288 = 1.5 x 1024 x 8)
+    # the block-row forward (gated_norm_fwd_row.cu, gated_norm_fwd_l2.cu): the weight, and the
+    # guard of a thread's second vector past the group's end (12288 = 1.5 x 1024 x 8)
     "emu_block_row_ignores_weight": ("csrc/cuda/gated_norm_fwd_row.cu", "if (w) y *= (A)to_acc<P>(wp.e[i]);", "",
                                      "emu"),
     "emu_block_row_writes_past_group": ("csrc/cuda/gated_norm_fwd_row.cu", "if (cj >= G) continue;", "",
