@@ -1,6 +1,6 @@
 // The block-row forward kernels' shared pieces (gated_norm_fwd_row.cu: fwd_block_row and the
-// dispatch; gated_norm_fwd_l2.cu: fwd_block_row_l2): their block size, 16-byte packing, and
-// LayerNorm's one-pass statistics.
+// dispatch; gated_norm_fwd_l2.cu: fwd_block_row_l2): their block size and LayerNorm's
+// one-pass statistics.
 #pragma once
 
 #include "gated_norm_fwd.cuh"
@@ -8,22 +8,6 @@
 namespace gn {
 
 constexpr int ROW_BLOCK = 1024;
-
-// VEC elements of E as whole 16-byte words.
-template <typename E, int VEC>
-union Packed16 {
-  static constexpr int NU = VEC * (int)sizeof(E) / 16;
-  uint4 u[NU];
-  E e[VEC];
-  __device__ __forceinline__ void load(const E* p) {
-#pragma unroll
-    for (int k = 0; k < NU; ++k) u[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
-  }
-  __device__ __forceinline__ void store(E* p) const {
-#pragma unroll
-    for (int k = 0; k < NU; ++k) reinterpret_cast<uint4*>(p)[k] = u[k];
-  }
-};
 
 // LayerNorm in both kernels: the mean and the variance from one block reduction, of x - K and
 // (x - K)^2 with K the mean of the group's first 16-byte vector (every thread reads the same
@@ -39,7 +23,7 @@ constexpr float ONE_PASS_SPREAD = 4.f;
 template <typename T, int VEC>
 __device__ __forceinline__ acc_t<T> one_pass_shift(const T* x) {
   using A = acc_t<T>;
-  Packed16<T, VEC> first;
+  Packed<T, VEC> first;
   first.load(x);
   A k = 0;
 #pragma unroll

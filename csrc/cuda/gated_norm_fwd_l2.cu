@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
   pdl_wait();
   auto row = [&](int64_t r, bool last) {
     const T* x = static_cast<const T*>(a.x) + r * a.x_stride + col0;
-    Packed16<T, VEC> xs[NV];
+    Packed<T, VEC> xs[NV];
 #pragma unroll
     for (int j = 0; j < NV; ++j) xs[j].u[0] = c0 + j * STEP < G ? ld_keep_l2(x + c0 + j * STEP) : make_uint4(0, 0, 0, 0);
     // under the first loads: the CTAs' mbarriers exist before any sends
@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
           if (c0 + j * STEP >= G) continue;
-          Packed16<T, VEC> xr;
+          Packed<T, VEC> xr;
           xr.u[0] = ld_keep_l2(x + c0 + j * STEP);
 #pragma unroll
           for (int i = 0; i < VEC; ++i) {
@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     const A rstd = rsqrt_acc(var + rc.eps);
     const T* z = HZ ? static_cast<const T*>(a.z) + r * a.z_stride + col0 : nullptr;
     T* out = static_cast<T*>(a.out) + r * a.out_stride + col0;
-    Packed16<T, VEC> xv[NV], zv[NV];
+    Packed<T, VEC> xv[NV], zv[NV];
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int cj = c0 + j * STEP;
@@ -111,8 +111,8 @@ __global__ void __launch_bounds__(ROW_BLOCK, 2) fwd_block_row_l2(const gn_fwd_ar
     for (int j = 0; j < NV; ++j) {
       const int cj = c0 + j * STEP;
       if (cj >= G) continue;
-      Packed16<P, VEC> wp, bp;
-      Packed16<T, VEC> ov;
+      Packed<P, VEC> wp, bp;
+      Packed<T, VEC> ov;
       if (HW) wp.load(w + cj);
       if (HB) bp.load(bs + cj);
 #pragma unroll

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(TB, MINB) fwd_block_row(const gn_fwd_args a, c
 #pragma unroll 1
   for (int64_t r = blockIdx.y; r < c.rows; r += gridDim.y) {
     const FwdRow<T> p = fwd_row<T>(a, r, col0);
-    Packed16<T, VEC> xv[ROW_NV], zv[ROW_NV];
+    Packed<T, VEC> xv[ROW_NV], zv[ROW_NV];
 #pragma unroll
     for (int j = 0; j < ROW_NV; ++j) {  // columns past G read as zeros (G % VEC == 0)
       xv[j].u[0] = load_raw<T>(p.x, c0 + j * STEP, G);
@@ -100,8 +100,8 @@ __global__ void __launch_bounds__(TB, MINB) fwd_block_row(const gn_fwd_args a, c
     for (int j = 0; j < ROW_NV; ++j) {
       const int cj = c0 + j * STEP;
       if (cj >= G) continue;
-      Packed16<P, VEC> wp, bp;
-      Packed16<T, VEC> ov;
+      Packed<P, VEC> wp, bp;
+      Packed<T, VEC> ov;
       if (w) wp.load(w + cj);
       if (bs) bp.load(bs + cj);
 #pragma unroll

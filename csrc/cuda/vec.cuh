@@ -143,11 +143,21 @@ __device__ __forceinline__ A round_to(A v) {
 }
 
 // VEC elements of T kept packed (16-byte words) between a prefetch and its use:
-// a prefetched row costs VEC * sizeof(T) / 4 registers instead of VEC.
+// a prefetched row costs VEC * sizeof(T) / 4 registers instead of VEC. load / store: whole
+// 16-byte words at p (aligned, in range).
 template <typename T, int VEC>
-struct Packed {
+union Packed {
   static constexpr int NU = VEC * (int)sizeof(T) / 16;
   uint4 u[NU];
+  T e[VEC];
+  __device__ __forceinline__ void load(const T* p) {
+#pragma unroll
+    for (int k = 0; k < NU; ++k) u[k] = __ldg(reinterpret_cast<const uint4*>(p) + k);
+  }
+  __device__ __forceinline__ void store(T* p) const {
+#pragma unroll
+    for (int k = 0; k < NU; ++k) reinterpret_cast<uint4*>(p)[k] = u[k];
+  }
 };
 
 template <typename T, int VEC>
