@@ -35,11 +35,15 @@ EMU_AN_TESTS = ["-q", "-x", "-k", "cpu", "tests/test_add_rms_norm.py"]
 EMU_ENV = {"emu_wide_bwd_db_rows_overlap": {"GN_EMU_SMS": "16"}}
 # Mutants of a backward kernel outside the wide path: the backward tests they need.
 EMU_SELECT = {"emu_bwd_z_row_uses_x_stride": ["-q", "-x", "-k", "cpu and strided", "tests/test_backward.py"],
+              "emu_decode_prefetch_past_group": ["-q", "-x", "-k", "cpu and (decode or paths)",
+                                                 "tests/test_forward.py"],
+              "emu_an_prefetch_not_whole_words": ["-q", "-x", "-k", "cpu and (paths or decode)",
+                                                  "tests/test_add_rms_norm.py"],
               "emu_fwd_row_out_uses_x_stride": ["-q", "-x", "-k", "cpu and distinct",
                                                 "tests/test_forward.py"]}
 
 # name -> (file, snippet, replacement[, "emu" | "emu:thread" | "emu:address"]).
-# All were KILLED on 2026-12-05 (those added on 2026-12-06: on that day).
+# All were KILLED on 2026-12-05 (those added on 2026-12-06 and 2026-12-07: on that day).
 MUTANTS = {
     "emu_ring_waits_one_group_short": ("csrc/cuda/gated_norm_fwd.cu", "cp_async_wait_upto<SMAX - 1>(S - 1);",
                                        "cp_async_wait_upto<SMAX>(S);", "emu"),
@@ -55,6 +59,14 @@ MUTANTS = {
                                 "    for (int k = 0; k < NVAL; ++k) part[k * 32 + warp] = v[k];\n  }", "emu"),
     "emu_team_sum_single_buffer": ("csrc/cuda/common.cuh", "  A* part = red.part[phase];\n  phase ^= 1;",
                                    "  A* part = red.part[0];", "emu:thread"),
+    # the decode kernels' L2 prefetch before pdl_wait (ptx.cuh prefetch_l2): its contract, as the
+    # emulator checks it (whole 16-byte words; first and last byte inside the allocation)
+    "emu_an_prefetch_not_whole_words": ("csrc/cuda/add_rms_norm_fwd_decode.cu",
+                                        "r * a.residual_stride, n * (unsigned)sizeof(R));",
+                                        "r * a.residual_stride, n * (unsigned)sizeof(R) - 8);", "emu"),
+    "emu_decode_prefetch_past_group": ("csrc/cuda/gated_norm_fwd_decode.cu",
+                                       "const unsigned gb = (unsigned)G * (unsigned)sizeof(T),",
+                                       "const unsigned gb = (unsigned)G * (unsigned)sizeof(T) + 16,", "emu:address"),
     "emu_load_vec_reads_one_past": ("csrc/cuda/vec.cuh", "v[i] = (c + i < limit) ? to_acc<T>(p[c + i])",
                                     "v[i] = (c + i <= limit) ? to_acc<T>(p[c + i])", "emu:address"),
     # fp32 weights beside bf16 x on the loop path, read in x's dtype: survived the forward

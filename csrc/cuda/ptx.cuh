@@ -72,6 +72,15 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+// Asks L2 for the bytes [p, p + bytes): p 16-byte aligned, bytes a multiple of 16, the range
+// inside one allocation (sm_90 bulk prefetch; a no-op before). A hint that changes no value
+// any load returns (L2 is the point of coherence), so a kernel may issue it before
+// pdl_wait, while the previous grid still runs: its DRAM latency then overlaps that grid.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
 
 // The approximate MUFU ex2 and rcp (~2 ulp; flush-to-zero).
 __device__ __forceinline__ float ex2_approx(float x) {

@@ -74,6 +74,9 @@ void cluster_barrier();
 void cp_async(void* dst, const void* src, int bytes, bool valid);
 void cp_async_commit();
 void cp_async_wait(int pending);
+// Checks a bulk L2 prefetch's contract and reads its first and last byte, so that
+// AddressSanitizer builds see a range outside the allocation.
+void prefetch_l2(const void* p, unsigned bytes);
 
 void mbar_init(unsigned bar, unsigned count);
 void mbar_arrive_expect_tx(unsigned bar, unsigned bytes);

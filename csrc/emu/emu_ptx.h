@@ -30,6 +30,7 @@ inline void cp_async_wait() {
 // Launches are synchronous here: the previous grid has always completed.
 inline void pdl_wait() {}
 inline void pdl_trigger() {}
+inline void prefetch_l2(const void* p, unsigned bytes) { ::emu::prefetch_l2(p, bytes); }
 
 // ftz: subnormal inputs and results are zeros, as the MUFU's .ftz forms.
 inline float ftz(float v) { return fabsf(v) < FLT_MIN ? copysignf(0.f, v) : v; }
