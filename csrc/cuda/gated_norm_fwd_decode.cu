@@ -45,11 +45,11 @@ __global__ void __launch_bounds__(DECODE_BLOCK) fwd_decode(const gn_fwd_args a, 
   // bf16 per CUDA-graph replay: decode_qwen3next (2048 x 128) 2.03 -> 1.79 us; decode_m32
   // level (1.40). GATEDNORM_PREFETCH_L2=0 (read once) turns it off, for measuring.
   if (prefetch && ok && lt == 0) {
-    const unsigned gb = (unsigned)G * (unsigned)sizeof(T), pb = (unsigned)G * (unsigned)sizeof(P);
+    const unsigned gb = (unsigned)G * (unsigned)sizeof(T), wb = (unsigned)G * (unsigned)sizeof(P);
     prefetch_l2(static_cast<const T*>(a.x) + rr * a.x_stride + col, gb);
     if (gate) prefetch_l2(static_cast<const T*>(a.z) + rr * a.z_stride + col, gb);
-    if (r == 0 && a.weight) prefetch_l2(static_cast<const P*>(a.weight) + col, pb);
-    if (r == 0 && a.bias) prefetch_l2(static_cast<const P*>(a.bias) + col, pb);
+    if (r == 0 && a.weight) prefetch_l2(static_cast<const P*>(a.weight) + col, wb);
+    if (r == 0 && a.bias) prefetch_l2(static_cast<const P*>(a.bias) + col, wb);
   }
   pdl_wait();
   Packed<T, VEC> px, pz;
