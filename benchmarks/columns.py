@@ -2,7 +2,9 @@
 (fwd, fwdbwd: fraction of the copy ceiling; graph: GPU us). The tuning scripts' summary
 (scripts/sweep_row_iters.sh: a column per setting; scripts/device_ab.sh: per source tree).
 
-    python -m benchmarks.columns LABEL=CSV [LABEL=CSV ...]
+    python -m benchmarks.columns LABEL=CSV[:PROVIDER] [...]
+
+A column is ours unless PROVIDER names a peer of that run (flashinfer, fng, ...).
 
 A CSV that is missing (its run failed) leaves its column empty. Rows measured in several
 dtypes (`--dtypes bf16,fp32`) get a line each, the dtype after the name.
@@ -15,14 +17,15 @@ import sys
 
 
 def columns(runs):
-    """runs: [(label, csv path)] -> printed table."""
+    """runs: [(label, csv path[:provider])] -> printed table."""
     table, keys = {}, []
-    for label, path in runs:
+    for label, spec in runs:
+        path, _, provider = spec.partition(":")
         if not os.path.exists(path):
             continue
         with open(path) as f:
             for r in csv.DictReader(f):
-                if r["provider"] != "ours" or not r["time_us"]:
+                if r["provider"] != (provider or "ours") or not r["time_us"]:
                     continue
                 key = (r["name"], r.get("dtype", ""), r["pass"])
                 if key not in keys:
@@ -43,7 +46,7 @@ def columns(runs):
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     if not args or any("=" not in a for a in args):
-        sys.exit("usage: python -m benchmarks.columns LABEL=CSV [LABEL=CSV ...]")
+        sys.exit("usage: python -m benchmarks.columns LABEL=CSV[:PROVIDER] [...]")
     columns([tuple(a.split("=", 1)) for a in args])
 
 

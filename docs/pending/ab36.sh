@@ -13,9 +13,14 @@
 #         sweep_n4096 (our small-block kernel, fng's row kernel) and qwen3next_prefill (our
 #         register path, fng's tile kernel): time, DRAM bytes and throughput, L1 / L2 hit rates,
 #         occupancy, registers, instructions: where fng's 1-3 % is.
+#  order  (carry .whl_fi, ~2 min, after plain: its build without the flag, both patches) decode_order.patch, the
+#         add + RMSNorm decode kernel's order, GATEDNORM_DECODE_LATE_TRIGGER / _LATE_WEIGHT
+#         (o: main's, t, w, tw) interleaved, beside FlashInfer under graph replay at M = 1 / 64:
+#         plain RMSNorm M = 1 N = 8192 is 2.02 us here, FlashInfer's 1.88 (loads the weight
+#         after the sum, triggers the next grid after its stores).
 . "$(dirname "$0")/common.sh"
 for st in ${STAGES:-plain}; do case $st in
-plain) left 400 plain && { patch -p1 -s < docs/pending/ldg_plain.patch || exit 1
+plain) left 400 plain && { patch -p1 -s < docs/pending/ldg_plain.patch && patch -p1 -s < docs/pending/decode_order.patch || exit 1
   F='^(rms_z_4096|rms_noz_4096|sweep_n(1024|4096|8192)|odd_n5000)$'
   B='^rms_z_4096$'; D='^decode_qwen3next$'
   so=$(ls torch_ops/_C*.so 2>/dev/null | head -1); unset GATEDNORM_NVCC_FLAGS
@@ -35,7 +40,7 @@ plain) left 400 plain && { patch -p1 -s < docs/pending/ldg_plain.patch || exit 1
   timeout 90 python3 -m pytest -q -p no:cacheprovider -m "not slow" -k "cuda and (match or decode or strided or block_row)" \
     tests/test_forward.py tests/test_fwd_small.py > $OUT/tp.log 2>&1
   echo "plain build, test_forward + test_fwd_small: exit $? $(tail -1 $OUT/tp.log)"; grep -E "^(FAILED|ERROR)" $OUT/tp.log | head
-  unset GATEDNORM_NVCC_FLAGS; patch -R -p1 -s < docs/pending/ldg_plain.patch; el plain; } ;;
+  unset GATEDNORM_NVCC_FLAGS; patch -R -p1 -s < docs/pending/decode_order.patch; patch -R -p1 -s < docs/pending/ldg_plain.patch; el plain; } ;;
 ncu) left 150 ncu && [ -d .whl ] && { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   so=$(ls torch_ops/_C*.so 2>/dev/null | head -1)  # main's code: the plain stage's d build, else a build
   if [ -f /tmp/d.so ] && [ -n "$so" ]; then cp /tmp/d.so $so; else build; fi
@@ -59,4 +64,17 @@ for (i, name), ms in seen.items():
     print(i, name); [print(f"    {a:60} {b}") for a, b in sorted(ms.items())]
 PY
   el ncu; } ;;
+order) left 150 order && [ -f .whl_fi/requirements.txt ] && { . scripts/flashinfer_env.sh; echo "$FLASHINFER_VERSION"
+  so=$(ls torch_ops/_C*.so 2>/dev/null | head -1)
+  if [ -f /tmp/d.so ] && [ -n "$so" ]; then cp /tmp/d.so $so
+  else patch -p1 -s < docs/pending/decode_order.patch && build; patch -R -p1 -s < docs/pending/decode_order.patch; fi
+  R='^(addrms|plainrms)_m(1|64)_n(2048|5120|8192)$'
+  for v in o1 t1 w1 tw1 o2 t2 w2 tw2; do
+    case $v in t*) export GATEDNORM_DECODE_LATE_TRIGGER=1;; esac
+    case $v in *w*) export GATEDNORM_DECODE_LATE_WEIGHT=1;; esac
+    bench $v bf16 graph "$R" --providers ours,flashinfer
+    unset GATEDNORM_DECODE_LATE_TRIGGER GATEDNORM_DECODE_LATE_WEIGHT; el $v
+  done
+  python3 -m benchmarks.columns fi1=$OUT/o1.csv:flashinfer o1=$OUT/o1.csv t1=$OUT/t1.csv w1=$OUT/w1.csv tw1=$OUT/tw1.csv \
+    fi2=$OUT/o2.csv:flashinfer o2=$OUT/o2.csv t2=$OUT/t2.csv w2=$OUT/w2.csv tw2=$OUT/tw2.csv | grep -v "^$"; } ;;
 esac; done
