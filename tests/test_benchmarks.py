@@ -61,6 +61,19 @@ def test_columns_puts_ours_side_by_side(tmp_path, capsys):
     assert len(lines) == 3
 
 
+def test_columns_takes_a_peer_column(tmp_path, capsys):
+    """LABEL=CSV:PROVIDER puts that peer's numbers of the run beside ours (the A/B scripts'
+    FlashInfer column), and a peer the run lacks leaves its column empty."""
+    from benchmarks.columns import columns
+    head = "name,provider,pass,time_us,frac\n"
+    (tmp_path / "a.csv").write_text(head + "r1,ours,graph,2.02,0.1\nr1,flashinfer,graph,1.88,0.1\n")
+    a = str(tmp_path / "a.csv")
+    columns([("fi", a + ":flashinfer"), ("ours", a), ("fng", a + ":fng")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["r1", "graph", "1.880", "2.020", "-"]
+    assert len(lines) == 2
+
+
 def test_columns_keeps_dtypes_apart(tmp_path, capsys):
     """A row measured in two dtypes is two lines, not the last dtype's value under the name."""
     from benchmarks.columns import columns
