@@ -1,6 +1,7 @@
 """The offline tools kernel work relies on without a GPU: scripts/unifdef.py (a measured
-tuning variant becomes the code) and scripts/loop_async_model.py (the slot protocol of the
-aligned loop kernels, checked sequentially)."""
+tuning variant becomes the code), scripts/loop_async_model.py (the slot protocol of the
+aligned loop kernels, checked sequentially), and the shell scripts device calls and CI run
+(they parse)."""
 import os
 import subprocess
 import sys
@@ -80,3 +81,28 @@ def test_loop_async_model_passes_and_can_fail(tmp_path):
     broken.write_text(src.replace("m.wait(0 if early else 1)", "m.wait(1)"))
     r = subprocess.run([sys.executable, str(broken)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "in flight" in r.stderr
+
+
+def _shell_scripts():
+    root = os.path.dirname(SCRIPTS)
+    found = []
+    for d in ("scripts", os.path.join("docs", "pending"), ".ci"):
+        for name in sorted(os.listdir(os.path.join(root, d))):
+            path = os.path.join(root, d, name)
+            if name.endswith(".sh") or (d == ".ci" and name == "run"):
+                found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", _shell_scripts(), ids=os.path.basename)
+def test_shell_scripts_parse(path):
+    """Every shell script a device call or CI runs parses (`bash -n`): a syntax error found
+    on the GPU machine costs a device call."""
+    r = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_shell_parse_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.sh"
+    bad.write_text("if true; then\n  echo x\n")  # no fi
+    assert subprocess.run(["bash", "-n", str(bad)], capture_output=True).returncode != 0
