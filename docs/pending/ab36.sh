@@ -33,20 +33,21 @@
 PATCHES="ldg_plain decode_order bwd_pdl"
 apply_pending() { for p in $PATCHES; do patch -p1 -s < docs/pending/$p.patch || exit 1; done; }
 revert_pending() { for p in $(echo $PATCHES | tr ' ' '\n' | tac); do patch -R -p1 -s < docs/pending/$p.patch; done; }
-# The build without the flag (main's code but for the knobs), reused by later stages.
+# The build without the flag (main's code but for the knobs), reused by later stages; $so
+# is then the in-place build's library.
 d_build() {
   so=$(ls torch_ops/_C*.so 2>/dev/null | head -1)
   if [ -f /tmp/d.so ] && [ -n "$so" ]; then cp /tmp/d.so $so; return; fi
   apply_pending; unset GATEDNORM_NVCC_FLAGS; build; so=$(ls torch_ops/_C*.so | head -1); cp $so /tmp/d.so; revert_pending
 }
 for st in ${STAGES:-plain}; do case $st in
-plain) left 400 plain && { apply_pending; export GATEDNORM_BWD_PDL=0
+plain) left 400 plain && { export GATEDNORM_BWD_PDL=0
   F='^(rms_z_4096|rms_noz_4096|sweep_n(1024|4096|8192)|odd_n5000)$'
   B='^rms_z_4096$'; D='^decode_qwen3next$'
-  so=$(ls torch_ops/_C*.so 2>/dev/null | head -1); unset GATEDNORM_NVCC_FLAGS
-  for b in d p; do  # each variant built once, then swapped in: d1 p1 d2 p2 cost two builds
-    [ $b = p ] && export GATEDNORM_NVCC_FLAGS=-DGN_LDG_PLAIN; build; so=$(ls torch_ops/_C*.so | head -1); cp $so /tmp/$b.so
-    echo "$b: $(cuobjdump -sass $so 2>/dev/null | grep -oE 'LDG\.E\.128(\.CONSTANT)? ' | sort | uniq -c | tr '\n' ' ')"
+  # each variant built once, then swapped in: d1 p1 d2 p2 cost two builds
+  d_build; apply_pending; export GATEDNORM_NVCC_FLAGS=-DGN_LDG_PLAIN; build; cp $so /tmp/p.so
+  for b in d p; do
+    echo "$b: $(cuobjdump -sass /tmp/$b.so 2>/dev/null | grep -oE 'LDG\.E\.128(\.CONSTANT)? ' | sort | uniq -c | tr '\n' ' ')"
   done
   for v in d1 p1 d2 p2; do
     cp /tmp/${v:0:1}.so $so
